@@ -1,0 +1,1 @@
+"""Attention backends: the contract (base), the registry, and one module per family."""

@@ -1,0 +1,132 @@
+"""Name -> Backend: the built-ins, the ``attnparity.backends`` entry points, ``register_backend``.
+
+Selection takes ``all``, comma lists and globs (``sdpa-*``, ``diffusers:*``); an unknown name is an
+error that lists the known ones.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+
+from .base import Backend
+
+ENTRY_POINT_GROUP = "attnparity.backends"
+
+#: One module per family; each exposes ``backends() -> list[Backend]``. Imported on first use only.
+BUILTIN_MODULES = (
+    "attnparity.backends.naive",
+    "attnparity.backends.sdpa",
+    "attnparity.backends.flex",
+    "attnparity.backends.xformers",
+    "attnparity.backends.flash_attn",
+    "attnparity.backends.sage",
+    "attnparity.backends.diffusers",
+)
+
+
+class UnknownBackend(LookupError):
+    """A requested name or glob matched no registered backend."""
+
+    def __init__(self, requested: str, known: Iterable[str]):
+        self.requested = requested
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown attention backend {requested!r}. Known backends: {', '.join(self.known)}. "
+            "Pass 'all', a comma list, or a glob such as 'sdpa-*' (see `pytest --attn-list`)."
+        )
+
+
+class BackendLoadError(RuntimeError):
+    """A family module or a vendor entry point could not be loaded."""
+
+
+_registered: dict[str, Backend] = {}
+_load_errors: dict[str, str] = {}
+_loaded = False
+
+
+def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
+    """Add a backend (from a conftest.py, for one under development). Returns it, so it can decorate."""
+    if not isinstance(backend, Backend):
+        raise TypeError(f"register_backend takes a Backend, got {type(backend).__name__}")
+    _ensure_loaded()
+    if backend.name in _registered and not replace and _registered[backend.name] is not backend:
+        raise ValueError(
+            f"a backend named {backend.name!r} is already registered ({_registered[backend.name].origin}); "
+            "pass replace=True to override it"
+        )
+    if backend.origin == "builtin":
+        backend.origin = "register_backend"
+    _registered[backend.name] = backend
+    return backend
+
+
+def unregister_backend(name: str) -> None:
+    _registered.pop(name, None)
+
+
+def _add(backends: Iterable[Backend], origin: str) -> None:
+    for backend in backends:
+        if not isinstance(backend, Backend):
+            raise TypeError(f"{origin} returned {type(backend).__name__}, not an attnparity Backend")
+        if origin != "builtin":
+            backend.origin = origin
+        _registered.setdefault(backend.name, backend)
+
+
+def _ensure_loaded() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module_name in BUILTIN_MODULES:
+        _add(importlib.import_module(module_name).backends(), "builtin")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        origin = f"entry point {ep.name}" + (f" ({ep.dist.name})" if ep.dist else "")
+        try:
+            loaded = ep.load()
+            _add(loaded() if callable(loaded) else loaded, origin)
+        except Exception as exc:  # one broken vendor package must not take the matrix down
+            _load_errors[ep.name] = f"{origin} failed to load: {type(exc).__name__}: {exc}"
+
+
+def load_errors() -> dict[str, str]:
+    """Entry points that failed to load, by name, with why (shown by --attn-list and the report)."""
+    _ensure_loaded()
+    return dict(_load_errors)
+
+
+def all_backends() -> dict[str, Backend]:
+    _ensure_loaded()
+    return dict(_registered)
+
+
+def get_backend(name: str) -> Backend:
+    backends = all_backends()
+    if name not in backends:
+        raise UnknownBackend(name, backends)
+    return backends[name]
+
+
+def select_backends(spec: str | Iterable[str]) -> list[Backend]:
+    """Backends matching ``spec``: 'all', 'a,b', globs; in registry order, each once."""
+    backends = all_backends()
+    patterns = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
+    if not patterns:
+        raise UnknownBackend(str(spec), backends)
+    chosen: dict[str, Backend] = {}
+    for pattern in patterns:
+        if pattern == "all":
+            matches = list(backends)
+        elif any(ch in pattern for ch in "*?["):
+            matches = [n for n in backends if fnmatch.fnmatchcase(n, pattern)]
+        else:
+            matches = [pattern] if pattern in backends else []
+        if not matches:
+            raise UnknownBackend(pattern, backends)
+        for name in matches:
+            chosen.setdefault(name, backends[name])
+    return list(chosen.values())

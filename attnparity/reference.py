@@ -1,0 +1,91 @@
+"""Attention math written out: the fp64 reference (forward and gradients) and the same math in any
+dtype, which naive.py uses as the same-dtype baseline.
+
+One function serves both, so the reference and the baseline can never disagree on semantics: GQA
+head mapping, mask kinds, causal alignment, and zeros for fully masked rows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+Causal = Literal["top-left", "bottom-right"] | None
+
+
+def causal_keep(sq: int, skv: int, alignment: str, device: "torch.device | str" = "cpu") -> "torch.Tensor":
+    """Bool (Sq, Skv), True = keep. top-left is SDPA's ``tril``; bottom-right aligns the last query
+    with the last key (flash-attn >= 2.1)."""
+    import torch
+
+    offset = 0 if alignment == "top-left" else skv - sq
+    return torch.ones(sq, skv, dtype=torch.bool, device=device).tril(diagonal=offset)
+
+
+def expand_kv(k: "torch.Tensor", heads: int) -> "torch.Tensor":
+    """(B, Hkv, S, D) -> (B, H, S, D): query head h reads kv head h // (H // Hkv), as SDPA's enable_gqa."""
+    hkv = k.shape[1]
+    if hkv == heads:
+        return k
+    if heads % hkv:
+        raise ValueError(f"heads ({heads}) must be a multiple of kv heads ({hkv})")
+    return k.repeat_interleave(heads // hkv, dim=1)
+
+
+def attention_math(
+    q: "torch.Tensor",
+    k: "torch.Tensor",
+    v: "torch.Tensor",
+    attn_mask: "torch.Tensor | None" = None,
+    causal: Causal = None,
+    scale: float | None = None,
+    *,
+    compute_dtype: "torch.dtype",
+    softmax_dtype: "torch.dtype",
+) -> "torch.Tensor":
+    """softmax(q k^T * scale + mask) v with matmuls in ``compute_dtype`` and the softmax in
+    ``softmax_dtype``. Rows with no key left give zeros (torch >= 2.5 SDPA's convention)."""
+    import torch
+
+    heads, sq, d = q.shape[1], q.shape[2], q.shape[3]
+    skv = k.shape[2]
+    q, k, v = q.to(compute_dtype), expand_kv(k, heads).to(compute_dtype), expand_kv(v, heads).to(compute_dtype)
+    scale = d ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale
+    scores = scores.to(softmax_dtype)
+    keep = None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            keep = attn_mask
+        else:
+            scores = scores + attn_mask.to(softmax_dtype)
+    if causal is not None:
+        tri = causal_keep(sq, skv, causal, q.device)
+        keep = tri if keep is None else keep & tri
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    # A row whose every logit is -inf has no key to attend to: zeros, never NaN.
+    dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+    return probs.to(compute_dtype) @ v
+
+
+def reference_forward(q, k, v, attn_mask=None, causal: Causal = None, scale: float | None = None):
+    """fp64 reference on exactly the (already rounded) inputs."""
+    import torch
+
+    mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.double()
+    return attention_math(q.double(), k.double(), v.double(), mask, causal, scale,
+                          compute_dtype=torch.float64, softmax_dtype=torch.float64)
+
+
+def reference_grads(q, k, v, grad_out, attn_mask=None, causal: Causal = None, scale: float | None = None):
+    """(dQ, dK, dV) in fp64 for the upstream gradient ``grad_out``."""
+    import torch
+
+    leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.double()
+    out = attention_math(*leaves, mask, causal, scale, compute_dtype=torch.float64, softmax_dtype=torch.float64)
+    return torch.autograd.grad(out, leaves, grad_out.double())

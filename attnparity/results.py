@@ -1,0 +1,122 @@
+"""The one result record every item writes (parity, semantics, gradients, pipelines, perf).
+
+Schema (version SCHEMA_VERSION), a JSON object:
+
+    kind        "op" | "semantic" | "pipeline" | "perf"
+    check       what was checked: "forward", "backward", "masked-rows", "pipeline:sd15", "perf:sdxl-4096"...
+    backend     backend name, or null for backend-free items
+    dtype       "fp32" | "fp16" | "bf16" | null
+    verdict     "pass" | "fail" | "skip" | "error"
+    nodeid      pytest node id of the item that produced it
+    metrics     flat {name: number}: err_max, err_mean, base_max, base_mean, ratio_max, ratio_mean,
+                ssim_ref, ssim_golden, ms, tflops, speedup_math, ...
+    examples    hypothesis examples run (0 when not a hypothesis item)
+    case        the failing (shrunk) AttnCase as a dict, or null
+    repro       one line that reproduces the failure, or null
+    message     human text: the reason for a skip, the failure explanation
+    artifacts   {label: path} of files written for this record (images, diff maps)
+    extra       free-form details a check wants to keep (routed call counts, shapes, ...)
+    device      "cpu" or the GPU's name
+    versions    {"torch": ..., "diffusers": ..., ...} of this run
+
+A run's results.json is {"schema": SCHEMA_VERSION, "created": iso time, "device": ..., "versions":
+{...}, "records": [record, ...]}. The schema only grows by new optional fields within a version.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+VERDICTS = ("pass", "fail", "skip", "error")
+#: user_properties key under which items carry their record, so xdist workers ship it to the controller.
+USER_PROPERTY = "attnparity_record"
+
+
+@dataclass
+class ResultRecord:
+    kind: str
+    check: str
+    backend: str | None
+    dtype: str | None
+    verdict: str
+    nodeid: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    examples: int = 0
+    case: dict[str, Any] | None = None
+    repro: str | None = None
+    message: str = ""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    device: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {VERDICTS}, not {self.verdict!r}")
+
+    @property
+    def cell(self) -> tuple[str, str, str | None, str | None]:
+        """The identity of a matrix cell: two runs are compared cell by cell."""
+        return (self.kind, self.check, self.backend, self.dtype)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ResultRecord":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries whose change moves results; absent packages are left out."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str] = {}
+    for dist in ("torch", "diffusers", "transformers", "xformers", "flash-attn", "sageattention",
+                 "triton", "hypothesis", "attnparity"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def write_results(path: Path, records: list[ResultRecord], device: str, run_versions: dict[str, str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "schema": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "versions": run_versions,
+        "records": [r.to_json() for r in records],
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    tmp.replace(path)  # never leave a half-written results.json behind
+    return path
+
+
+class ResultsFileError(ValueError):
+    """A results.json that cannot be read as one (wrong file, other schema)."""
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """The run at ``path`` with its records as ResultRecord objects."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ResultsFileError(f"{path}: no such results file (write one with --attn-report=DIR)") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsFileError(f"{path}: not JSON ({exc}); expected an attnparity results.json") from None
+    if not isinstance(payload, dict) or "records" not in payload:
+        raise ResultsFileError(f"{path}: not an attnparity results.json (no 'records')")
+    if payload.get("schema") != SCHEMA_VERSION:
+        raise ResultsFileError(f"{path}: results schema {payload.get('schema')!r}, this attnparity reads {SCHEMA_VERSION}")
+    payload["records"] = [ResultRecord.from_json(r) for r in payload["records"]]
+    return payload

@@ -1,0 +1,80 @@
+"""The parity suite the plugin collects: each module turns a SuiteContext into Checks.
+
+A Check is one matrix cell (one pytest item): it runs and returns a ResultRecord. Nothing here
+knows pytest; plugin.py wraps Checks into items. Suite modules, in collection order, are listed in
+SUITE_MODULES; each exposes ``checks(ctx: SuiteContext) -> list[Check]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..results import ResultRecord
+    from ..tolerance import Tolerances
+
+SUITE_MODULES = (
+    "attnparity.suite.op",
+)
+
+
+@dataclass
+class SuiteContext:
+    """Everything a suite module needs from the run, already resolved (CLI over ini over default)."""
+
+    backends: list["Backend"]
+    device: str
+    dtypes: list[str]
+    tolerances: "Tolerances"
+    #: hypothesis.settings for the suite's @given tests (the user's profile when one is loaded)
+    hypothesis_settings: Any
+    #: fixed hypothesis seed (--attn-seed), or None for hypothesis' own choice
+    seed: int | None
+    rootdir: Path
+    artifacts_dir: Path
+    #: every attnparity option by its ini name (attn_backends, attn_examples, ...), resolved
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def unavailable(self, backend: "Backend") -> str | None:
+        """Why ``backend`` cannot run in this run (package, device, arch), or None."""
+        reason = backend.unavailable_reason()
+        if reason:
+            return reason
+        if self.device.split(":")[0] not in backend.capabilities.devices:
+            return f"does not run on {self.device} (claims {', '.join(sorted(backend.capabilities.devices))})"
+        return None
+
+
+@dataclass
+class Check:
+    """One item of the suite: ``attnparity::<check>[<param>]``."""
+
+    kind: str
+    check: str
+    backend: str | None
+    dtype: str | None
+    run: Callable[[], "ResultRecord"]
+    param: str | None = None
+    #: marker names to put on the item (e.g. "attn_perf", "attn_pipeline")
+    marks: tuple[str, ...] = ()
+    #: set when the cell cannot run here: the item is skipped with this reason, and recorded so
+    skip: str | None = None
+
+    @property
+    def item_param(self) -> str:
+        if self.param is not None:
+            return self.param
+        return "-".join(p for p in (self.backend, self.dtype) if p)
+
+
+def collect(ctx: SuiteContext) -> list[Check]:
+    import importlib
+
+    checks: list[Check] = []
+    for module_name in SUITE_MODULES:
+        checks.extend(importlib.import_module(module_name).checks(ctx))
+    return checks

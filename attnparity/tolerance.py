@@ -1,0 +1,138 @@
+"""Error metrics and the verdict rule.
+
+    pass  iff  for max-abs and mean-abs:  err_backend <= k * err_baseline + floor(dtype)
+
+err_* are measured against the fp64 reference on the same rounded inputs; the baseline is naive
+math in the case dtype (naive.py). NaN/Inf where the reference is finite fails at once. ``floor``
+is a multiple of the dtype's epsilon times the output's scale (max |reference|), so it means "a few
+roundings of the result" whatever the magnitudes. The error ratio err_backend / err_baseline is the
+number the matrix shows.
+
+Defaults were calibrated on this project's CPU runs (see docs/detection.md): every correct backend
+passes every seed, and every planted bug of the mutant zoo fails. Override per backend glob and
+dtype with the ``attn_tolerance`` ini key, one rule per line: ``sage* bf16 k=8 floor=4``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+EPS = {"fp32": 2.0 ** -23, "fp16": 2.0 ** -10, "bf16": 2.0 ** -7, "fp64": 2.0 ** -52}
+
+#: Default k: how many times worse than naive math in the same dtype a correct kernel may be.
+DEFAULT_K = {"fp32": 8.0, "fp16": 4.0, "bf16": 4.0}
+#: Default floor, in units of eps(dtype) * max|reference|.
+DEFAULT_FLOOR = {"fp32": 16.0, "fp16": 2.0, "bf16": 2.0}
+#: Gradients go through two more matmuls and a softmax backward: looser, as PyTorch's own
+#: test_transformers fudge factors for dK/dQ (16 to 180 for half).
+DEFAULT_GRAD_K = {"fp32": 16.0, "fp16": 8.0, "bf16": 8.0}
+
+
+@dataclass(frozen=True)
+class Bound:
+    k: float
+    floor: float  # in eps * scale units
+
+    def limit(self, baseline_err: float, dtype: str, scale: float) -> float:
+        return self.k * baseline_err + self.floor * EPS[dtype] * max(scale, 1e-30)
+
+
+@dataclass(frozen=True)
+class Rule:
+    backend_glob: str
+    dtype: str  # a dtype name or "*"
+    k: float | None = None
+    floor: float | None = None
+
+    @classmethod
+    def parse(cls, line: str) -> "Rule":
+        parts = line.split()
+        if len(parts) < 3:
+            raise ValueError(f"attn_tolerance rule {line!r}: expected '<backend-glob> <dtype|*> k=<k> floor=<floor>'")
+        values: dict[str, float] = {}
+        for item in parts[2:]:
+            key, _, raw = item.partition("=")
+            if key not in ("k", "floor") or not raw:
+                raise ValueError(f"attn_tolerance rule {line!r}: {item!r} is not k=<number> or floor=<number>")
+            try:
+                values[key] = float(raw)
+            except ValueError:
+                raise ValueError(f"attn_tolerance rule {line!r}: {raw!r} is not a number") from None
+        if parts[1] != "*" and parts[1] not in DEFAULT_K:
+            raise ValueError(f"attn_tolerance rule {line!r}: dtype must be one of {', '.join(DEFAULT_K)} or *")
+        return cls(parts[0], parts[1], values.get("k"), values.get("floor"))
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    rules: tuple[Rule, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_lines(cls, lines: list[str] | None) -> "Tolerances":
+        return cls(tuple(Rule.parse(line) for line in (lines or []) if line.strip() and not line.strip().startswith("#")))
+
+    def bound(self, backend: str, dtype: str, *, grad: bool = False) -> Bound:
+        k = (DEFAULT_GRAD_K if grad else DEFAULT_K)[dtype]
+        floor = DEFAULT_FLOOR[dtype]
+        for rule in self.rules:  # later rules win, as in an ini file read top to bottom
+            if fnmatch.fnmatchcase(backend, rule.backend_glob) and rule.dtype in ("*", dtype):
+                k = rule.k if rule.k is not None else k
+                floor = rule.floor if rule.floor is not None else floor
+        return Bound(k, floor)
+
+
+@dataclass(frozen=True)
+class Errors:
+    max_abs: float
+    mean_abs: float
+    #: index (tuple) of the worst element
+    worst_index: tuple[int, ...]
+    nonfinite: int  # count of NaN/Inf where the reference is finite
+
+
+def errors(out: "torch.Tensor", ref: "torch.Tensor") -> Errors:
+    import torch
+
+    out64 = out.detach().to(device=ref.device, dtype=torch.float64)
+    finite_ref = torch.isfinite(ref)
+    bad = (~torch.isfinite(out64) & finite_ref)
+    diff = (out64 - ref).abs().masked_fill(~finite_ref, 0.0).nan_to_num(nan=math.inf, posinf=math.inf)
+    flat = int(diff.argmax()) if diff.numel() else 0
+    worst = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape)) if diff.numel() else ()
+    return Errors(float(diff.max()) if diff.numel() else 0.0,
+                  float(diff.mean()) if diff.numel() else 0.0, worst, int(bad.sum()))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reason: str
+    ratio_max: float
+    ratio_mean: float
+
+
+def ratio(err: float, base: float) -> float:
+    if base > 0:
+        return err / base
+    return 0.0 if err == 0 else math.inf
+
+
+def verdict(backend: Errors, baseline: Errors, bound: Bound, dtype: str, scale: float) -> Verdict:
+    """Apply the rule to one output (or one gradient)."""
+    r_max, r_mean = ratio(backend.max_abs, baseline.max_abs), ratio(backend.mean_abs, baseline.mean_abs)
+    if backend.nonfinite:
+        return Verdict(False, f"{backend.nonfinite} NaN/Inf values where the fp64 reference is finite", r_max, r_mean)
+    lim_max = bound.limit(baseline.max_abs, dtype, scale)
+    lim_mean = bound.limit(baseline.mean_abs, dtype, scale)
+    failed = []
+    if backend.max_abs > lim_max:
+        failed.append(f"max-abs error {backend.max_abs:.3g} > {bound.k:g}*{baseline.max_abs:.3g} + floor = {lim_max:.3g}")
+    if backend.mean_abs > lim_mean:
+        failed.append(f"mean-abs error {backend.mean_abs:.3g} > {bound.k:g}*{baseline.mean_abs:.3g} + floor = {lim_mean:.3g}")
+    return Verdict(not failed, "; ".join(failed), r_max, r_mean)
