@@ -37,6 +37,10 @@ OPTIONS = (
     Option("attn_seed", "fixed hypothesis seed for the suite (reproducible draws)", None, "int"),
     Option("attn_tolerance", "tolerance overrides, one per line: '<backend-glob> <dtype|*> k=<k> floor=<floor>'", [], "linelist"),
     Option("attn_artifacts", "directory for failure artifacts (images, diff maps)", ".attnparity/artifacts"),
+    Option("attn_pipeline", "a local diffusers checkpoint directory to add to the pipeline checks (repeatable; ini: one per line)", [], "linelist"),
+    Option("attn_golden_dir", "where golden images are read and written (default <rootdir>/golden; built-in pipelines fall back to attnparity's shipped golden/)"),
+    Option("attn_golden_update", "write the golden images of the pipelines that run (made with fp64 reference attention); never done otherwise", False, "bool"),
+    Option("attn_pipeline_ssim", "pipeline SSIM thresholds, one per line: '<dtype|*> ref=<ssim> golden=<ssim>'", [], "linelist"),
 )
 
 
@@ -181,7 +185,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if _CONTEXT not in config.stash:
         return
     collector = AttnCollector.from_parent(session, name="attnparity", path=config.rootpath)
-    items.extend(collector.collect())
+    try:
+        items.extend(collector.collect())
+    except (LookupError, ValueError) as exc:  # bad option values found while building the checks
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -1,0 +1,239 @@
+"""End-to-end pipeline checks: one item per (pipeline, backend, dtype), marked ``attn_pipeline``.
+
+Each item runs the seeded pipeline with every attention call routed through the backend
+(pipelines/routing.py) and makes two comparisons, by SSIM:
+
+1. attention-isolated (``ssim_ref``): against the same pipeline, same dtype, on this machine, with
+   fp64 reference attention. Everything but attention is identical, so a drop blames attention.
+2. golden (``ssim_golden``): against the committed golden image (pipelines/golden.py), made with
+   reference attention: catches a torch / diffusers upgrade that moves the image.
+
+Thresholds per dtype (DEFAULT_SSIM, calibrated on this project's CPU runs, see the numbers below),
+overridable with the ``attn_pipeline_ssim`` ini key, one rule per line: ``bf16 ref=0.98 golden=0.96``
+(``*`` for every dtype; later lines win).
+
+Calibration (64x64, 4 steps, CPU, torch 2.13, diffusers 0.42): correct backends give ssim_ref
+1.0000 in fp32, >= 0.9998 in fp16 and >= 0.989 in bf16; a softmax-scale-1.0 backend gives 0.68-0.92
+in every dtype. fp32 goldens from another CPU differ by last-bit rounding only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import Check, SuiteContext
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..pipelines.specs import PipelineSpec
+    from ..results import ResultRecord
+
+#: dtype -> (attention-isolated threshold, golden threshold), minimum SSIM to pass.
+DEFAULT_SSIM = {"fp32": (0.999, 0.995), "fp16": (0.995, 0.99), "bf16": (0.97, 0.95)}
+
+
+def thresholds(lines: list[str] | None) -> dict[str, tuple[float, float]]:
+    """DEFAULT_SSIM with the ``attn_pipeline_ssim`` rules applied."""
+    table = dict(DEFAULT_SSIM)
+    for line in lines or []:
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        dtype, values = parts[0], {}
+        if dtype != "*" and dtype not in table:
+            raise ValueError(f"attn_pipeline_ssim rule {line!r}: dtype must be one of {', '.join(table)} or *")
+        for item in parts[1:]:
+            key, _, raw = item.partition("=")
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if key not in ("ref", "golden") or not 0.0 <= value <= 1.0:
+                raise ValueError(f"attn_pipeline_ssim rule {line!r}: {item!r} is not ref=<0..1> or golden=<0..1>")
+            values[key] = value
+        if not values:
+            raise ValueError(f"attn_pipeline_ssim rule {line!r}: expected '<dtype|*> ref=<ssim> golden=<ssim>'")
+        for name in table if dtype == "*" else [dtype]:
+            ref, gold = table[name]
+            table[name] = (values.get("ref", ref), values.get("golden", gold))
+    return table
+
+
+def golden_dir(ctx: SuiteContext) -> Path:
+    raw = ctx.options.get("attn_golden_dir")
+    if not raw:
+        return ctx.rootdir / "golden"
+    path = Path(str(raw)).expanduser()
+    return path if path.is_absolute() else ctx.rootdir / path
+
+
+def checks(ctx: SuiteContext) -> list[Check]:
+    from ..pipelines.specs import specs_for
+
+    table = thresholds(ctx.options.get("attn_pipeline_ssim"))
+    specs = specs_for(ctx.options.get("attn_pipeline"), ctx.rootdir)
+    out: list[Check] = []
+    for spec in specs:
+        for backend in ctx.backends:
+            for dtype in ctx.dtypes:
+                skip = ctx.unavailable(backend)
+                if skip is None and dtype not in backend.capabilities.dtype_names:
+                    skip = f"{backend.name} does not claim {dtype}"
+                run = functools.partial(run_check, ctx, spec, backend, dtype, table[dtype])
+                out.append(Check("pipeline", f"pipeline:{spec.name}", backend.name, dtype, run,
+                                 marks=("attn_pipeline",), skip=skip))
+    return out
+
+
+@contextlib.contextmanager
+def single_thread(device: str) -> Iterator[None]:
+    """On CPU, run with one intra-op thread, restored afterwards: the tiny models gain nothing from
+    threads (on a shared 2-core machine they lose 10x to contention), and an image must not depend
+    on the machine's core count (reduction order), or goldens would not travel."""
+    import torch
+
+    if device.split(":")[0] != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@functools.cache
+def _reference(name: str, source: str, dtype: str, device: str) -> tuple[Any, dict[str, Any]]:
+    """The fp64-reference-attention image of a pipeline, once per session."""
+    from ..pipelines import routing, specs
+
+    spec = specs._SPECS[f"{name}@{source}"]
+    pipe = specs.load_pipeline(spec, dtype, device)
+    with single_thread(device), routing.route(pipe, None) as stats:
+        image = specs.run_pipeline(pipe, spec)
+    return image, stats.to_extra()
+
+
+_written: set[tuple[str, str, str]] = set()
+
+
+def golden_command(ctx: SuiteContext, spec: "PipelineSpec", backend: str, dtype: str) -> str:
+    """The exact command line that (re)creates this golden, run from the rootdir."""
+    parts = ["pytest", f"--attn-backends={backend}", f"--attn-dtypes={dtype}"]
+    if ctx.options.get("attn_device") not in (None, "", "auto"):
+        parts.append(f"--attn-device={ctx.options['attn_device']}")
+    if ctx.options.get("attn_golden_dir"):
+        parts.append(f"--attn-golden-dir={ctx.options['attn_golden_dir']}")
+    if not spec.builtin:
+        parts.append(f"--attn-pipeline={spec.source}")
+    parts += ["-m", "attn_pipeline", "-k", f"'pipeline:{spec.name}'", "--attn-golden-update"]
+    return f"cd {ctx.rootdir} && " + " ".join(parts)
+
+
+def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str,
+              limits: tuple[float, float]) -> "ResultRecord":
+    from ..pipelines import golden, routing, specs
+    from ..pipelines.specs import PipelineSpecError
+    from ..pipelines.ssim import ssim
+    from ..results import ResultRecord
+    from ..session import device_name
+
+    record = ResultRecord("pipeline", f"pipeline:{spec.name}", backend.name, dtype, "pass")
+    try:
+        pipe = specs.load_pipeline(spec, dtype, ctx.device)
+        reference, ref_stats = _reference(spec.name, spec.source, dtype, ctx.device)
+    except PipelineSpecError as exc:
+        record.verdict, record.message = "error", str(exc)
+        return record
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    with single_thread(ctx.device), routing.route(pipe, backend) as stats:
+        image = specs.run_pipeline(pipe, spec)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+    ref_limit, golden_limit = limits
+    ssim_ref = ssim(image, reference)
+    record.metrics = {"ssim_ref": round(ssim_ref.score, 6), "routed_calls": stats.routed,
+                      "fallback_calls": stats.fallback_calls, "seconds": round(wall, 4), "cpu_seconds": round(cpu, 4)}
+    record.extra = {**stats.to_extra(), "reference_calls": ref_stats["routed_calls"], "thresholds":
+                    {"ref": ref_limit, "golden": golden_limit}, **spec.describe()}
+    label = f"pipeline {spec.name} with {backend.name} in {dtype}"
+    problems: list[str] = []
+    lines: list[str] = []
+    artifacts_for: list[tuple[str, Any, Any]] = []  # (against, expected image, ssim result)
+
+    if stats.routed == 0:
+        problems.append(f"routing caught no attention call: {backend.name} was never exercised "
+                        f"({stats.fallback_calls} calls ran elsewhere); the image proves nothing")
+    if stats.fallback:
+        lines.append(stats.describe_fallback())
+    if ssim_ref.score < ref_limit:
+        problems.append(f"SSIM {ssim_ref.score:.4f} < {ref_limit} against the same pipeline with fp64 reference "
+                        "attention (attention-isolated): attention alone moved the image")
+        artifacts_for.append(("reference", reference, ssim_ref))
+    else:
+        lines.append(f"attention-isolated SSIM {ssim_ref.score:.4f} >= {ref_limit}")
+
+    # -- golden ------------------------------------------------------------------------------------
+    cls = golden.device_class(ctx.device)
+    store = golden_dir(ctx)
+    config_hash = specs.config_hash(pipe, spec)
+    if ctx.options.get("attn_golden_update"):
+        key = (spec.name, cls, dtype)
+        if key not in _written:
+            paths = golden.write(store, spec.name, cls, dtype, reference,
+                                 {**spec.describe(), "config_hash": config_hash, "device": device_name(ctx.device)})
+            _written.add(key)
+            record.extra["golden_written"] = str(paths.image)
+            lines.append(f"golden written: {paths.image}")
+    found = golden.find(store, spec.name, cls, dtype, spec.builtin)
+    if found is None:
+        expected = golden.GoldenPaths.under(store, spec.name, cls, dtype).image
+        problems.append(f"no golden image {expected}. Create it (fp64 reference attention, this machine) with:\n"
+                        f"    {golden_command(ctx, spec, backend.name, dtype)}")
+    else:
+        result = golden.compare(found, image, config_hash)
+        record.metrics["ssim_golden"] = round(result.score, 6)
+        record.extra["golden"] = str(found.image)
+        if result.notes:
+            record.extra["golden_notes"] = result.notes
+            lines.extend(result.notes)
+        if result.score < golden_limit:
+            why = ("; " + "; ".join(result.notes)) if result.notes else ""
+            problems.append(f"SSIM {result.score:.4f} < {golden_limit} against the golden {found.image}{why}. If the "
+                            f"change is expected (new torch / diffusers), regenerate it with:\n"
+                            f"    {golden_command(ctx, spec, backend.name, dtype)}")
+            artifacts_for.append(("golden", result.expected, result.diff_map))
+        else:
+            lines.append(f"golden SSIM {result.score:.4f} >= {golden_limit} ({found.image})")
+
+    if artifacts_for:
+        record.artifacts = _write_artifacts(ctx, spec.name, backend.name, dtype, image, artifacts_for)
+        lines.append("images: " + ", ".join(f"{k} {v}" for k, v in record.artifacts.items()))
+    calls = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_component.items()))
+    lines.append(f"{stats.routed} attention calls routed to {backend.name} ({calls})")
+    if problems:
+        record.verdict = "fail"
+        record.message = f"{label}:\n  " + "\n  ".join(problems + lines)
+    else:
+        record.message = f"{label}: " + "; ".join(lines)
+    return record
+
+
+def _write_artifacts(ctx: SuiteContext, pipeline: str, backend: str, dtype: str, image: Any,
+                     against: list[tuple[str, Any, Any]]) -> dict[str, str]:
+    from ..pipelines.ssim import diff_image, save_png
+
+    base = ctx.artifacts_dir / "pipelines"
+    stem = f"{pipeline}-{backend.replace(':', '_')}-{dtype}"
+    out = {"actual": str(save_png(image, base / f"{stem}-actual.png"))}
+    for name, expected, result in against:
+        out[name] = str(save_png(expected, base / f"{stem}-{name}.png"))
+        out[f"{name}_ssim_map"] = str(save_png(diff_image(result), base / f"{stem}-{name}-ssim-map.png"))
+    return out
