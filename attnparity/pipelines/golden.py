@@ -6,7 +6,7 @@ Where goldens are looked up:
 
 1. ``attn_golden_dir`` (``--attn-golden-dir``; default ``<rootdir>/golden``). Updates are always
    written here.
-2. For the built-in pipelines only, when (1) has none: the ``golden/`` directory shipped beside the
+2. For the built-in pipelines only, when (1) has none and no ``attn_golden_dir`` was named: the ``golden/`` directory shipped beside the
    attnparity package in a source checkout or editable install (this repository's golden/). So
    ``pytest --attn-backends=all`` finds the committed goldens from a fresh clone's root, and from any
    other directory too, as long as attnparity is installed from the checkout. The record says which
@@ -59,10 +59,11 @@ class GoldenPaths:
         return cls(base / f"{dtype}.png", base / f"{dtype}.json")
 
 
-def find(golden_dir: Path, pipeline: str, device_cls: str, dtype: str, builtin: bool) -> GoldenPaths | None:
-    """The golden to compare against, or None when there is none."""
+def find(golden_dir: Path, pipeline: str, device_cls: str, dtype: str, shipped: bool) -> GoldenPaths | None:
+    """The golden to compare against, or None when there is none. ``shipped``: fall back to the
+    goldens shipped with attnparity (built-in pipelines, no golden dir named by the user)."""
     roots = [Path(golden_dir)]
-    if builtin and SHIPPED.is_dir() and SHIPPED.resolve() != Path(golden_dir).resolve():
+    if shipped and SHIPPED.is_dir() and SHIPPED.resolve() != Path(golden_dir).resolve():
         roots.append(SHIPPED)
     for root in roots:
         paths = GoldenPaths.under(root, pipeline, device_cls, dtype)

@@ -17,11 +17,12 @@ uniform weights of a fresh init, where a wrong softmax scale would barely move t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -245,6 +246,11 @@ _CALL = {
     "sd3": (("guidance_scale", 5.0), ("max_sequence_length", T5_TOKENS)),
     "flux": (("guidance_scale", 3.5), ("max_sequence_length", T5_TOKENS)),
 }
+#: Call arguments a pipeline class needs to run at our small size, for user checkpoints too.
+_CLASS_CALL = {
+    "PixArtAlphaPipeline": (("use_resolution_binning", False), ("clean_caption", False)),
+    "PixArtSigmaPipeline": (("use_resolution_binning", False), ("clean_caption", False)),
+}
 _BUILDERS = {"sd15": build_sd15, "sdxl": build_sdxl, "pixart": build_pixart, "sd3": build_sd3, "flux": build_flux}
 
 
@@ -358,20 +364,41 @@ def _latents(pipe: Any, spec: PipelineSpec) -> "torch.Tensor | None":
 
 
 def run_pipeline(pipe: Any, spec: PipelineSpec) -> "np.ndarray":
-    """One image, (H, W, 3) float32 in [0, 1], from the spec's seed; deterministic run to run."""
+    """One image, (H, W, 3) float32 in [0, 1], from the spec's seed; deterministic run to run.
+
+    On CPU it runs single-threaded: the tiny models gain nothing from threads (on a shared 2-core
+    machine they lose 10x to contention), and the image must not depend on the machine's core
+    count (reduction order), or goldens would not travel between machines.
+    """
     import torch
 
     module = next(c for c in pipe.components.values() if isinstance(c, torch.nn.Module))
     kwargs: dict[str, Any] = dict(prompt=spec.prompt, num_inference_steps=spec.steps, height=spec.size,
-                                  width=spec.size, output_type="np", **dict(spec.call_kwargs))
+                                  width=spec.size, output_type="np")
+    kwargs.update(_CLASS_CALL.get(type(pipe).__name__, ()))
+    kwargs.update(spec.call_kwargs)
     latents = _latents(pipe, spec)
     if latents is not None:  # drawn in fp32, then rounded to the pipeline dtype: the same noise for all
         kwargs["latents"] = latents.to(device=module.device, dtype=module.dtype)
     else:
         kwargs["generator"] = torch.Generator("cpu").manual_seed(spec.seed)
-    with torch.inference_mode():
+    with _threads(1 if module.device.type == "cpu" else None), torch.inference_mode():
         image = pipe(**kwargs).images[0]
     return image.astype("float32")
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set for the block, restored afterwards (None: untouched)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def config_hash(pipe: Any, spec: PipelineSpec) -> str:

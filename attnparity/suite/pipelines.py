@@ -19,10 +19,8 @@ in every dtype. fp32 goldens from another CPU differ by last-bit rounding only.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +73,7 @@ def golden_dir(ctx: SuiteContext) -> Path:
 def checks(ctx: SuiteContext) -> list[Check]:
     from ..pipelines.specs import specs_for
 
+    _written.clear()  # a new session may write again (in-process runs share this module)
     table = thresholds(ctx.options.get("attn_pipeline_ssim"))
     specs = specs_for(ctx.options.get("attn_pipeline"), ctx.rootdir)
     out: list[Check] = []
@@ -90,24 +89,6 @@ def checks(ctx: SuiteContext) -> list[Check]:
     return out
 
 
-@contextlib.contextmanager
-def single_thread(device: str) -> Iterator[None]:
-    """On CPU, run with one intra-op thread, restored afterwards: the tiny models gain nothing from
-    threads (on a shared 2-core machine they lose 10x to contention), and an image must not depend
-    on the machine's core count (reduction order), or goldens would not travel."""
-    import torch
-
-    if device.split(":")[0] != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @functools.cache
 def _reference(name: str, source: str, dtype: str, device: str) -> tuple[Any, dict[str, Any]]:
     """The fp64-reference-attention image of a pipeline, once per session."""
@@ -115,7 +96,7 @@ def _reference(name: str, source: str, dtype: str, device: str) -> tuple[Any, di
 
     spec = specs._SPECS[f"{name}@{source}"]
     pipe = specs.load_pipeline(spec, dtype, device)
-    with single_thread(device), routing.route(pipe, None) as stats:
+    with routing.route(pipe, None) as stats:
         image = specs.run_pipeline(pipe, spec)
     return image, stats.to_extra()
 
@@ -153,7 +134,7 @@ def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype
         return record
 
     wall, cpu = time.perf_counter(), time.process_time()
-    with single_thread(ctx.device), routing.route(pipe, backend) as stats:
+    with routing.route(pipe, backend) as stats:
         image = specs.run_pipeline(pipe, spec)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
@@ -185,14 +166,15 @@ def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype
     store = golden_dir(ctx)
     config_hash = specs.config_hash(pipe, spec)
     if ctx.options.get("attn_golden_update"):
-        key = (spec.name, cls, dtype)
+        key = (str(store), spec.name, cls, dtype)
         if key not in _written:
             paths = golden.write(store, spec.name, cls, dtype, reference,
                                  {**spec.describe(), "config_hash": config_hash, "device": device_name(ctx.device)})
             _written.add(key)
             record.extra["golden_written"] = str(paths.image)
             lines.append(f"golden written: {paths.image}")
-    found = golden.find(store, spec.name, cls, dtype, spec.builtin)
+    # The shipped goldens stand in only for built-in pipelines and only when no directory was named.
+    found = golden.find(store, spec.name, cls, dtype, spec.builtin and not ctx.options.get("attn_golden_dir"))
     if found is None:
         expected = golden.GoldenPaths.under(store, spec.name, cls, dtype).image
         problems.append(f"no golden image {expected}. Create it (fp64 reference attention, this machine) with:\n"
