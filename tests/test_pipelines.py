@@ -194,6 +194,13 @@ def test_user_checkpoint_paths(pytester: pytest.Pytester, tmp_path: Path) -> Non
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--attn-pipeline=does/not/exist: no such directory*"])
 
+    not_json = tmp_path / "notjson"
+    not_json.mkdir()
+    (not_json / "model_index.json").write_text("{oops")
+    result = _run(pytester, "--attn-backends=sdpa", f"--attn-pipeline={not_json}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*model_index.json is not readable JSON*"])
+
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}')

@@ -136,7 +136,6 @@ class _Components:
 
 
 def _mode_class() -> type:
-    import torch
     import torch.nn.functional as F
     from torch.overrides import TorchFunctionMode
 

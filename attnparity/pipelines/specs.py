@@ -18,7 +18,6 @@ uniform weights of a fresh init, where a wrong softmax scale would barely move t
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import re
@@ -271,6 +270,13 @@ def checkpoint_spec(path: str | Path, rootdir: Path | None = None) -> PipelineSp
     if not (where / "model_index.json").is_file():
         raise PipelineSpecError(f"--attn-pipeline={path}: {where} has no model_index.json, so it is not a diffusers "
                                 "pipeline checkpoint (save one with pipe.save_pretrained(dir))")
+    try:
+        index = json.loads((where / "model_index.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineSpecError(f"--attn-pipeline={path}: {where / 'model_index.json'} is not readable JSON ({exc})") from None
+    if not isinstance(index, dict) or "_class_name" not in index:
+        raise PipelineSpecError(f"--attn-pipeline={path}: {where / 'model_index.json'} names no pipeline class "
+                                "(no '_class_name'); is this a diffusers pipeline directory?")
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", where.resolve().name).strip("-") or "pipeline"
     if name in BUILTIN:
         name = f"local-{name}"
@@ -304,42 +310,41 @@ def specs_for(paths: list[str] | None, rootdir: Path | None = None) -> list[Pipe
 
 
 # -- building (cached) and running ------------------------------------------------------------------
-_SPECS: dict[str, PipelineSpec] = {}
+#: (name, source, dtype, device) -> built pipeline; one per process (xdist: one per worker).
+_PIPELINES: dict[tuple[str, str, str, str], Any] = {}
 
 
-@functools.cache
-def _load(name: str, source: str, dtype: str, device: str) -> Any:
+def load_pipeline(spec: PipelineSpec, dtype: str, device: str = "cpu") -> Any:
+    """The pipeline of ``spec`` in ``dtype`` ("fp32", "bf16", "fp16") on ``device``, built once per
+    process. Every dtype and device is the same fp32 weights cast and moved, so images differ by
+    arithmetic only."""
     import torch
 
     from ..backends.base import torch_dtype
 
-    spec = _SPECS[f"{name}@{source}"]
-    if dtype != "fp32" or device != "cpu":
-        # Every dtype and device gets the same fp32 weights cast and moved, so images differ by
-        # arithmetic only.
+    key = (spec.name, spec.source, dtype, device)
+    if key in _PIPELINES:
+        return _PIPELINES[key]
+    if dtype == "fp32" and device == "cpu":
+        pipe = spec.build()
+        pipe.set_progress_bar_config(disable=True)
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.eval()
+    else:
         import copy
 
         from diffusers.utils import logging as dlogging
 
-        base = copy.deepcopy(_load(name, source, "fp32", "cpu"))
+        pipe = copy.deepcopy(load_pipeline(spec, "fp32", "cpu"))
         level = dlogging.get_verbosity()
         dlogging.set_verbosity_error()  # "modules that should be kept in float32": none here, we cast on purpose
         try:
-            return base.to(device=device, dtype=torch_dtype(dtype))
+            pipe = pipe.to(device=device, dtype=torch_dtype(dtype))
         finally:
             dlogging.set_verbosity(level)
-    pipe = spec.build()
-    pipe.set_progress_bar_config(disable=True)
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
+    _PIPELINES[key] = pipe
     return pipe
-
-
-def load_pipeline(spec: PipelineSpec, dtype: str, device: str = "cpu") -> Any:
-    """The pipeline of ``spec`` in ``dtype`` ("fp32", "bf16", "fp16") on ``device``, built once per process."""
-    _SPECS[f"{spec.name}@{spec.source}"] = spec
-    return _load(spec.name, spec.source, dtype, device)
 
 
 def _latents(pipe: Any, spec: PipelineSpec) -> "torch.Tensor | None":

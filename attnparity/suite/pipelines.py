@@ -89,16 +89,20 @@ def checks(ctx: SuiteContext) -> list[Check]:
     return out
 
 
-@functools.cache
-def _reference(name: str, source: str, dtype: str, device: str) -> tuple[Any, dict[str, Any]]:
-    """The fp64-reference-attention image of a pipeline, once per session."""
+_references: dict[tuple[str, str, str, str], tuple[Any, dict[str, Any]]] = {}
+
+
+def reference_image(spec: "PipelineSpec", dtype: str, device: str) -> tuple[Any, dict[str, Any]]:
+    """The fp64-reference-attention image of a pipeline and its routing stats, once per process."""
     from ..pipelines import routing, specs
 
-    spec = specs._SPECS[f"{name}@{source}"]
-    pipe = specs.load_pipeline(spec, dtype, device)
-    with routing.route(pipe, None) as stats:
-        image = specs.run_pipeline(pipe, spec)
-    return image, stats.to_extra()
+    key = (spec.name, spec.source, dtype, device)
+    if key not in _references:
+        pipe = specs.load_pipeline(spec, dtype, device)
+        with routing.route(pipe, None) as stats:
+            image = specs.run_pipeline(pipe, spec)
+        _references[key] = (image, stats.to_extra())
+    return _references[key]
 
 
 _written: set[tuple[str, str, str]] = set()
@@ -128,7 +132,7 @@ def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype
     record = ResultRecord("pipeline", f"pipeline:{spec.name}", backend.name, dtype, "pass")
     try:
         pipe = specs.load_pipeline(spec, dtype, ctx.device)
-        reference, ref_stats = _reference(spec.name, spec.source, dtype, ctx.device)
+        reference, ref_stats = reference_image(spec, dtype, ctx.device)
     except PipelineSpecError as exc:
         record.verdict, record.message = "error", str(exc)
         return record
