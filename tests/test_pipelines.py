@@ -91,6 +91,22 @@ def test_calls_outside_the_claims_run_with_the_reference_and_are_reported() -> N
     assert "ran with the fp64 reference" in stats.describe_fallback()
 
 
+def test_processors_pinned_to_a_dispatch_backend_are_routed_too() -> None:
+    spec = specs.builtin_spec("flux")
+    pipe = specs.load_pipeline(spec, "fp32")
+    pinned = [m.processor for m in pipe.transformer.modules() if hasattr(m, "processor")]
+    for processor in pinned:  # what model.set_attention_backend("flex") leaves behind
+        processor._attention_backend = "flex"  # flex_attention: no SDPA call
+    try:
+        with routing.route(pipe, get_backend("sdpa")) as stats:
+            specs.run_pipeline(pipe, spec)
+        assert stats.by_component["transformer"] == spec.steps * len(pinned)
+        assert all(p._attention_backend == "flex" for p in pinned)  # pinned back afterwards
+    finally:
+        for processor in pinned:
+            del processor._attention_backend
+
+
 def test_routing_restores_global_state_on_error() -> None:
     import torch
     import torch.nn.functional as F

@@ -9,7 +9,8 @@ Two hooks cover a diffusers pipeline:
   mask), and diffusers' attention dispatch (Flux) when its active backend is "native";
 * diffusers' ``attention_backend("native")`` for the duration of the run, so models that call
   ``dispatch_attention_fn`` (Flux, and any model set to another dispatch backend through the
-  environment) reach SDPA too instead of a kernel of diffusers' own choosing.
+  environment) reach SDPA too instead of a kernel of diffusers' own choosing; processors pinned
+  to a backend of their own (``model.set_attention_backend(...)``) are unpinned for the run.
 
 A call the backend does not claim (dtype, head_dim, mask kind, causal, GQA, its own constraint;
 the same ``AttnCase.outside`` test the op-level suite uses) or that it refuses with ``Unsupported``
@@ -198,6 +199,7 @@ def route(pipe: Any, backend: "Backend | None") -> Iterator[RouteStats]:
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_native_dispatch())
+            stack.enter_context(_processors_on_default_backend(pipe))
             stack.enter_context(_mode_class()(backend, stats, components))
             yield stats
     finally:
@@ -214,3 +216,29 @@ def _native_dispatch() -> Iterator[None]:
         return
     with attention_backend("native"):
         yield
+
+
+@contextlib.contextmanager
+def _processors_on_default_backend(pipe: Any) -> Iterator[None]:
+    """Attention processors pinned to a dispatch backend of their own (``model.set_attention_backend
+    ("flash")`` sets ``processor._attention_backend``) would bypass SDPA, and so the backend under
+    test: unpin them for the run, and pin them back afterwards."""
+    import torch
+
+    pinned: list[tuple[Any, Any]] = []
+    for component in (getattr(pipe, "components", None) or {}).values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for module in component.modules():
+            processor = getattr(module, "processor", None)
+            if getattr(processor, "_attention_backend", None) is not None:
+                pinned.append((processor, processor.__dict__.get("_attention_backend")))
+                processor._attention_backend = None
+    try:
+        yield
+    finally:
+        for processor, value in pinned:
+            if value is None:  # it was the class default; drop the instance attribute again
+                processor.__dict__.pop("_attention_backend", None)
+            else:
+                processor._attention_backend = value
