@@ -62,6 +62,18 @@ def thresholds(lines: list[str] | None) -> dict[str, tuple[float, float]]:
     return table
 
 
+def missing_packages() -> str | None:
+    """Why pipeline items cannot run here (their optional packages are absent), or None."""
+    from importlib.util import find_spec
+
+    absent = [name for module, name in (("diffusers", "diffusers"), ("transformers", "transformers"),
+                                        ("sentencepiece", "sentencepiece"), ("skimage", "scikit-image"),
+                                        ("PIL", "pillow")) if find_spec(module) is None]
+    if not absent:
+        return None
+    return f"pipeline checks need {', '.join(absent)}: pip install 'attnparity[pipelines]'"
+
+
 def golden_dir(ctx: SuiteContext) -> Path:
     raw = ctx.options.get("attn_golden_dir")
     if not raw:
@@ -76,11 +88,12 @@ def checks(ctx: SuiteContext) -> list[Check]:
     _written.clear()  # a new session may write again (in-process runs share this module)
     table = thresholds(ctx.options.get("attn_pipeline_ssim"))
     specs = specs_for(ctx.options.get("attn_pipeline"), ctx.rootdir)
+    missing = missing_packages()
     out: list[Check] = []
     for spec in specs:
         for backend in ctx.backends:
             for dtype in ctx.dtypes:
-                skip = ctx.unavailable(backend)
+                skip = missing or ctx.unavailable(backend)
                 if skip is None and dtype not in backend.capabilities.dtype_names:
                     skip = f"{backend.name} does not claim {dtype}"
                 run = functools.partial(run_check, ctx, spec, backend, dtype, table[dtype])
