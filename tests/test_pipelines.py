@@ -38,6 +38,21 @@ def pytest_unconfigure(config):
 """
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _pipelines_built_outside_pytester() -> None:
+    """Build the pipelines (importing their diffusers / transformers classes) in this process first.
+
+    pytester's in-process runs drop the modules they imported when they end, while diffusers' lazy
+    top-level module keeps the classes it handed out: a class imported inside one run and
+    re-imported in the next is a different object, and from_pretrained's class checks then reject
+    components ("expected [...] but only {...} were passed"). Imported out here, they stay put.
+    """
+    for name in specs.BUILTIN:
+        specs.load_pipeline(specs.builtin_spec(name), "fp32")
+    from diffusers import DiffusionPipeline  # noqa: F401  (the loader, for user checkpoints)
+    from diffusers.pipelines import pipeline_loading_utils  # noqa: F401
+
+
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest("-p", "no:cacheprovider", "--attn-dtypes=fp32", "-m", "attn_pipeline", *args)
 
