@@ -220,6 +220,21 @@ def pytest_unconfigure(config):
     result.stdout.fnmatch_lines(["*routing caught no attention call*", "*ran with the fp64 reference*head_dim*"])
 
 
+def test_nan_output_fails(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest("""
+from attnparity import Backend
+from attnparity.backends.registry import register_backend, unregister_backend
+
+register_backend(Backend("nan-rows", lambda q, k, v, **_: q * float("nan")), replace=True)
+
+def pytest_unconfigure(config):
+    unregister_backend("nan-rows")
+""")
+    result = _run(pytester, "--attn-backends=nan-rows", "-k", "pipeline:pixart")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*image values are NaN or Inf*"])
+
+
 def test_user_checkpoint_paths(pytester: pytest.Pytester, tmp_path: Path) -> None:
     result = _run(pytester, "--attn-backends=sdpa", "--attn-pipeline=does/not/exist")
     assert result.ret == pytest.ExitCode.USAGE_ERROR

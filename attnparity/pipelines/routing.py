@@ -183,6 +183,10 @@ def _mode_class() -> type:
                 except Unsupported as exc:
                     self.stats.fallback[f"{shape} (raised Unsupported: {exc})"] += 1
                     return reference_attention(query, key, value, **call)
+            expected = (*query.shape[:-1], value.shape[-1])
+            if tuple(out.shape) != expected:  # say so here, not as a shape error deep in the model
+                raise RuntimeError(f"backend {self.stats.backend} returned shape {tuple(out.shape)} for {shape}; "
+                                   f"expected {expected} (SDPA layout B, H, Sq, D)")
             self.stats.routed += 1
             self.stats.shapes[shape] += 1
             return out.to(query.dtype)

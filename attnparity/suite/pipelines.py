@@ -136,6 +136,8 @@ def golden_command(ctx: SuiteContext, spec: "PipelineSpec", backend: str, dtype:
 
 def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str,
               limits: tuple[float, float]) -> "ResultRecord":
+    import numpy as np
+
     from ..pipelines import routing, specs
     from ..pipelines.specs import PipelineSpecError
     from ..pipelines.ssim import ssim
@@ -170,7 +172,10 @@ def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype
                         f"({stats.fallback_calls} calls ran elsewhere); the image proves nothing")
     if stats.fallback:
         lines.append(stats.describe_fallback())
-    if ssim_ref.score < ref_limit:
+    bad = int((~np.isfinite(image)).sum())
+    if bad:
+        problems.append(f"{bad} image values are NaN or Inf (the fp64-reference image has none)")
+    if not ssim_ref.score >= ref_limit:  # NaN compares false: it fails here, never passes
         problems.append(f"SSIM {ssim_ref.score:.4f} < {ref_limit} against the same pipeline with fp64 reference "
                         "attention (attention-isolated): attention alone moved the image")
         artifacts_for.append(("reference", reference, ssim_ref))
@@ -178,7 +183,7 @@ def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype
         lines.append(f"attention-isolated SSIM {ssim_ref.score:.4f} >= {ref_limit}")
 
     _golden_check(ctx, spec, backend.name, dtype, pipe, image, reference, golden_limit,
-                  attention_ok=ssim_ref.score >= ref_limit, record=record, problems=problems, lines=lines,
+                  attention_ok=bool(ssim_ref.score >= ref_limit), record=record, problems=problems, lines=lines,
                   artifacts_for=artifacts_for)
     if artifacts_for:
         record.artifacts = _write_artifacts(ctx, spec.name, backend.name, dtype, image, artifacts_for)
