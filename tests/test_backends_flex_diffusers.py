@@ -167,3 +167,19 @@ def test_attn_list_shows_reasons(pytester):
     if not torch.cuda.is_available():
         result.stdout.fnmatch_lines(["flash-attn2 *unavailable: *", "sage *unavailable: *",
                                      "diffusers:flash_hub *unavailable: needs the HF hub kernel download*"])
+
+
+def test_bridge_gradients_where_claimed(bridge):
+    from attnparity.reference import reference_grads
+
+    backend = bridge["diffusers:_native_math"]
+    assert backend.capabilities.backward and not bridge["diffusers:flex"].capabilities.backward
+    case = AttnCase(batch=1, heads=4, kv_heads=2, sq=6, skv=9, head_dim=16, mask="random", mask_type="float")
+    q, k, v, mask = case.tensors()
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    grad_out = torch.randn(1, 4, 6, 16, generator=torch.Generator().manual_seed(1))
+    out = backend(*leaves, attn_mask=mask)
+    got = torch.autograd.grad(out, leaves, grad_out)
+    want = reference_grads(q, k, v, grad_out, mask)
+    for g, w in zip(got, want):
+        assert (g.double() - w).abs().max() < 1e-5

@@ -151,8 +151,10 @@ def _capabilities(name: str, arg_names: set[str], checks: list[Any]) -> Capabili
     head_dims = claims.get("head_dims", family.head_dims)
     if family.sdpa_kernel == "FLASH_ATTENTION" and torch.cuda.is_available():
         head_dims = range(1, 257)
+    # Gradients are claimed where diffusers calls torch SDPA (autograd through the pinned kernel);
+    # for the other families it depends on the kernel build and is not claimed.
     return Capabilities(devices=devices, dtypes=dtypes, head_dims=head_dims, masks=family.masks,
-                        causal=family.causal, gqa=family.gqa, backward=False,
+                        causal=family.causal, gqa=family.gqa, backward=family.sdpa,
                         deterministic=family.deterministic, constraint=_case_rule(family, claims))
 
 

@@ -85,7 +85,9 @@ def _make_fn(compiled: bool):
         kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale,
                       enable_gqa=q.shape[1] != k.shape[1])
         if compiled:
-            with torch._dynamo.config.patch(**_DYNAMO_LIMITS):
+            # Only the settings this torch knows (older ones lack some of the names).
+            limits = {k: v for k, v in _DYNAMO_LIMITS.items() if hasattr(torch._dynamo.config, k)}
+            with torch._dynamo.config.patch(**limits):
                 return _compiled_flex()(q, k, v, **kwargs)
         with warnings.catch_warnings():
             # "flex_attention called without torch.compile()": uncompiled is the point of this row.
