@@ -222,3 +222,14 @@ def test_bridge_xformers_bool_mask(diffusers_xformers):
 def test_bridge_xformers_unaligned_bias(diffusers_xformers):
     assert_matches_reference(diffusers_xformers, AttnCase(batch=1, heads=2, sq=6, skv=5, head_dim=16, dtype="fp16",
                                                           mask="random", mask_type="float"))
+
+
+def test_bridge_with_a_broken_diffusers(monkeypatch):
+    from attnparity.backends import diffusers as bridge_module
+
+    def boom():
+        raise RuntimeError("built for another torch")
+
+    monkeypatch.setattr(bridge_module, "_dispatch_module", boom)
+    (row,) = bridge_module.backends()
+    assert "built for another torch" in row.unavailable_reason()

@@ -212,6 +212,14 @@ def backends() -> list[Backend]:
         ad = _dispatch_module()
     except ImportError:
         return []  # no diffusers: the bridge adds no rows
+    except Exception as exc:  # diffusers present but broken (e.g. against this torch): say so, once
+        reason = f"diffusers failed to import: {type(exc).__name__}: {exc}"
+
+        def broken(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+            raise RuntimeError(reason)
+
+        return [Backend("diffusers", broken, is_available=lambda: reason,
+                        description="diffusers' attention dispatch (could not be loaded)")]
     registry = ad._AttentionBackendRegistry
     rows = []
     for backend in registry.list_backends():

@@ -165,6 +165,13 @@ def _case_rule(module: str | None):
     return rule
 
 
+def _has_backward(fmha: Any, op: Any) -> bool:
+    """True when xformers pairs this forward op with a backward op (its MemoryEfficientAttention*Op
+    tuples, e.g. ``MemoryEfficientAttentionCutlassOp = (cutlass.FwOp, cutlass.BwOp)``)."""
+    pairs = [getattr(fmha, name) for name in dir(fmha) if name.startswith("MemoryEfficientAttention")]
+    return any(isinstance(p, tuple) and len(p) == 2 and p[0] is op and p[1] is not None for p in pairs)
+
+
 def _capabilities(module: str | None) -> Capabilities:
     import torch
 
@@ -182,8 +189,7 @@ def _capabilities(module: str | None) -> Capabilities:
     causal = attn_bias_mod.LowerTriangularMask in bias_types
     min_k = getattr(op, "SUPPORTED_MIN_K", 1)
     max_k = int(min(op.SUPPORTED_MAX_K, 1 << 16))
-    backward = any(getattr(fmha, name, (None, None))[0] is op and getattr(fmha, name)[1] is not None
-                   for name in dir(fmha) if name.startswith("MemoryEfficientAttention"))
+    backward = _has_backward(fmha, op)
     return Capabilities(
         devices={d.split(":")[0] for d in op.SUPPORTED_DEVICES} & {"cuda", "cpu"},
         dtypes=set(op.SUPPORTED_DTYPES) & every,
