@@ -233,3 +233,17 @@ def test_bridge_with_a_broken_diffusers(monkeypatch):
     monkeypatch.setattr(bridge_module, "_dispatch_module", boom)
     (row,) = bridge_module.backends()
     assert "built for another torch" in row.unavailable_reason()
+
+
+@pytest.mark.slow
+def test_compiled_flex_path_on_cpu():
+    """The `flex` row's compiled call (mask_mod / score_mod capturing the mask, dynamo limits) run
+    through inductor's CPU backend: 5-25 s per shape, hence slow and not a CPU row of the matrix."""
+    from attnparity.backends.base import Backend
+    from attnparity.backends.flex import _make_fn
+
+    # flex's own fn, with flex-eager's claims so that the CPU cases below are claimed.
+    compiled = Backend("flex-compiled-cpu", _make_fn(compiled=True), _flex("flex-eager").capabilities)
+    for case in (AttnCase(batch=2, heads=4, kv_heads=2, sq=5, skv=9, head_dim=32, mask="dead-rows", causal="top-left"),
+                 AttnCase(batch=2, heads=4, kv_heads=2, sq=5, skv=9, head_dim=32, mask="dead-rows", mask_type="float")):
+        assert_matches_reference(compiled, case)
