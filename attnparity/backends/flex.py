@@ -10,7 +10,8 @@ How the contract maps onto flex (torch/nn/attention/flex_attention.py):
 
 Claims, from torch's own checks: flex refuses backward on CPU (``_validate_device``); the compiled
 CUDA (Triton) kernel needs head_dim >= 16 (``tl.dot``; inductor/kernel/flex/flex_attention.py) and
-rounds other head_dims up to a power of two itself; the eager path takes any head_dim. A fully
+rounds other head_dims up to a power of two itself; the eager path takes any head_dim. torch <= 2.6
+took only powers of two (see ``_head_dims``). A fully
 masked row gives zeros in eager flex (measured on torch 2.13 CPU, bool and -inf float masks); the
 compiled kernel is claimed the same and the matrix checks it.
 """
@@ -123,6 +124,19 @@ def _eager_available() -> str | None:
     return None
 
 
+def _head_dims(lowest: int) -> "frozenset[int] | range | None":
+    """Head dims flex takes on this torch. torch <= 2.6 only took powers of two >= 16 (its own
+    ``_supported_head_dim``); later versions take any, rounding up inside the Triton kernel."""
+    try:
+        from torch.nn.attention import flex_attention as fa
+    except ImportError:
+        return None
+    supported = getattr(fa, "_supported_head_dim", None)
+    if supported is not None:
+        return frozenset(d for d in range(1, 1025) if supported(d) and d >= lowest)
+    return range(lowest, 257) if lowest > 1 else None
+
+
 def backends() -> list[Backend]:
     import torch
 
@@ -132,9 +146,9 @@ def backends() -> list[Backend]:
     backward = torch.cuda.is_available()
     return [
         Backend("flex", _make_fn(compiled=True),
-                Capabilities(devices={"cuda"}, dtypes=every, head_dims=range(16, 257), backward=True),
+                Capabilities(devices={"cuda"}, dtypes=every, head_dims=_head_dims(16), backward=True),
                 _compiled_available, "torch.compile(flex_attention): the fused Triton kernel"),
         Backend("flex-eager", _make_fn(compiled=False),
-                Capabilities(dtypes=every, backward=backward),
+                Capabilities(dtypes=every, head_dims=_head_dims(1), backward=backward),
                 _eager_available, "flex_attention uncompiled (unfused math path)"),
     ]
