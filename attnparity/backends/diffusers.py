@@ -131,9 +131,9 @@ def _case_rule(family: _Family, claims: dict[str, Any]):
         if family.causal_square_only and case.causal is not None and case.sq != case.skv:
             return "sage's causal alignment for Sq != Skv is undocumented"
         if family.sdpa_kernel:
-            from .sdpa import _cuda_kernel_rules
+            from .sdpa import _kernel_rules
 
-            return _cuda_kernel_rules(family.sdpa_kernel)(case)
+            return _kernel_rules(family.sdpa_kernel)(case)
         return None
 
     return rule
