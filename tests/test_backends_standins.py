@@ -9,6 +9,7 @@ mapping, mask handling and capability logic on a CPU machine. Setting a stand-in
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 import pytest
 import torch
