@@ -7,3 +7,10 @@ second time in one process, so it is imported once here, before any snapshot is 
 import torch  # noqa: F401
 
 pytest_plugins = ["pytester"]
+
+
+def pytest_ignore_collect(collection_path, config):
+    # `pytest --attn-backends=...` from the repo root runs the matrix, not the project's own tests.
+    if config.getoption("attn_backends", None) and collection_path.name in ("tests", "examples"):
+        return True
+    return None
