@@ -273,3 +273,15 @@ def test_ssim_thresholds_from_ini(pytester: pytest.Pytester) -> None:
     result = _run(pytester, "--attn-backends=sdpa", "-k", "pipeline:pixart")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*attn_pipeline_ssim rule*ref=high*"])
+
+
+@pytest.mark.parametrize("name", specs.BUILTIN)
+def test_committed_goldens_match_the_current_pipelines(name: str) -> None:
+    """The manifests were written by another process (another hash seed): the config hash must be
+    stable across processes, and the committed goldens must describe the pipelines as built now."""
+    spec = specs.builtin_spec(name)
+    now = specs.config_hash(specs.load_pipeline(spec, "fp32"), spec)
+    for dtype in ("fp32", "fp16", "bf16"):
+        manifest = json.loads((Path(__file__).parents[1] / "golden" / name / "cpu" / f"{dtype}.json").read_text())
+        assert manifest["config_hash"] == now, f"golden/{name}/cpu/{dtype} was made from another config"
+        assert (manifest["seed"], manifest["steps"], manifest["size"]) == (spec.seed, spec.steps, spec.size)

@@ -416,9 +416,9 @@ def config_hash(pipe: Any, spec: PipelineSpec) -> str:
             parts[key] = type(component).__name__ if component is not None else None
             continue
         as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        as_dict.pop("_name_or_path", None)
-        as_dict.pop("transformers_version", None)
-        as_dict.pop("_diffusers_version", None)
+        # Private bookkeeping ("_use_default_values" is a set in hash-seed order, "_name_or_path",
+        # versions) is no part of the model; versions are recorded separately.
+        as_dict = {k: v for k, v in as_dict.items() if not k.startswith("_") and k != "transformers_version"}
         parts[key] = {"class": type(component).__name__, "config": as_dict}
     if spec.builtin:
         parts["tokenizers"] = {str(p.relative_to(TOKENIZERS)): hashlib.sha256(p.read_bytes()).hexdigest()
