@@ -4,6 +4,7 @@ header lines, the stamp on every record, and the end-of-run summary and files.""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,70 @@ def stamp(ctx: SuiteContext, record: Any) -> None:
     record.versions = record.versions or dict(_versions_cache)
 
 
-def finish_run(ctx: SuiteContext, records: list[dict[str, Any]], terminal: Any) -> None:
-    from .report import summarize
+@dataclass
+class RunOutcome:
+    """What the end of a run produced on the controller: records, the gate, the files written."""
 
-    summarize(ctx, records, terminal)
+    records: list[Any]
+    comparison: Any = None  # compare.Comparison when --attn-compare was given and readable
+    gate_error: str | None = None  # --attn-compare given but unusable: the gate fails, saying why
+    report_dir: Path | None = None
+    errors: list[str] = field(default_factory=list)  # report problems: shown, never raised
+
+    @property
+    def gate_failed(self) -> bool:
+        # An unreadable old results.json fails too: a gate that silently does nothing must not pass.
+        return self.gate_error is not None or bool(self.comparison is not None and self.comparison.failed)
+
+
+def _opt(ctx: SuiteContext, name: str, default: float) -> float:
+    value = ctx.options.get(name)
+    return default if value is None else float(value)
+
+
+def finish_records(ctx: SuiteContext, records: list[dict[str, Any]]) -> RunOutcome:
+    """The gate (--attn-compare) and the report files (--attn-report) for this run's records."""
+    from .matrix import as_records
+
+    outcome = RunOutcome(as_records(records))
+    old_path = ctx.options.get("attn_compare")
+    if old_path:
+        from .compare import Thresholds, compare_records
+        from .results import ResultsFileError, read_results
+
+        try:
+            old = read_results(Path(old_path))
+            thresholds = Thresholds(_opt(ctx, "attn_compare_ratio", 2.0), _opt(ctx, "attn_compare_ssim", 0.01),
+                                    _opt(ctx, "attn_compare_slowdown", 0.25))
+            outcome.comparison = compare_records(old["records"], outcome.records, thresholds, old_source=str(old_path))
+        except (ResultsFileError, ValueError) as exc:
+            outcome.gate_error = f"upgrade gate failed: {exc}"
+    report_dir = ctx.options.get("attn_report")
+    if report_dir:
+        from .report_html import write_report
+
+        target = Path(report_dir)
+        target = target if target.is_absolute() else ctx.rootdir / target
+        try:
+            outcome.report_dir = write_report(target, outcome.records, device=device_name(ctx.device),
+                                              comparison=outcome.comparison)
+        except OSError as exc:
+            outcome.errors.append(f"report not written to {target}: {exc}")
+    return outcome
+
+
+def finish_run(ctx: SuiteContext, outcome: RunOutcome, terminal: Any) -> None:
+    from .report import summarize, write_comparison
+
+    summarize(ctx, outcome.records, terminal)
+    if outcome.comparison is not None:
+        write_comparison(outcome.comparison, terminal)
+    if outcome.gate_error:
+        terminal.write_sep("=", "attnparity upgrade gate: FAILED", red=True)
+        terminal.write_line(outcome.gate_error, red=True)
+    for error in outcome.errors:
+        terminal.write_line(f"attnparity: {error}", red=True)
+    if outcome.report_dir is not None:
+        html = outcome.report_dir / "index.html"
+        terminal.write_line(f"attnparity report: {html} ({html.stat().st_size / 1024:.0f} KiB), "
+                            f"{outcome.report_dir / 'results.json'}")
