@@ -11,7 +11,9 @@ Limits, stated plainly: a call that holds the GIL while it hangs (a C extension 
 releasing it) blocks the waiting thread too, and no in-process timeout can help; use pytest-timeout's
 ``--timeout-method=signal`` or run under xdist, where only that worker is lost. On CUDA an abandoned
 kernel may keep the stream busy, so later cells of other backends may time out as well. Under
-xdist the hung mark is per worker process.
+xdist the hung mark is per worker process. An abandoned thread still running torch code when the
+interpreter exits can crash the exit itself, so at the end of the session ``drain`` gives such
+threads a short grace period and says how many are still running.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class CellTimeout(Exception):
 
 #: backend name -> why it counts as hung (the node id where it timed out), in this process.
 _hung: dict[str, str] = {}
+#: worker threads that ran past their limit and were left running.
+_abandoned: list[threading.Thread] = []
 
 
 def run_with_timeout(work: Callable[[], T], seconds: float | None, *, label: str) -> T:
@@ -50,6 +54,7 @@ def run_with_timeout(work: Callable[[], T], seconds: float | None, *, label: str
     thread.start()
     thread.join(seconds)
     if thread.is_alive():
+        _abandoned.append(thread)
         raise CellTimeout(f"{label} timed out after {seconds:g} s (attn_timeout); its thread was abandoned "
                           "and is still running")
     if "error" in box:
@@ -67,6 +72,17 @@ def hung_reason(backend: str | None) -> str | None:
         return None
     return (f"{backend} not run: it timed out in {_hung[backend]} and that call is still running "
             "(attn_timeout); its remaining cells fail without being tried")
+
+
+def drain(grace_s: float) -> int:
+    """Wait up to ``grace_s`` in all for abandoned threads to end; how many still run."""
+    import time
+
+    deadline = time.monotonic() + grace_s
+    for thread in _abandoned:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    _abandoned[:] = [t for t in _abandoned if t.is_alive()]
+    return len(_abandoned)
 
 
 def reset() -> None:

@@ -242,6 +242,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import sys
+
+    guard = sys.modules.get("attnparity.guard")
+    if guard is None:  # no cell ever ran under a time limit
+        return
+    still = guard.drain(5.0)
+    if still:
+        sys.stderr.write(f"attnparity: {still} timed-out backend call(s) still running at exit; "
+                         "the process may hang or crash while exiting (see attn_timeout)\n")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if not _is_controller(config) or _OUTCOME not in config.stash:
         return

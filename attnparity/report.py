@@ -65,10 +65,10 @@ def write_matrix(m: mx.Matrix, terminal: Terminal) -> None:
     if not m.backends:
         return
     name_w = min(max(len(b) for b in m.backends), NAME_WIDTH)
-    col_w = max(17, min(24, (WIDTH - name_w - 2) // max(len(m.dtypes), 1)))
+    col_w = max(19, min(24, (WIDTH - name_w - 2) // max(len(m.dtypes), 1)))
     terminal.write_line("")
-    terminal.write_line("op parity, backend x dtype: verdict, worst error ratio (backend / naive-math error, "
-                        "<1 = better), examples")
+    terminal.write_line("backend x dtype: verdict, worst error ratio (backend / naive-math error; "
+                        "<1 better), examples")
     terminal.write_line(f"{'backend':<{name_w}}  " + "".join(f"{d:<{col_w}}" for d in m.dtypes).rstrip())
     for backend in m.backends:
         terminal.write(f"{clip(backend, name_w):<{name_w}}  ")
@@ -78,7 +78,7 @@ def write_matrix(m: mx.Matrix, terminal: Terminal) -> None:
                 terminal.write(f"{'.':<{col_w}}")
                 continue
             terminal.write(f"{cell.verdict:<5}", **VERDICT_MARKUP[cell.verdict])
-            rest = f" {fmt_num(cell.ratio):>6} {cell.examples:>4}" if cell.verdict != "skip" else ""
+            rest = f" {fmt_num(cell.ratio):>8} {cell.examples:>4}" if cell.verdict != "skip" else ""
             terminal.write(f"{rest:<{col_w - 5}}")
         terminal.write_line("")
 

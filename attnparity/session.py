@@ -60,6 +60,7 @@ def build_context(config: Any, options: dict[str, Any]) -> SuiteContext:
     if examples is not None and int(examples) < 1:
         raise ValueError(f"--attn-examples={examples}: must be at least 1")
     root = Path(config.rootpath)
+    _check_gate_options(options, root)
     artifacts = Path(options["attn_artifacts"] or ".attnparity/artifacts")
     return SuiteContext(
         backends=backends,
@@ -72,6 +73,29 @@ def build_context(config: Any, options: dict[str, Any]) -> SuiteContext:
         artifacts_dir=artifacts if artifacts.is_absolute() else root / artifacts,
         options=options,
     )
+
+
+def _check_gate_options(options: dict[str, Any], root: Path) -> None:
+    """Bad gate input is a usage error at the start, not a surprise after the whole matrix ran."""
+    from .compare import Thresholds
+    from .results import read_results
+
+    Thresholds(_opt_value(options, "attn_compare_ratio", 2.0), _opt_value(options, "attn_compare_ssim", 0.01),
+               _opt_value(options, "attn_compare_slowdown", 0.25))
+    # Paths are taken from the invocation directory, as --junitxml does; resolved once here.
+    for name in ("attn_compare", "attn_report"):
+        if options.get(name):
+            options[name] = str(Path(options[name]).expanduser().resolve())
+    if options.get("attn_compare"):
+        read_results(Path(options["attn_compare"]))  # raises ResultsFileError (a ValueError) saying why
+    timeout = options.get("attn_timeout")
+    if timeout is not None and float(timeout) < 0:
+        raise ValueError(f"--attn-timeout={timeout}: seconds must be >= 0 (0: no limit)")
+
+
+def _opt_value(options: dict[str, Any], name: str, default: float) -> float:
+    value = options.get(name)
+    return default if value is None else float(value)
 
 
 def device_name(device: str) -> str:
@@ -132,11 +156,6 @@ class RunOutcome:
         return self.gate_error is not None or bool(self.comparison is not None and self.comparison.failed)
 
 
-def _opt(ctx: SuiteContext, name: str, default: float) -> float:
-    value = ctx.options.get(name)
-    return default if value is None else float(value)
-
-
 def finish_records(ctx: SuiteContext, records: list[dict[str, Any]]) -> RunOutcome:
     """The gate (--attn-compare) and the report files (--attn-report) for this run's records."""
     from .matrix import as_records
@@ -149,8 +168,9 @@ def finish_records(ctx: SuiteContext, records: list[dict[str, Any]]) -> RunOutco
 
         try:
             old = read_results(Path(old_path))
-            thresholds = Thresholds(_opt(ctx, "attn_compare_ratio", 2.0), _opt(ctx, "attn_compare_ssim", 0.01),
-                                    _opt(ctx, "attn_compare_slowdown", 0.25))
+            thresholds = Thresholds(_opt_value(ctx.options, "attn_compare_ratio", 2.0),
+                                    _opt_value(ctx.options, "attn_compare_ssim", 0.01),
+                                    _opt_value(ctx.options, "attn_compare_slowdown", 0.25))
             outcome.comparison = compare_records(old["records"], outcome.records, thresholds, old_source=str(old_path))
         except (ResultsFileError, ValueError) as exc:
             outcome.gate_error = f"upgrade gate failed: {exc}"
@@ -159,10 +179,9 @@ def finish_records(ctx: SuiteContext, records: list[dict[str, Any]]) -> RunOutco
         from .report_html import write_report
 
         target = Path(report_dir)
-        target = target if target.is_absolute() else ctx.rootdir / target
         try:
             outcome.report_dir = write_report(target, outcome.records, device=device_name(ctx.device),
-                                              comparison=outcome.comparison)
+                                              comparison=outcome.comparison, base=ctx.rootdir)
         except OSError as exc:
             outcome.errors.append(f"report not written to {target}: {exc}")
     return outcome
