@@ -58,7 +58,7 @@ def test_hanging_backend_times_out_once_and_the_rest_runs(matrix_project, tmp_pa
     assert "forward[vendor-hang-fp32] timed out after 3 s (attn_timeout)" in text
     # One timeout, not one per cell: the backend's second cell fails at once.
     assert "vendor-hang not run: it timed out in" in text
-    assert elapsed < 3 * 2
+    assert elapsed < 15  # not the 60 s the hung call would take, nor a drain that waits for it
     assert (tmp_path / "rep" / "index.html").exists()
 
 
