@@ -25,6 +25,22 @@ def as_records(records: Iterable[ResultRecord | dict[str, Any]]) -> list[ResultR
     return [r if isinstance(r, ResultRecord) else ResultRecord.from_json(r) for r in records]
 
 
+KIND_ORDER = ("op", "semantic", "pipeline", "perf")
+
+
+def sort_records(records: Iterable[ResultRecord], backend_order: Iterable[str] = ()) -> list[ResultRecord]:
+    """Records in one stable order (kind, backend as selected, dtype, check, node id), whatever order
+    they finished in: a run under xdist reads and writes the same as a serial one."""
+    rank = {name: i for i, name in enumerate(backend_order)}
+
+    def key(r: ResultRecord) -> tuple[Any, ...]:
+        kind = KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER)
+        return (kind, rank.get(r.backend or "", len(rank)), r.backend or "", _dtype_key(r.dtype or ""), r.check,
+                r.nodeid)
+
+    return sorted(records, key=key)
+
+
 def worse_verdict(a: str | None, b: str) -> str:
     return b if a is None or VERDICT_RANK[b] > VERDICT_RANK[a] else a
 

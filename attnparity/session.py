@@ -158,9 +158,9 @@ class RunOutcome:
 
 def finish_records(ctx: SuiteContext, records: list[dict[str, Any]]) -> RunOutcome:
     """The gate (--attn-compare) and the report files (--attn-report) for this run's records."""
-    from .matrix import as_records
+    from .matrix import as_records, sort_records
 
-    outcome = RunOutcome(as_records(records))
+    outcome = RunOutcome(sort_records(as_records(records), [b.name for b in ctx.backends]))
     old_path = ctx.options.get("attn_compare")
     if old_path:
         from .compare import Thresholds, compare_records
