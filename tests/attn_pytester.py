@@ -54,7 +54,14 @@ def scaled(q, k, v, *, attn_mask=None, is_causal=False, scale=None):  # a real b
     from attnparity.backends.naive import naive_attention
     return naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=1.0)
 
-for _name, _fn in (("vendor-crash", crash), ("vendor-nan", nan), ("vendor-shape", bad_shape),
+def degradable(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # correct, until "the upgrade" (ATTN_DEGRADE=1) breaks its softmax scale
+    import os
+    from attnparity.backends.naive import naive_attention
+    return naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                           scale=1.0 if os.environ.get("ATTN_DEGRADE") else scale)
+
+for _name, _fn in (("vendor-degradable", degradable), ("vendor-crash", crash), ("vendor-nan", nan), ("vendor-shape", bad_shape),
                    ("vendor-hang", hang), ("vendor-scale", scaled)):
     _add(_name, _fn)
 
