@@ -67,8 +67,8 @@ def write_matrix(m: mx.Matrix, terminal: Terminal) -> None:
     name_w = min(max(len(b) for b in m.backends), NAME_WIDTH)
     col_w = max(19, min(24, (WIDTH - name_w - 2) // max(len(m.dtypes), 1)))
     terminal.write_line("")
-    terminal.write_line("backend x dtype: verdict, worst error ratio (backend / naive-math error; "
-                        "<1 better), examples")
+    terminal.write_line("op parity per backend x dtype: verdict, worst error ratio (backend err / "
+                        "naive-math err), examples")
     terminal.write_line(f"{'backend':<{name_w}}  " + "".join(f"{d:<{col_w}}" for d in m.dtypes).rstrip())
     for backend in m.backends:
         terminal.write(f"{clip(backend, name_w):<{name_w}}  ")

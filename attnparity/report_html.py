@@ -83,6 +83,11 @@ class Chart:
     reference: float | None = None  # a vertical line (speed-up 1x)
 
     @property
+    def label_width(self) -> int:
+        """Pixels for the bar labels (11 px sans: about 6.5 px a character)."""
+        return max(60, int(6.5 * max((len(b.label) for b in self.bars), default=0)) + 8)
+
+    @property
     def top(self) -> float:
         values = [b.value for b in self.bars if math.isfinite(b.value)]
         return max(values + [self.reference or 0.0, 1e-12])
