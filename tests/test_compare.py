@@ -129,12 +129,12 @@ def test_gate_fails_the_run_on_a_degraded_upgrade(matrix_project, tmp_path, monk
 
 
 def test_gate_alone_fails_an_otherwise_green_run(matrix_project, tmp_path):
-    """The gate's own failure: every item passes, yet a backend went missing -> exit 1."""
-    before = matrix_project.runpytest(*ARGS, f"--attn-report={tmp_path / 'before'}")
-    assert before.ret == 0
+    """The gate's own failure: every item passes, yet a backend of the baseline went missing -> exit 1."""
+    baseline = write_results(tmp_path / "old.json", [op("naive", ratio=1.0), op("sdpa-math", ratio=1.0)], "cpu", {})
     after = matrix_project.runpytest("--attn-backends=naive", "--attn-dtypes=fp32", "--attn-examples=2",
-                                     f"--attn-compare={tmp_path / 'before' / 'results.json'}")
+                                     f"--attn-compare={baseline}")
     after.stdout.fnmatch_lines(["*1 passed*"])
+    after.stdout.fnmatch_lines(["*WORSE * sdpa-math: backend sdpa-math disappeared*"])
     assert after.ret == 1
 
 
