@@ -146,7 +146,7 @@ def compare_records(old: Iterable[ResultRecord], new: Iterable[ResultRecord], th
         reasons = {f.message.strip().splitlines()[0] for c, f in after.items() if c[2] == backend and f.message}
         why = f"now unavailable: {'; '.join(sorted(reasons))}" if reasons else "absent from this run"
         n = sum(1 for c, f in before.items() if c[2] == backend and f.ran)
-        diffs.append(Difference(("backend", "*", backend, None), "backend", "ran", "gone",
+        diffs.append(Difference(("backend", "", backend, None), "backend", "ran", "gone",
                                 f"backend {backend} disappeared ({n} cells ran before; {why})", True))
 
     compared = 0
