@@ -72,6 +72,7 @@ def build_context(config: Any, options: dict[str, Any]) -> SuiteContext:
         rootdir=root,
         artifacts_dir=artifacts if artifacts.is_absolute() else root / artifacts,
         options=options,
+        user_profile=_user_profile(),
     )
 
 
@@ -96,6 +97,13 @@ def _check_gate_options(options: dict[str, Any], root: Path) -> None:
 def _opt_value(options: dict[str, Any], name: str, default: float) -> float:
     value = options.get(name)
     return default if value is None else float(value)
+
+
+def _user_profile() -> str | None:
+    from hypothesis import settings
+
+    name = settings.get_current_profile_name()
+    return None if name == "default" else name
 
 
 def device_name(device: str) -> str:
