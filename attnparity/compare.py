@@ -164,7 +164,7 @@ def compare_records(old: Iterable[ResultRecord], new: Iterable[ResultRecord], th
     for cell, new_cell in after.items():
         if cell not in before and new_cell.ran:
             diffs.append(Difference(cell, "new", None, new_cell.verdict, f"new cell ({new_cell.verdict})", False))
-    diffs.sort(key=lambda d: (not d.worse, d.label))
+    diffs.sort(key=lambda d: (not d.worse, d.what != "backend", d.label))  # vanished backends first
     return Comparison(old_source, diffs, t, compared)
 
 

@@ -60,7 +60,7 @@ def build_context(config: Any, options: dict[str, Any]) -> SuiteContext:
     if examples is not None and int(examples) < 1:
         raise ValueError(f"--attn-examples={examples}: must be at least 1")
     root = Path(config.rootpath)
-    _check_gate_options(options, root)
+    _check_gate_options(options)
     artifacts = Path(options["attn_artifacts"] or ".attnparity/artifacts")
     return SuiteContext(
         backends=backends,
@@ -76,7 +76,7 @@ def build_context(config: Any, options: dict[str, Any]) -> SuiteContext:
     )
 
 
-def _check_gate_options(options: dict[str, Any], root: Path) -> None:
+def _check_gate_options(options: dict[str, Any]) -> None:
     """Bad gate input is a usage error at the start, not a surprise after the whole matrix ran."""
     from .compare import Thresholds
     from .results import read_results
