@@ -178,7 +178,7 @@ class AttnItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, self.nodeid
+        return self.path, 0, self.nodeid
 
 
 class AttnCollector(pytest.Collector):
