@@ -255,17 +255,19 @@ def test_user_checkpoint_paths(pytester: pytest.Pytester, tmp_path: Path) -> Non
     result.stdout.fnmatch_lines(["*DiffusionPipeline.from_pretrained(*local_files_only=True) failed*"])
 
 
-def test_a_saved_pipeline_joins_the_matrix_with_its_own_golden(pytester: pytest.Pytester, tmp_path: Path) -> None:
-    spec = specs.builtin_spec("pixart")
-    spec.build().save_pretrained(tmp_path / "mypix")
-    # A fresh interpreter: after other in-process pytester runs, diffusers' lazy module may hold
-    # classes from modules pytester has dropped, and from_pretrained's class checks then fail.
+def test_a_saved_pipeline_joins_the_matrix_with_its_own_golden(pytester: pytest.Pytester) -> None:
+    # Saved and loaded in a fresh interpreter: after other in-process pytester runs have dropped the
+    # diffusers modules they imported, this process's diffusers classes are not the ones a new
+    # import makes, and saving or loading a pipeline across that mismatch loses components.
+    pytester.makeconftest(
+        "from attnparity.pipelines import specs\n"
+        "specs.builtin_spec('pixart').build().save_pretrained('mypix')\n")
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", "--attn-dtypes=fp32", "-m", "attn_pipeline", "--attn-backends=sdpa",
-        f"--attn-pipeline={tmp_path / 'mypix'}", "--attn-golden-dir=g", "-k", "pipeline:mypix", "--attn-golden-update")
+        "--attn-pipeline=mypix", "--attn-golden-dir=g", "-k", "pipeline:mypix", "--attn-golden-update")
     result.assert_outcomes(passed=1)
     manifest = json.loads((pytester.path / "g" / "mypix" / "cpu" / "fp32.json").read_text())
-    assert manifest["source"] == str((tmp_path / "mypix").resolve())
+    assert manifest["source"] == str((pytester.path / "mypix").resolve())
     assert (pytester.path / "g" / "mypix" / "cpu" / "fp32.png").is_file()
 
 
