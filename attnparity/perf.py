@@ -1,0 +1,286 @@
+"""Timing attention backends: CUDA events with warm-up and an L2 flush, or perf_counter on CPU.
+
+Nothing here knows pytest. The suite (suite/perf.py) calls ``time_fn`` per backend × dtype × shape
+and turns the ``Timing`` into a record; the formulas (FLOPs, TFLOP/s, % of peak, speed-up) live
+here so the report and the self-tests use the very same arithmetic.
+
+How a figure is taken:
+
+* CUDA (the method of ``triton.testing.do_bench``, which a self-test compares us with): one untimed
+  first call (lazy init, torch.compile / flex compilation happen here, never in a timed run), a
+  5-call estimate, warm-up calls for ``warmup_ms``, then ``reps`` runs sized to ``rep_ms`` (at least
+  ``min_reps``). Before each run a buffer larger than L2 is overwritten, so no run finds its inputs
+  in cache left by the previous one; a CUDA event pair brackets only the call itself (events are
+  stream-ordered, so the flush kernel is outside the window). One synchronize at the end, then the
+  per-run elapsed times.
+* CPU: the same first call and warm-up, then ``time.perf_counter`` around each call (CPU kernels are
+  synchronous). The label states the torch thread count, since that is what the figure depends on.
+
+The run's figure is the median of the runs; the coefficient of variation (sample standard
+deviation / mean) says how noisy it was.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+#: Forward-pass FLOPs are counted as two matmuls (Q·Kᵀ and P·V), 2 FLOPs per multiply-add each;
+#: softmax is not counted (the convention of the FlashAttention papers and their benchmarks).
+FLOPS_CONVENTION = "4·B·H·Sq·Skv·D (QKᵀ and PV, 2 FLOPs per MAC; softmax not counted), half for causal"
+
+
+# -- arithmetic ------------------------------------------------------------------------------------
+def attention_flops(batch: int, heads: int, sq: int, skv: int, head_dim: int, causal: bool = False) -> float:
+    """Forward FLOPs of one attention call: 4·B·H·Sq·Skv·D, half when causal."""
+    flops = 4.0 * batch * heads * sq * skv * head_dim
+    return flops / 2 if causal else flops
+
+
+def tflops(flops: float, ms: float) -> float:
+    """TFLOP/s of ``flops`` done in ``ms`` milliseconds."""
+    if ms <= 0:
+        raise ValueError(f"time must be positive, got {ms} ms")
+    return flops / (ms * 1e-3) / 1e12
+
+
+def speedup(reference_ms: float, ms: float) -> float:
+    """How many times faster than the reference: >1 is faster, <1 slower."""
+    return reference_ms / ms
+
+
+def median(values: Sequence[float]) -> float:
+    if not values:
+        raise ValueError("no timings")
+    return float(statistics.median(values))
+
+
+def coefficient_of_variation(values: Sequence[float]) -> float:
+    """Sample standard deviation / mean (0 for fewer than two values)."""
+    if len(values) < 2:
+        return 0.0
+    mean = statistics.fmean(values)
+    return float(statistics.stdev(values) / mean) if mean > 0 else 0.0
+
+
+# -- timings ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Timing:
+    """The runs of one timed function, in milliseconds."""
+
+    times_ms: tuple[float, ...]
+    #: What the figure was taken on: the GPU's name, or "CPU (N torch threads)".
+    device_label: str
+    #: How: "CUDA events, L2 flushed (… MiB) between runs" or "perf_counter".
+    method: str
+    #: The untimed first call (lazy init, compilation): reported, never part of the median.
+    first_call_ms: float
+    warmup_runs: int
+
+    @property
+    def median_ms(self) -> float:
+        return median(self.times_ms)
+
+    @property
+    def cv(self) -> float:
+        return coefficient_of_variation(self.times_ms)
+
+    @property
+    def reps(self) -> int:
+        return len(self.times_ms)
+
+
+@dataclass(frozen=True)
+class TimerSettings:
+    """How long to warm up and how many runs to time (a time budget, bounded by rep counts)."""
+
+    warmup_ms: float
+    rep_ms: float
+    min_reps: int
+    max_reps: int
+
+
+#: CUDA presets follow do_bench's defaults (25 ms warm-up, 100 ms of runs); CPU ones keep a quick
+#: run of the whole perf set within a minute or two on a small machine.
+SETTINGS = {
+    ("cuda", "quick"): TimerSettings(warmup_ms=25, rep_ms=100, min_reps=10, max_reps=1000),
+    ("cuda", "full"): TimerSettings(warmup_ms=50, rep_ms=300, min_reps=20, max_reps=2000),
+    ("cpu", "quick"): TimerSettings(warmup_ms=20, rep_ms=250, min_reps=3, max_reps=100),
+    ("cpu", "full"): TimerSettings(warmup_ms=100, rep_ms=1000, min_reps=5, max_reps=500),
+}
+
+
+def settings_for(device: str, mode: str) -> TimerSettings:
+    return SETTINGS[("cuda" if device.startswith("cuda") else "cpu", mode)]
+
+
+def device_label(device: str) -> str:
+    """The GPU's name, or ``CPU (N torch threads)``: two timings compare only under one label."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({torch.get_num_threads()} torch threads)"
+
+
+def time_fn(fn: Callable[[], Any], device: str, settings: TimerSettings) -> Timing:
+    """Time ``fn()`` on ``device`` (CUDA events there, perf_counter on CPU)."""
+    if device.startswith("cuda"):
+        return time_cuda(fn, device=device, settings=settings)
+    if device != "cpu":
+        raise ValueError(f"perf timing supports cpu and cuda devices, not {device!r}")
+    return time_cpu(fn, settings=settings)
+
+
+def time_cpu(fn: Callable[[], Any], *, settings: TimerSettings) -> Timing:
+    start = time.perf_counter()
+    fn()  # first call: lazy init / compilation, reported apart
+    first_ms = (time.perf_counter() - start) * 1e3
+    warmups, deadline = 0, time.perf_counter() + settings.warmup_ms / 1e3
+    while warmups < 1 or time.perf_counter() < deadline:
+        fn()
+        warmups += 1
+    times: list[float] = []
+    deadline = time.perf_counter() + settings.rep_ms / 1e3
+    while len(times) < settings.max_reps and (len(times) < settings.min_reps or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return Timing(tuple(times), device_label("cpu"), "perf_counter", first_ms, warmups)
+
+
+#: do_bench overwrites 256 MB; we take at least that and at least twice the reported L2.
+_MIN_FLUSH_BYTES = 256 * 1024 * 1024
+_flush_buffers: dict[str, Any] = {}
+
+
+def l2_flush_buffer(device: str) -> Any:
+    """An int8 buffer at least twice this GPU's L2 (and >= 256 MiB); writing it evicts L2."""
+    import torch
+
+    if device not in _flush_buffers:
+        l2 = int(getattr(torch.cuda.get_device_properties(torch.device(device)), "L2_cache_size", 0) or 0)
+        _flush_buffers[device] = torch.empty(max(2 * l2, _MIN_FLUSH_BYTES), dtype=torch.int8, device=device)
+    return _flush_buffers[device]
+
+
+def time_cuda(fn: Callable[[], Any], *, device: str = "cuda", settings: TimerSettings, flush: bool = True) -> Timing:
+    import torch
+
+    dev = torch.device(device)
+    with torch.cuda.device(dev):
+        cache = l2_flush_buffer(device) if flush else None
+
+        def clear() -> None:
+            if cache is not None:
+                cache.zero_()
+
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()  # lazy init / compilation (flex + torch.compile compile here), never timed
+        torch.cuda.synchronize()
+        first_ms = (time.perf_counter() - t0) * 1e3
+
+        # Estimate one run (flush included, as do_bench does) to size warm-up and repetitions.
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            clear()
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
+        warmups = max(1, int(settings.warmup_ms / estimate_ms))
+        reps = min(settings.max_reps, max(settings.min_reps, int(settings.rep_ms / estimate_ms)))
+
+        for _ in range(warmups):
+            fn()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for i in range(reps):
+            clear()  # evict L2 so every run reads its inputs from HBM, as in a real model
+            starts[i].record()
+            fn()
+            ends[i].record()
+        torch.cuda.synchronize()  # every event has completed before we read any elapsed time
+        times = tuple(s.elapsed_time(e) for s, e in zip(starts, ends))
+    method = "CUDA events" + (f", L2 flushed ({cache.numel() >> 20} MiB written) between runs" if cache is not None else "")
+    return Timing(times, device_label(device), method, first_ms, warmups)
+
+
+# -- matmul peak -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Peak:
+    tflops: float
+    n: int
+    dtype: str
+    device_label: str
+    timing: Timing
+
+    def describe(self) -> str:
+        return f"{self.tflops:.3g} TFLOP/s ({self.n}x{self.n} {self.dtype} matmul, median of {self.timing.reps})"
+
+
+_peaks: dict[tuple[str, str, str], Peak] = {}
+
+
+def matmul_size(device: str) -> int:
+    # Large enough to reach the dense peak: 8192³ on a GPU (~1 ms on an H100), 1024³ on a CPU.
+    return 8192 if device.startswith("cuda") else 1024
+
+
+def matmul_peak(device: str, dtype: str, settings: TimerSettings) -> Peak:
+    """This device's measured matmul throughput in ``dtype``, measured once per process and cached.
+
+    "Peak" means what a large square torch matmul reaches here, not the datasheet figure: the % of
+    peak then says how close attention gets to the device's own dense-matmul speed.
+    """
+    from .backends.base import torch_dtype
+
+    key = (device, device_label(device), dtype)
+    if key not in _peaks:
+        import torch
+
+        n = matmul_size(device)
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(n, n, generator=gen).to(torch_dtype(dtype)).to(device)
+        b = torch.randn(n, n, generator=gen).to(torch_dtype(dtype)).to(device)
+        timing = time_fn(lambda: a @ b, device, settings)
+        _peaks[key] = Peak(tflops(2.0 * n ** 3, timing.median_ms), n, dtype, timing.device_label, timing)
+    return _peaks[key]
+
+
+# -- tables ----------------------------------------------------------------------------------------
+TABLE_COLUMNS = ("shape", "backend", "dtype", "ms", "cv", "TFLOP/s", "% peak", "× sdpa-math", "× naive")
+
+
+def table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per perf record (dicts as in results.json); skips show their reason in the ms column."""
+
+    def num(value: Any, fmt: str) -> str:
+        return "–" if value is None else format(value, fmt)
+
+    rows = []
+    for rec in records:
+        if rec.get("kind") != "perf":
+            continue
+        m = rec.get("metrics") or {}
+        shape = rec["check"].removeprefix("perf:")
+        if rec.get("verdict") == "skip" or "ms" not in m:
+            rows.append((shape, rec.get("backend") or "", rec.get("dtype") or "", f"skip: {rec.get('message', '')}",
+                         "", "", "", "", ""))
+            continue
+        rows.append((shape, rec.get("backend") or "", rec.get("dtype") or "", num(m.get("ms"), ".3g"),
+                     num(m.get("ms_cv") and 100 * m["ms_cv"], ".0f") + "%", num(m.get("tflops"), ".3g"),
+                     num(m.get("pct_peak"), ".0f"), num(m.get("speedup_math"), ".2f"), num(m.get("speedup_naive"), ".2f")))
+    return rows
+
+
+def markdown_table(records: Sequence[dict[str, Any]]) -> str:
+    rows = table_rows(records)
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
