@@ -4,27 +4,30 @@ Nothing here knows pytest. The suite (suite/perf.py) calls ``time_fn`` per backe
 and turns the ``Timing`` into a record; the formulas (FLOPs, TFLOP/s, % of peak, speed-up) live
 here so the report and the self-tests use the very same arithmetic.
 
-How a figure is taken:
+How a figure is taken (``time_many`` times a backend together with its references):
 
 * CUDA (the method of ``triton.testing.do_bench``, which a self-test compares us with): one untimed
-  first call (lazy init, torch.compile / flex compilation happen here, never in a timed run), a
-  5-call estimate, warm-up calls for ``warmup_ms``, then ``reps`` runs sized to ``rep_ms`` (at least
-  ``min_reps``). Before each run a buffer larger than L2 is overwritten, so no run finds its inputs
-  in cache left by the previous one; a CUDA event pair brackets only the call itself (events are
-  stream-ordered, so the flush kernel is outside the window). One synchronize at the end, then the
-  per-run elapsed times.
+  first call per function (lazy init; torch.compile / flex compilation happen here, never in a timed
+  run), a 5-call estimate, warm-up calls for ``warmup_ms``, then rounds sized to ``rep_ms`` per
+  function (at least ``min_reps``). Before each run a buffer larger than L2 is overwritten, so no
+  run finds its inputs in cache left by the previous one; a CUDA event pair brackets only the call
+  itself (events are stream-ordered, so the flush kernel is outside the window). One synchronize
+  at the end, then the per-run elapsed times.
 * CPU: the same first call and warm-up, then ``time.perf_counter`` around each call (CPU kernels are
   synchronous). The label states the torch thread count, since that is what the figure depends on.
+* Several functions (a backend and the rows its speed-ups are relative to) are timed interleaved,
+  round by round in rotating order, so load elsewhere on a shared machine hits them alike and the
+  ratios stay meaningful even when the absolute times do not.
 
-The run's figure is the median of the runs; the coefficient of variation (sample standard
-deviation / mean) says how noisy it was.
+The figure is the median of the runs; the coefficient of variation (sample standard deviation /
+mean) says how noisy they were.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +111,7 @@ class TimerSettings:
 SETTINGS = {
     ("cuda", "quick"): TimerSettings(warmup_ms=25, rep_ms=100, min_reps=10, max_reps=1000),
     ("cuda", "full"): TimerSettings(warmup_ms=50, rep_ms=300, min_reps=20, max_reps=2000),
-    ("cpu", "quick"): TimerSettings(warmup_ms=20, rep_ms=250, min_reps=3, max_reps=100),
+    ("cpu", "quick"): TimerSettings(warmup_ms=0, rep_ms=100, min_reps=3, max_reps=100),
     ("cpu", "full"): TimerSettings(warmup_ms=100, rep_ms=1000, min_reps=5, max_reps=500),
 }
 
@@ -128,28 +131,84 @@ def device_label(device: str) -> str:
 
 def time_fn(fn: Callable[[], Any], device: str, settings: TimerSettings) -> Timing:
     """Time ``fn()`` on ``device`` (CUDA events there, perf_counter on CPU)."""
+    result = time_many({"fn": fn}, device, settings)["fn"]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def time_many(fns: Mapping[str, Callable[[], Any]], device: str, settings: TimerSettings, *,
+              tolerate: tuple[type[BaseException], ...] = ()) -> dict[str, "Timing | BaseException"]:
+    """Time several functions on the same inputs, interleaved run by run.
+
+    Interleaving is what makes the speed-up ratios trustworthy on a shared or throttling device:
+    every function is timed in the same rounds, so a burst of load elsewhere slows them all alike
+    instead of whichever happened to run then. The order rotates each round so no function always
+    follows the same one. A function whose first call raises one of ``tolerate`` is left out and
+    its exception returned in its place (a backend refusing a shape).
+    """
     if device.startswith("cuda"):
-        return time_cuda(fn, device=device, settings=settings)
+        return time_many_cuda(fns, device=device, settings=settings, tolerate=tolerate)
     if device != "cpu":
         raise ValueError(f"perf timing supports cpu and cuda devices, not {device!r}")
-    return time_cpu(fn, settings=settings)
+    return time_many_cpu(fns, settings=settings, tolerate=tolerate)
+
+
+def _first_calls(fns: Mapping[str, Callable[[], Any]], sync: Callable[[], None],
+                 tolerate: tuple[type[BaseException], ...]) -> tuple[dict[str, float], dict[str, BaseException]]:
+    """The untimed first call of each function (lazy init, compilation), its wall time, and refusals."""
+    first_ms: dict[str, float] = {}
+    refused: dict[str, BaseException] = {}
+    for name, fn in fns.items():
+        sync()
+        t0 = time.perf_counter()
+        try:
+            fn()
+            sync()
+        except tolerate as exc:
+            refused[name] = exc
+            continue
+        first_ms[name] = (time.perf_counter() - t0) * 1e3
+    return first_ms, refused
+
+
+def _rotated(names: Sequence[str], round_no: int) -> list[str]:
+    shift = round_no % len(names)
+    return list(names[shift:]) + list(names[:shift])
 
 
 def time_cpu(fn: Callable[[], Any], *, settings: TimerSettings) -> Timing:
-    start = time.perf_counter()
-    fn()  # first call: lazy init / compilation, reported apart
-    first_ms = (time.perf_counter() - start) * 1e3
-    warmups, deadline = 0, time.perf_counter() + settings.warmup_ms / 1e3
-    while warmups < 1 or time.perf_counter() < deadline:
-        fn()
-        warmups += 1
-    times: list[float] = []
-    deadline = time.perf_counter() + settings.rep_ms / 1e3
-    while len(times) < settings.max_reps and (len(times) < settings.min_reps or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return Timing(tuple(times), device_label("cpu"), "perf_counter", first_ms, warmups)
+    result = time_many_cpu({"fn": fn}, settings=settings)["fn"]
+    assert isinstance(result, Timing)
+    return result
+
+
+def time_many_cpu(fns: Mapping[str, Callable[[], Any]], *, settings: TimerSettings,
+                  tolerate: tuple[type[BaseException], ...] = ()) -> dict[str, "Timing | BaseException"]:
+    first_ms, refused = _first_calls(fns, lambda: None, tolerate)
+    names = list(first_ms)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    warmups = 0
+    if names:
+        deadline = time.perf_counter() + settings.warmup_ms / 1e3
+        while warmups < 1 or time.perf_counter() < deadline:
+            for name in names:
+                fns[name]()
+            warmups += 1
+        # The budget is per function: n functions get n times the time, in the same rounds.
+        deadline = time.perf_counter() + len(names) * settings.rep_ms / 1e3
+        rounds = 0
+        while rounds < settings.max_reps and (rounds < settings.min_reps or time.perf_counter() < deadline):
+            for name in _rotated(names, rounds):
+                t0 = time.perf_counter()
+                fns[name]()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+            rounds += 1
+    label = device_label("cpu")
+    out: dict[str, Timing | BaseException] = dict(refused)
+    for name in names:
+        out[name] = Timing(tuple(times[name]), label, "perf_counter", first_ms[name], warmups)
+    return out
 
 
 #: do_bench overwrites 256 MB; we take at least that and at least twice the reported L2.
@@ -168,6 +227,14 @@ def l2_flush_buffer(device: str) -> Any:
 
 
 def time_cuda(fn: Callable[[], Any], *, device: str = "cuda", settings: TimerSettings, flush: bool = True) -> Timing:
+    result = time_many_cuda({"fn": fn}, device=device, settings=settings, flush=flush)["fn"]
+    assert isinstance(result, Timing)
+    return result
+
+
+def time_many_cuda(fns: Mapping[str, Callable[[], Any]], *, device: str = "cuda", settings: TimerSettings,
+                   flush: bool = True, tolerate: tuple[type[BaseException], ...] = ()
+                   ) -> dict[str, "Timing | BaseException"]:
     import torch
 
     dev = torch.device(device)
@@ -176,39 +243,49 @@ def time_cuda(fn: Callable[[], Any], *, device: str = "cuda", settings: TimerSet
 
         def clear() -> None:
             if cache is not None:
-                cache.zero_()
+                cache.zero_()  # evict L2 so every run reads its inputs from HBM, as in a real model
 
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()  # lazy init / compilation (flex + torch.compile compile here), never timed
-        torch.cuda.synchronize()
-        first_ms = (time.perf_counter() - t0) * 1e3
+        # First calls: lazy init, flex / torch.compile compilation happen here, never in a timed run.
+        first_ms, refused = _first_calls(fns, torch.cuda.synchronize, tolerate)
+        names = list(first_ms)
+        out: dict[str, Timing | BaseException] = dict(refused)
+        if not names:
+            return out
 
-        # Estimate one run (flush included, as do_bench does) to size warm-up and repetitions.
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(5):
-            clear()
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
-        warmups = max(1, int(settings.warmup_ms / estimate_ms))
-        reps = min(settings.max_reps, max(settings.min_reps, int(settings.rep_ms / estimate_ms)))
+        # Estimate one run of each (flush included, as do_bench does) to size warm-up and rounds.
+        estimate: dict[str, float] = {}
+        for name in names:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(5):
+                clear()
+                fns[name]()
+            end.record()
+            torch.cuda.synchronize()
+            estimate[name] = max(start.elapsed_time(end) / 5, 1e-3)
+        round_ms = sum(estimate.values())
+        warmups = max(1, int(settings.warmup_ms / round_ms))
+        rounds = min(settings.max_reps, max(settings.min_reps, int(len(names) * settings.rep_ms / round_ms)))
 
         for _ in range(warmups):
-            fn()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for i in range(reps):
-            clear()  # evict L2 so every run reads its inputs from HBM, as in a real model
-            starts[i].record()
-            fn()
-            ends[i].record()
-        torch.cuda.synchronize()  # every event has completed before we read any elapsed time
-        times = tuple(s.elapsed_time(e) for s, e in zip(starts, ends))
-    method = "CUDA events" + (f", L2 flushed ({cache.numel() >> 20} MiB written) between runs" if cache is not None else "")
-    return Timing(times, device_label(device), method, first_ms, warmups)
+            for name in names:
+                fns[name]()
+        starts = {n: [torch.cuda.Event(enable_timing=True) for _ in range(rounds)] for n in names}
+        ends = {n: [torch.cuda.Event(enable_timing=True) for _ in range(rounds)] for n in names}
+        for r in range(rounds):
+            for name in _rotated(names, r):
+                clear()  # stream-ordered before the start event: the flush is outside the window
+                starts[name][r].record()
+                fns[name]()
+                ends[name][r].record()
+        torch.cuda.synchronize()  # every event has completed before any elapsed time is read
+        label = device_label(device)
+        method = "CUDA events" + (f", L2 flushed ({cache.numel() >> 20} MiB written) before each run"
+                                  if cache is not None else ", no L2 flush")
+        for name in names:
+            times = tuple(s.elapsed_time(e) for s, e in zip(starts[name], ends[name]))
+            out[name] = Timing(times, label, method, first_ms[name], warmups)
+    return out
 
 
 # -- matmul peak -----------------------------------------------------------------------------------
@@ -221,7 +298,7 @@ class Peak:
     timing: Timing
 
     def describe(self) -> str:
-        return f"{self.tflops:.3g} TFLOP/s ({self.n}x{self.n} {self.dtype} matmul, median of {self.timing.reps})"
+        return f"{self.tflops:.3g} TFLOP/s ({self.n}x{self.n} {self.dtype} matmul, fastest of {self.timing.reps} runs)"
 
 
 _peaks: dict[tuple[str, str, str], Peak] = {}
@@ -235,8 +312,10 @@ def matmul_size(device: str) -> int:
 def matmul_peak(device: str, dtype: str, settings: TimerSettings) -> Peak:
     """This device's measured matmul throughput in ``dtype``, measured once per process and cached.
 
-    "Peak" means what a large square torch matmul reaches here, not the datasheet figure: the % of
-    peak then says how close attention gets to the device's own dense-matmul speed.
+    "Peak" means the fastest run of a large square torch matmul in that dtype here, not the datasheet
+    figure: the % of peak then says how close attention gets to the device's own dense-matmul speed.
+    On a CPU whose fp16 GEMM is slow while attention kernels compute in fp32 inside, fp16 rows can
+    exceed 100%.
     """
     from .backends.base import torch_dtype
 
@@ -249,7 +328,8 @@ def matmul_peak(device: str, dtype: str, settings: TimerSettings) -> Peak:
         a = torch.randn(n, n, generator=gen).to(torch_dtype(dtype)).to(device)
         b = torch.randn(n, n, generator=gen).to(torch_dtype(dtype)).to(device)
         timing = time_fn(lambda: a @ b, device, settings)
-        _peaks[key] = Peak(tflops(2.0 * n ** 3, timing.median_ms), n, dtype, timing.device_label, timing)
+        # The fastest run, not the median: a peak is what the device reaches at best.
+        _peaks[key] = Peak(tflops(2.0 * n ** 3, min(timing.times_ms)), n, dtype, timing.device_label, timing)
     return _peaks[key]
 
 
@@ -263,6 +343,9 @@ def table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
     def num(value: Any, fmt: str) -> str:
         return "–" if value is None else format(value, fmt)
 
+    def _pct(value: Any) -> str:
+        return "–" if value is None else f"{100 * value:.0f}%"
+
     rows = []
     for rec in records:
         if rec.get("kind") != "perf":
@@ -274,7 +357,7 @@ def table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
                          "", "", "", "", ""))
             continue
         rows.append((shape, rec.get("backend") or "", rec.get("dtype") or "", num(m.get("ms"), ".3g"),
-                     num(m.get("ms_cv") and 100 * m["ms_cv"], ".0f") + "%", num(m.get("tflops"), ".3g"),
+                     _pct(m.get("ms_cv")), num(m.get("tflops"), ".3g"),
                      num(m.get("pct_peak"), ".0f"), num(m.get("speedup_math"), ".2f"), num(m.get("speedup_naive"), ".2f")))
     return rows
 

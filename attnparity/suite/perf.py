@@ -4,7 +4,8 @@ One item per backend × dtype × shape: ``attnparity::perf:<shape>[<backend>-<dt
 picks a model (``-k sdxl``), a backend (``-k sdpa-flash``) or one cell, and ``--attn-perf-baseline``
 compares cell by cell. Each record carries ms (median), ms_cv, tflops, pct_peak (of this device's
 measured matmul peak in that dtype) and the speed-ups over sdpa-math and naive, timed in the same
-process on the same inputs (each reference is timed once per shape × dtype and reused).
+item on the same inputs, interleaved run by run with the backend (perf.time_many), so the ratios
+hold on a shared machine even when absolute times wander.
 
 Timings never fail a run. With ``--attn-perf-baseline=old.json`` a cell slower than the old run's
 by more than ``--attn-perf-margin`` fails, and only when both were timed on the same device label
@@ -119,45 +120,45 @@ def xdist_note() -> str | None:
     return None
 
 
-# -- timing ----------------------------------------------------------------------------------------
-#: (backend name, case, device label, settings) -> Timing, or the reason it could not be timed.
-#: Per process: references are timed once per shape × dtype, whichever item needs them first.
-_timings: dict[tuple[Any, ...], "Timing | str"] = {}
-
-
-def timed(backend: "Backend", case: "AttnCase", settings: "TimerSettings") -> "Timing | str":
-    """The backend's timing on ``case`` (cached), or why it has none (Unsupported)."""
-    from ..backends.base import Unsupported
-    from ..perf import device_label, time_fn
-
-    key = (backend.name, case, device_label(case.device), settings)
-    if key not in _timings:
-        q, k, v, _ = case.tensors()
-        try:
-            _timings[key] = time_fn(lambda: backend.fn(q, k, v), case.device, settings)
-        except Unsupported as exc:
-            _timings[key] = f"{backend.name} refused the shape: {exc}"
-        finally:
-            del q, k, v
-    return _timings[key]
-
-
-def reference_timing(ctx: SuiteContext, name: str, case: "AttnCase", settings: "TimerSettings") -> "Timing | str":
+# -- timing ---------------------------------------------------------------------------------------
+def reference_backends(ctx: SuiteContext, case: "AttnCase") -> tuple[dict[str, "Backend"], dict[str, str]]:
+    """The speed-up references that can run ``case`` here, and why the others cannot."""
     from ..backends.registry import get_backend
 
-    backend = next((b for b in ctx.backends if b.name == name), None)
-    if backend is None:
-        try:
-            backend = get_backend(name)
-        except LookupError:
-            return f"{name} is not registered"
-    why = ctx.unavailable(backend) or case.outside(backend.capabilities)
-    return f"{name}: {why}" if why else timed(backend, case, settings)
+    usable: dict[str, Backend] = {}
+    missing: dict[str, str] = {}
+    for name, _ in REFERENCES:
+        backend = next((b for b in ctx.backends if b.name == name), None)
+        if backend is None:
+            try:
+                backend = get_backend(name)
+            except LookupError:
+                missing[name] = f"{name} is not registered"
+                continue
+        why = ctx.unavailable(backend) or case.outside(backend.capabilities)
+        if why:
+            missing[name] = f"{name}: {why}"
+        else:
+            usable[name] = backend
+    return usable, missing
+
+
+def time_with_references(ctx: SuiteContext, backend: "Backend", case: "AttnCase", settings: "TimerSettings"
+                         ) -> tuple[dict[str, "Timing | BaseException"], dict[str, str]]:
+    """The backend and its references timed interleaved on the same inputs (perf.time_many)."""
+    from ..backends.base import Unsupported
+    from ..perf import time_many
+
+    refs, missing = reference_backends(ctx, case)
+    group = {backend.name: backend, **{n: b for n, b in refs.items() if n != backend.name}}
+    q, k, v, _ = case.tensors()
+    fns = {name: functools.partial(b.fn, q, k, v) for name, b in group.items()}
+    return time_many(fns, case.device, settings, tolerate=(Unsupported,)), missing
 
 
 def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShape", mode: str,
              baseline: Baseline | None, margin: float) -> "ResultRecord":
-    from ..perf import FLOPS_CONVENTION, matmul_peak, settings_for, speedup, tflops
+    from ..perf import FLOPS_CONVENTION, Timing, matmul_peak, settings_for, speedup, tflops
     from ..results import ResultRecord
 
     settings = settings_for(ctx.device, mode)
@@ -165,9 +166,11 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
     check = f"perf:{shape.name}"
     extra: dict[str, Any] = {"shape": shape.describe(), "note": shape.note, "mode": mode, "flops": shape.flops,
                              "flops_convention": FLOPS_CONVENTION}
-    timing = timed(backend, case, settings)
-    if isinstance(timing, str):
-        return ResultRecord("perf", check, backend.name, dtype, "skip", message=timing, extra=extra)
+    timings, missing = time_with_references(ctx, backend, case, settings)
+    timing = timings[backend.name]
+    if isinstance(timing, BaseException):
+        return ResultRecord("perf", check, backend.name, dtype, "skip", extra=extra,
+                            message=f"{backend.name} refused the shape: {timing}")
     ms = timing.median_ms
     metrics: dict[str, float] = {"ms": ms, "ms_cv": timing.cv, "tflops": tflops(shape.flops, ms),
                                  "reps": timing.reps}
@@ -175,12 +178,13 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
     metrics["pct_peak"] = 100.0 * metrics["tflops"] / peak.tflops
     notes: list[str] = []
     for ref_name, metric in REFERENCES:
-        ref = reference_timing(ctx, ref_name, case, settings)
-        if isinstance(ref, str):
-            notes.append(f"no {metric}: {ref}")
-        else:
+        ref = timings.get(ref_name, missing.get(ref_name))
+        if isinstance(ref, Timing):
             metrics[metric] = speedup(ref.median_ms, ms)
             extra[f"{ref_name}_ms"] = ref.median_ms
+            extra[f"{ref_name}_cv"] = ref.cv
+        else:
+            notes.append(f"no {metric}: {ref}")
     extra.update(device_label=timing.device_label, method=timing.method, first_call_ms=timing.first_call_ms,
                  warmup_runs=timing.warmup_runs, times_ms=list(timing.times_ms), matmul_peak=peak.describe(),
                  matmul_peak_tflops=peak.tflops)
