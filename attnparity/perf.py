@@ -288,6 +288,22 @@ def time_many_cuda(fns: Mapping[str, Callable[[], Any]], *, device: str = "cuda"
     return out
 
 
+def cpu_contention() -> str | None:
+    """A note when other processes keep this machine's CPUs busy (1-minute load average above the
+    CPU count): CPU timings then wander, and only ratios of interleaved runs mean much."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not on every platform
+        return None
+    cpus = os.cpu_count() or 1
+    if load <= cpus:
+        return None
+    return (f"CPU busy: load average {load:.1f} on {cpus} CPUs while timing; absolute times are unreliable, "
+            "speed-ups come from interleaved runs")
+
+
 # -- matmul peak -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Peak:

@@ -125,3 +125,95 @@ def test_table_rows_show_metrics_and_skips():
     assert rows[1][3] == "skip: needs CUDA"
     assert len(rows) == 2
     assert perf.markdown_table(records).count("\n") == 3
+
+
+class FakeCuda:
+    """Stands in for torch.cuda on a CPU machine so the CUDA timer's control flow runs here: events
+    stamp the wall clock when recorded (our fns are synchronous), and reading one before a
+    synchronize is an error, as it would give garbage on a real GPU."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.synced_since_record = True
+
+    def install(self, monkeypatch: pytest.MonkeyPatch, flush_buffer) -> None:
+        import contextlib
+        import types
+
+        import torch
+
+        fake = self
+
+        class Event:
+            def __init__(self, enable_timing: bool = False) -> None:
+                assert enable_timing
+                self.t: float | None = None
+
+            def record(self) -> None:
+                fake.synced_since_record = False
+                fake.log.append("record")
+                self.t = time.perf_counter()
+
+            def elapsed_time(self, other: "Event") -> float:
+                assert fake.synced_since_record, "elapsed_time read before torch.cuda.synchronize()"
+                return (other.t - self.t) * 1e3
+
+        def synchronize(device=None) -> None:
+            fake.synced_since_record = True
+            fake.log.append("sync")
+
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+        monkeypatch.setattr(torch.cuda, "device", lambda dev: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Fake GPU")
+        monkeypatch.setattr(perf, "l2_flush_buffer", lambda device: flush_buffer)
+
+
+def test_cuda_timer_control_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    fake = FakeCuda()
+
+    class FlushBuffer:
+        def numel(self) -> int:
+            return 256 << 20
+
+        def zero_(self) -> None:
+            fake.log.append("flush")
+
+    fake.install(monkeypatch, FlushBuffer())
+
+    def fn() -> None:
+        fake.log.append("fn")
+        time.sleep(0.003)
+
+    settings = perf.TimerSettings(warmup_ms=10, rep_ms=40, min_reps=4, max_reps=50)
+    timing = perf.time_cuda(fn, device="cuda", settings=settings)
+    assert timing.device_label == "Fake GPU" and "L2 flushed" in timing.method
+    assert 2.9 <= timing.median_ms < 30  # ms, and the flush is outside the window
+    assert settings.min_reps <= timing.reps <= settings.max_reps
+    # every timed run: flush, start event, the call, end event
+    timed = fake.log[-(4 * timing.reps + 1):]
+    assert timed[-1] == "sync"
+    assert timed[:-1] == ["flush", "record", "fn", "record"] * timing.reps
+    assert torch.cuda.get_device_name() == "Fake GPU"
+
+
+def test_cuda_timer_interleaves_several_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeCuda()
+
+    class FlushBuffer:
+        def numel(self) -> int:
+            return 1
+
+        def zero_(self) -> None:
+            pass
+
+    fake.install(monkeypatch, FlushBuffer())
+    settings = perf.TimerSettings(warmup_ms=0, rep_ms=20, min_reps=3, max_reps=20)
+    result = perf.time_many({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.004),
+                             "no": lambda: (_ for _ in ()).throw(Unsupported("no"))}, "cuda", settings,
+                            tolerate=(Unsupported,))
+    assert isinstance(result["no"], Unsupported)
+    assert result["fast"].reps == result["slow"].reps >= 3
+    assert 1.5 < perf.speedup(result["slow"].median_ms, result["fast"].median_ms) < 6

@@ -158,7 +158,7 @@ def time_with_references(ctx: SuiteContext, backend: "Backend", case: "AttnCase"
 
 def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShape", mode: str,
              baseline: Baseline | None, margin: float) -> "ResultRecord":
-    from ..perf import FLOPS_CONVENTION, Timing, matmul_peak, settings_for, speedup, tflops
+    from ..perf import FLOPS_CONVENTION, Timing, cpu_contention, matmul_peak, settings_for, speedup, tflops
     from ..results import ResultRecord
 
     settings = settings_for(ctx.device, mode)
@@ -186,12 +186,13 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
         else:
             notes.append(f"no {metric}: {ref}")
     extra.update(device_label=timing.device_label, method=timing.method, first_call_ms=timing.first_call_ms,
-                 warmup_runs=timing.warmup_runs, times_ms=list(timing.times_ms), matmul_peak=peak.describe(),
+                 warmup_runs=timing.warmup_runs, ms_min=min(timing.times_ms), ms_max=max(timing.times_ms),
+                 matmul_peak=peak.describe(),
                  matmul_peak_tflops=peak.tflops)
-    contended = xdist_note()
-    if contended:
-        extra["contended"] = contended
-        notes.append(contended)
+    for contended in (xdist_note(), cpu_contention() if not ctx.device.startswith("cuda") else None):
+        if contended:
+            extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
+            notes.append(contended)
     summary = (f"{ms:.3g} ms (cv {100 * timing.cv:.0f}%, {timing.reps} runs), {metrics['tflops']:.3g} TFLOP/s = "
                f"{metrics['pct_peak']:.0f}% of matmul peak"
                + "".join(f", {metrics[m]:.2f}x {r}" for r, m in REFERENCES if m in metrics)
