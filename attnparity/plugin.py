@@ -183,7 +183,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     # tryfirst: our items must be in the list before -k/-m deselection (also a modifyitems hook) runs.
     if _CONTEXT not in config.stash:
         return
-    collector = AttnCollector.from_parent(session, name="attnparity", path=config.rootpath)
+    collector = AttnCollector.from_parent(session, name="attnparity", nodeid="attnparity", path=config.rootpath)
     try:
         items.extend(collector.collect())
     except (LookupError, ValueError) as exc:  # a suite's bad option value: one clear line, no traceback

@@ -7,6 +7,7 @@ head mapping, mask kinds, causal alignment, and zeros for fully masked rows.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -53,7 +54,11 @@ def attention_math(
     skv = k.shape[2]
     q, k, v = q.to(compute_dtype), expand_kv(k, heads).to(compute_dtype), expand_kv(v, heads).to(compute_dtype)
     scale = d ** -0.5 if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale
+    if scale > 0:  # scale q and k by sqrt(scale) before the matmul, as torch's math kernel does, so
+        root = math.sqrt(scale)  # half-precision logits do not overflow before they are scaled
+        scores = (q * root) @ (k * root).transpose(-2, -1)
+    else:
+        scores = (q @ k.transpose(-2, -1)) * scale
     scores = scores.to(softmax_dtype)
     keep = None
     if attn_mask is not None:

@@ -70,7 +70,15 @@ def build_context(config: Any, options: dict[str, Any]) -> SuiteContext:
         rootdir=root,
         artifacts_dir=artifacts if artifacts.is_absolute() else root / artifacts,
         options=options,
+        user_profile=_user_profile(),
     )
+
+
+def _user_profile() -> str | None:
+    from hypothesis import settings
+
+    name = settings.get_current_profile_name()
+    return None if name == "default" else name
 
 
 def device_name(device: str) -> str:

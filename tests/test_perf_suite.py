@@ -72,8 +72,10 @@ def test_perf_items_selected_by_marker_and_record_metrics(suite: pytest.Pytester
 
 
 def test_not_attn_perf_deselects_them(suite: pytest.Pytester) -> None:
-    result = suite.inline_run(*ARGS, "-m", "not attn_perf")
-    assert not any("perf:" in r.nodeid for outcome in result.listoutcomes() for r in outcome)
+    kept = suite.runpytest_inprocess(*ARGS, "-m", "not attn_perf", "--collect-only", "-q")
+    assert "perf:" not in kept.stdout.str()
+    chosen = suite.runpytest_inprocess(*ARGS, "-m", "attn_perf", "--collect-only", "-q")
+    chosen.stdout.fnmatch_lines(["attnparity::perf:tiny-self-64-2x16-b1[[]sleepy-fp32[]]"])
 
 
 def test_baseline_equal_timing_passes_and_slowdown_fails(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,6 +68,9 @@ class Capabilities:
     fully_masked: Literal["zero", "finite"] = "zero"
     #: Bitwise-identical output for identical input, run to run.
     deterministic: bool = True
+    #: NaN in masked-out keys/values never reaches kept outputs (stricter than the contract's
+    #: default: torch's own kernels compute 0 * NaN = NaN there). Checked only where claimed.
+    masked_nan_safe: bool = False
     #: Longest sequence the backend accepts (None: no limit of its own).
     max_seq: int | None = None
     #: Finer rules the fields above cannot say (an addition to the contract, optional): called with

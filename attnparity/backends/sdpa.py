@@ -46,10 +46,12 @@ def _make_fn(kernel: str | None):
     return sdpa_attention
 
 
-def _cuda_kernel_rules(kernel: str):
-    """CUDA-only rules of the fused kernels that Capabilities' fields cannot state."""
+def _kernel_rules(kernel: str):
+    """Rules of torch SDPA (and of its fused CUDA kernels) that Capabilities' fields cannot state."""
 
     def rule(case: Any) -> str | None:
+        if case.mask != "none" and case.causal:
+            return "torch SDPA refuses attn_mask together with is_causal"
         if not case.device.startswith("cuda"):
             return None
         if kernel == "FLASH_ATTENTION":
@@ -88,19 +90,19 @@ def _capabilities(kernel: str | None) -> Capabilities:
     every = {torch.float32, *half}
     on_cuda = torch.cuda.is_available()
     if kernel in (None, "MATH"):
-        return Capabilities(dtypes=every, backward=True)
+        return Capabilities(dtypes=every, backward=True, constraint=_kernel_rules(kernel))
     if kernel == "FLASH_ATTENTION":
         # CPU flash takes every dtype, mask and head_dim; CUDA flash is fp16/bf16, D <= 256.
         return Capabilities(dtypes=half if on_cuda else every,
                             head_dims=range(1, 257) if on_cuda else None,
-                            backward=True, constraint=_cuda_kernel_rules(kernel),
+                            backward=True, constraint=_kernel_rules(kernel),
                             deterministic=not on_cuda)
     if kernel == "EFFICIENT_ATTENTION":
         return Capabilities(devices={"cuda"}, dtypes=every, backward=True,
-                            constraint=_cuda_kernel_rules(kernel), deterministic=False)
+                            constraint=_kernel_rules(kernel), deterministic=False)
     # cuDNN: fp16/bf16, head_dim a multiple of 8 up to 128 (sdp_utils.cpp check_cudnn_tensor_shapes)
     return Capabilities(devices={"cuda"}, dtypes=half, head_dims=range(8, 129, 8), backward=True,
-                        constraint=_cuda_kernel_rules(kernel), deterministic=False)
+                        constraint=_kernel_rules(kernel), deterministic=False)
 
 
 def backends() -> list[Backend]:

@@ -37,6 +37,8 @@ class SuiteContext:
     seed: int | None
     rootdir: Path
     artifacts_dir: Path
+    #: the hypothesis profile the user loaded (it then governs example counts), or None
+    user_profile: str | None = None
     #: every attnparity option by its ini name (attn_backends, attn_examples, ...), resolved
     options: dict[str, Any] = field(default_factory=dict)
 

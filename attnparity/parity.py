@@ -1,0 +1,191 @@
+"""check_parity(backend, case) -> ParityResult: one backend on one case against the fp64 reference,
+beside the naive same-dtype baseline, judged by the tolerance rule. Also the gradient check and the
+call wrapper that enforces the contract (shape, dtype, Unsupported on claimed cases).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .backends.base import Backend, Unsupported, torch_dtype
+from .cases import AttnCase
+from .tolerance import Errors, Tolerances, errors, verdict
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class ParityResult:
+    check: str
+    backend: str
+    case: AttnCase
+    passed: bool
+    #: set when the case is outside the backend's claims: nothing was judged
+    skipped: str | None = None
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """The worst error ratio of this result (what hypothesis.target pushes up)."""
+        return max(self.metrics.get("ratio_max", 0.0), self.metrics.get("ratio_mean", 0.0))
+
+    def repro(self) -> str:
+        return repro_line(self.check, self.backend, self.case)
+
+
+class ContractViolation(AssertionError):
+    """The backend broke the contract on a claimed case (raised, wrong shape, wrong dtype)."""
+
+
+def repro_line(check: str, backend: str, case: AttnCase) -> str:
+    payload = json.dumps(case.as_dict(), separators=(",", ":"))
+    return f"python -m attnparity.repro {check} {backend} '{payload}'"
+
+
+def call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor",
+                 mask: "torch.Tensor | None") -> "torch.Tensor":
+    """Run the backend on a claimed case; anything but a (B, H, Sq, D) tensor of the case dtype is a
+    contract violation (a backend may not refuse what it claims)."""
+    import torch
+
+    try:
+        out = backend(q, k, v, attn_mask=mask, is_causal=case.causal is not None, scale=case.scale)
+    except Unsupported as exc:
+        raise ContractViolation(f"raised Unsupported on a case its capabilities claim: {exc}") from exc
+    except Exception as exc:  # a claimed case must run: the exception is the finding, with its case
+        raise ContractViolation(f"raised {type(exc).__name__} on a claimed case: {exc}") from exc
+    if not isinstance(out, torch.Tensor):
+        raise ContractViolation(f"returned {type(out).__name__}, not a tensor")
+    expected = (case.batch, case.heads, case.sq, case.head_dim)
+    if tuple(out.shape) != expected:
+        raise ContractViolation(f"returned shape {tuple(out.shape)}, expected (B, H, Sq, D) = {expected}")
+    if out.dtype != torch_dtype(case.dtype):
+        raise ContractViolation(f"returned {out.dtype} for {case.dtype} inputs")
+    return out
+
+
+def baseline_forward(case: AttnCase, q, k, v, mask) -> "torch.Tensor":
+    """Naive math in the case dtype (softmax in fp32), with the case's own causal alignment."""
+    import torch
+
+    from .reference import attention_math
+
+    return attention_math(q, k, v, mask, case.causal, case.scale, compute_dtype=q.dtype, softmax_dtype=torch.float32)
+
+
+def dead_rows(case: AttnCase) -> "torch.Tensor | None":
+    """Bool (B, 1|H, Sq, 1): query rows with no key left after mask and causal, or None if none."""
+    from .reference import causal_keep
+
+    if case.mask_type == "float" and case.masked_value != "-inf":
+        return None  # a finite "masked" logit still gets weight: no row is dead in the math
+    keep = case.keep()
+    if case.causal:
+        tri = causal_keep(case.sq, case.skv, case.causal)
+        keep = tri.view(1, 1, case.sq, case.skv) if keep is None else keep & tri
+    if keep is None:
+        return None
+    dead = ~keep.any(dim=-1, keepdim=True)
+    return dead if bool(dead.any()) else None
+
+
+def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances, pairs: dict[str, tuple],
+           *, grad: bool = False) -> ParityResult:
+    """Apply the rule to each named output: {label: (backend_out, baseline_out, reference)}."""
+    bound = tolerances.bound(backend.name, case.dtype, grad=grad)
+    metrics: dict[str, float] = {}
+    failures: list[str] = []
+    worst_ratio = -1.0
+    # One scale for all outputs judged together: dQ and dK are exactly 0 with a single key, and a
+    # floor of "a few roundings of 0" would demand bitwise zeros there.
+    scale = max((float(ref.abs().max()) for _, _, ref in pairs.values() if ref.numel()), default=0.0)
+    for label, (out, base, ref) in pairs.items():
+        err_b, err_0 = errors(out, ref), errors(base, ref)
+        v = verdict(err_b, err_0, bound, case.dtype, scale)
+        prefix = "" if label == "out" else f"{label}_"
+        metrics.update({f"{prefix}err_max": err_b.max_abs, f"{prefix}err_mean": err_b.mean_abs,
+                        f"{prefix}base_max": err_0.max_abs, f"{prefix}base_mean": err_0.mean_abs})
+        r = max(v.ratio_max, v.ratio_mean)
+        if r > worst_ratio:
+            worst_ratio = r
+            metrics["ratio_max"], metrics["ratio_mean"] = v.ratio_max, v.ratio_mean
+        if not v.passed:
+            failures.append(_explain(label, v.reason, err_b, err_0, out, ref))
+    metrics["k"], metrics["floor"] = bound.k, bound.floor
+    message = "" if not failures else (
+        f"{backend.name} {check} differs from the fp64 reference on {case.short()}\n"
+        + "\n".join(failures) + f"\nreproduce: {repro_line(check, backend.name, case)}")
+    return ParityResult(check, backend.name, case, not failures, message=message, metrics=metrics)
+
+
+def _explain(label: str, reason: str, err_b: Errors, err_0: Errors, out, ref) -> str:
+    idx = err_b.worst_index
+    got = float(out[idx].double()) if idx else float("nan")
+    want = float(ref[idx]) if idx else float("nan")
+    return (f"  {label}: {reason}\n"
+            f"    backend  max-abs {err_b.max_abs:.3g} mean-abs {err_b.mean_abs:.3g}\n"
+            f"    baseline max-abs {err_0.max_abs:.3g} mean-abs {err_0.mean_abs:.3g} (naive math in the same dtype)\n"
+            f"    worst element {list(idx)} (B, H, S, D): backend {got:.6g}, reference {want:.6g}")
+
+
+def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None = None) -> ParityResult:
+    """Forward output of ``backend`` on ``case`` against fp64 math, judged by the tolerance rule."""
+    from .reference import reference_forward
+
+    tolerances = tolerances or Tolerances()
+    outside = case.outside(backend.capabilities)
+    if outside:
+        return ParityResult("forward", backend.name, case, True, skipped=outside)
+    q, k, v, mask = case.tensors()
+    ref = reference_forward(q, k, v, mask, case.causal, case.scale)
+    base = baseline_forward(case, q, k, v, mask)
+    try:
+        out = call_backend(backend, case, q, k, v, mask)
+    except ContractViolation as exc:
+        return ParityResult("forward", backend.name, case, False, metrics={"ratio_max": float("inf")},
+                            message=f"{backend.name} {exc} on {case.short()}\nreproduce: {repro_line('forward', backend.name, case)}")
+    dead = dead_rows(case)
+    if dead is not None and backend.capabilities.fully_masked == "finite":
+        # The backend documents its own value for rows with no key: judge only the other rows here
+        # (the masked-rows check still demands those rows be finite).
+        dead = dead.expand_as(ref).to(ref.device)
+        out = out.masked_fill(dead, 0.0)
+        base = base.masked_fill(dead, 0.0)
+    return _judge("forward", backend, case, tolerances, {"out": (out, base, ref)})
+
+
+def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None = None) -> ParityResult:
+    """dQ, dK, dV of ``backend`` against fp64 autograd, beside the naive baseline's gradients."""
+    import torch
+
+    from .reference import reference_grads
+
+    tolerances = tolerances or Tolerances()
+    if not backend.capabilities.backward:
+        return ParityResult("backward", backend.name, case, True, skipped="backward not claimed")
+    outside = case.outside(backend.capabilities)
+    if outside:
+        return ParityResult("backward", backend.name, case, True, skipped=outside)
+    q, k, v, mask = case.tensors()
+    gen = torch.Generator().manual_seed(case.seed + 1)
+    grad_out = torch.randn(case.batch, case.heads, case.sq, case.head_dim, generator=gen).to(q.dtype).to(q.device)
+    ref = reference_grads(q, k, v, grad_out, mask, case.causal, case.scale)
+
+    def grads_of(fn) -> tuple:
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out = fn(*leaves)
+        return torch.autograd.grad(out, leaves, grad_out)
+
+    base = grads_of(lambda a, b, c: baseline_forward(case, a, b, c, mask))
+    try:
+        got = grads_of(lambda a, b, c: call_backend(backend, case, a, b, c, mask))
+    except (ContractViolation, RuntimeError) as exc:
+        return ParityResult("backward", backend.name, case, False, metrics={"ratio_max": float("inf")},
+                            message=f"{backend.name} backward failed on {case.short()}: {exc}\n"
+                                    f"reproduce: {repro_line('backward', backend.name, case)}")
+    pairs = {name: (g, b, r) for name, g, b, r in zip(("dq", "dk", "dv"), got, base, ref)}
+    return _judge("backward", backend, case, tolerances, pairs, grad=True)

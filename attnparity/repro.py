@@ -1,0 +1,54 @@
+"""Re-run one failing case from its reproduce line:
+
+    python -m attnparity.repro <check> <backend> '<case JSON>'
+
+Vendor backends registered in a conftest.py are not visible here; register them in the entry point
+group (or import your module with ``--import``) to reproduce theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .backends.registry import UnknownBackend, get_backend
+    from .cases import AttnCase
+    from .parity import check_grads, check_parity
+    from .semantics import SEMANTIC_CHECKS, run_semantic
+    from .tolerance import Tolerances
+
+    parser = argparse.ArgumentParser(prog="python -m attnparity.repro", description=__doc__.split("\n\n")[0])
+    parser.add_argument("check", choices=["forward", "backward", *SEMANTIC_CHECKS])
+    parser.add_argument("backend")
+    parser.add_argument("case", help="the case as JSON, as printed in the failure")
+    parser.add_argument("--import", dest="modules", action="append", default=[],
+                        help="module to import first (one that calls register_backend)")
+    parser.add_argument("--tolerance", action="append", default=[], help="an attn_tolerance rule line")
+    args = parser.parse_args(argv)
+    for module in args.modules:
+        importlib.import_module(module)
+    try:
+        backend = get_backend(args.backend)
+        case = AttnCase.from_dict(json.loads(args.case))
+    except (UnknownBackend, json.JSONDecodeError, TypeError) as exc:
+        print(f"attnparity.repro: {exc}", file=sys.stderr)
+        return 2
+    tolerances = Tolerances.from_lines(args.tolerance)
+    if args.check == "forward":
+        result = check_parity(backend, case, tolerances)
+    elif args.check == "backward":
+        result = check_grads(backend, case, tolerances)
+    else:
+        result = run_semantic(args.check, backend, case, tolerances)
+    print(f"{args.check} {backend.name} {case.short()}")
+    print(json.dumps(result.metrics, indent=1))
+    print("PASS" if result.passed else f"FAIL\n{result.message}")
+    return 0 if result.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Runs one check over hypothesis-drawn cases (edge corpus first), keeping the worst result and the
+shrunk failure. Knows nothing of pytest; the suite turns its outcome into a ResultRecord.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .backends.base import Backend
+from .cases import AttnCase
+from .parity import ParityResult
+from .tolerance import Tolerances
+
+CheckFn = Callable[[Backend, AttnCase, Tolerances], ParityResult]
+
+
+class _Failed(Exception):
+    def __init__(self, result: ParityResult):
+        super().__init__(result.message)
+        self.result = result
+
+
+@dataclass
+class SearchOutcome:
+    #: examples judged (explicit + drawn, shrinking excluded)
+    examples: int
+    #: the example number at which the first failure appeared (None: no failure)
+    found_at: int | None
+    #: the shrunk failing result, or None
+    failure: ParityResult | None
+    #: the result with the highest error ratio among passing examples
+    worst: ParityResult | None
+    #: cases drawn that turned out outside the claims (rejected, not judged)
+    rejected: int
+
+
+def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, tolerances: Tolerances,
+           corpus: Iterable[AttnCase] = (), seed: int | None = None, label: str = "") -> SearchOutcome:
+    import hypothesis
+    from hypothesis import assume, given, target
+
+    state: dict[str, Any] = {"n": 0, "found_at": None, "worst": None, "rejected": 0, "shrinking": False}
+
+    def body(case: AttnCase) -> None:
+        result = check(backend, case, tolerances)
+        if result.skipped:
+            state["rejected"] += 1
+            assume(False)
+        if not state["shrinking"]:
+            state["n"] += 1
+        ratio = result.ratio
+        if ratio == ratio and ratio != float("inf"):  # target() needs a finite number
+            target(min(ratio, 1e9), label="error ratio")
+        if result.passed:
+            if state["worst"] is None or ratio > state["worst"].ratio:
+                state["worst"] = result
+            return
+        if state["found_at"] is None:
+            state["found_at"] = state["n"]
+            state["shrinking"] = True
+        raise _Failed(result)
+
+    test = given(strategy)(body)
+    for case in reversed(list(corpus)):  # @example order: first listed runs first
+        test = hypothesis.example(case)(test)
+    test = settings(test)
+    if seed is not None:
+        test = hypothesis.seed(seed)(test)
+    # Distinct database keys and derandomize seeds per backend x check x dtype: every test
+    # function here has the same source, which is what hypothesis would otherwise key on.
+    test._hypothesis_internal_add_digest = f"attnparity:{label}:{backend.name}".encode()  # type: ignore[attr-defined]
+    try:
+        test()
+    except _Failed as failed:
+        return SearchOutcome(state["n"], state["found_at"], failed.result, state["worst"], state["rejected"])
+    return SearchOutcome(state["n"], None, None, state["worst"], state["rejected"])

@@ -1,0 +1,206 @@
+"""Semantic checks beside the numeric one. Each takes (backend, case, tolerances) and derives the
+input it needs from the drawn case, so hypothesis searches the semantics too:
+
+masked-rows      rows with no key left give zeros (or the documented finite value), never NaN
+masked-kv        garbage in masked-out keys/values does not reach kept rows (NaN too, if claimed)
+kwargs           attn_mask, is_causal and scale each change the output the way the reference does
+                 (a backend that silently drops a kwarg fails here by name)
+deterministic    the same input twice gives the same output (bitwise where claimed)
+batch            a row's output does not depend on the other rows of the batch
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .backends.base import Backend
+from .cases import AttnCase
+from .parity import ContractViolation, ParityResult, call_backend, dead_rows, repro_line
+from .tolerance import EPS, Tolerances
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _result(check: str, backend: Backend, case: AttnCase, problem: str | None, **metrics: float) -> ParityResult:
+    message = "" if problem is None else (
+        f"{backend.name} {check}: {problem}\n  case: {case.short()}\n  reproduce: {repro_line(check, backend.name, case)}")
+    return ParityResult(check, backend.name, case, problem is None, message=message, metrics=dict(metrics))
+
+
+def _skip(check: str, backend: Backend, case: AttnCase, why: str) -> ParityResult:
+    return ParityResult(check, backend.name, case, True, skipped=why)
+
+
+def _run(backend: Backend, case: AttnCase, q, k, v, mask) -> "torch.Tensor":
+    return call_backend(backend, case, q, k, v, mask)
+
+
+def _tol(backend: Backend, case: AttnCase, tolerances: Tolerances, base_err: float, scale: float) -> float:
+    return tolerances.bound(backend.name, case.dtype).limit(base_err, case.dtype, scale)
+
+
+def masked_rows(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
+    caps = backend.capabilities
+    if not caps.masks:
+        return _skip("masked-rows", backend, case, "no masks claimed")
+    mask_type = case.mask_type if case.mask_type in caps.masks else sorted(caps.masks)[0]
+    case = case.with_(mask="dead-rows", mask_type=mask_type, masked_value="-inf", causal=None)
+    if case.outside(caps):
+        return _skip("masked-rows", backend, case, case.outside(caps) or "")
+    q, k, v, mask = case.tensors()
+    out = _run(backend, case, q, k, v, mask)
+    dead = dead_rows(case)
+    assert dead is not None  # dead-rows masks always kill row 0 of batch 0
+    dead = dead.expand_as(out).to(out.device)
+    nonfinite = int((~out.isfinite()).sum())
+    if nonfinite:
+        return _result("masked-rows", backend, case, f"{nonfinite} NaN/Inf values in the output with fully masked rows "
+                       f"({int(dead[..., 0].sum())} rows have no key)", nonfinite=nonfinite)
+    if caps.fully_masked == "zero":
+        worst = float(out.masked_fill(~dead, 0).abs().max())
+        if worst > 0:
+            return _result("masked-rows", backend, case,
+                           f"fully masked rows are not zero (max |value| {worst:.3g}); a backend with another "
+                           "convention declares Capabilities(fully_masked='finite')", dead_row_max=worst)
+    return _result("masked-rows", backend, case, None)
+
+
+def masked_kv(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
+    import torch
+
+    caps = backend.capabilities
+    if not caps.masks:
+        return _skip("masked-kv", backend, case, "no masks claimed")
+    mask_type = case.mask_type if case.mask_type in caps.masks else sorted(caps.masks)[0]
+    # -inf: a finite "masked" value (-1e4, finfo.min) lets large garbage logits through by design.
+    case = case.with_(mask="padding", mask_type=mask_type, masked_value="-inf", layout="contiguous",
+                      skv=max(case.skv, 2))
+    if case.outside(caps):
+        return _skip("masked-kv", backend, case, case.outside(caps) or "")
+    q, k, v, mask = case.tensors()
+    keep = case.keep().to(q.device)  # (B, 1, 1, Skv)
+    if bool(keep.all()):  # padding drew full length: mask the last key of every row by hand
+        keep = keep.clone()
+        keep[..., -1] = False
+        keep[..., 0] = True
+        mask = keep if mask.dtype == torch.bool else torch.where(keep, mask, torch.tensor(float("-inf"), dtype=mask.dtype))
+    clean = _run(backend, case, q, k, v, mask)
+    dropped = ~keep[:, 0, 0, :]  # (B, Skv)
+    # Large but finite garbage (stale memory of a padded batch): exp(-inf) * 1e4 is still 0, so a
+    # correct kernel is untouched. NaN is tried only where claimed: torch's own kernels compute
+    # 0 * NaN = NaN for masked-out values, so demanding it of everyone would flag every backend.
+    poisoned = []
+    values = [(1e3, 1e4)] + ([(float("nan"), float("nan"))] if caps.masked_nan_safe else [])
+    for k_value, v_value in values:
+        k2, v2 = k.clone(), v.clone()
+        k2[dropped[:, None, :, None].expand_as(k2)] = k_value
+        v2[dropped[:, None, :, None].expand_as(v2)] = v_value
+        dirty = _run(backend, case, q, k2, v2, mask)
+        diff = (dirty.double() - clean.double()).abs().nan_to_num(nan=float("inf"))
+        scale = float(clean.abs().max()) or 1.0
+        if float(diff.max()) > 16 * EPS[case.dtype] * scale:
+            poisoned.append(f"{k_value:g}/{v_value:g} in masked-out keys/values changed kept outputs by up to {float(diff.max()):.3g}")
+    return _result("masked-kv", backend, case, "; ".join(poisoned) or None)
+
+
+def _kwarg_variants(case: AttnCase, backend: Backend) -> list[tuple[str, AttnCase, AttnCase]]:
+    """(kwarg, case with it, case without it) for each kwarg the backend claims."""
+    caps = backend.capabilities
+    variants = []
+    for mask_type in sorted(caps.masks):
+        with_mask = case.with_(mask="random", mask_type=mask_type, masked_value="-inf", skv=max(case.skv, 4))
+        variants.append((f"attn_mask ({mask_type})", with_mask, with_mask.with_(mask="none")))
+    if caps.causal_mode:
+        with_causal = case.with_(causal=caps.causal_mode, mask="none", sq=max(case.sq, 4), skv=max(case.skv, 4))
+        variants.append(("is_causal", with_causal, with_causal.with_(causal=None)))
+    with_scale = case.with_(scale=0.3 if case.scale in (None, 0.3) else case.scale, magnitude=max(case.magnitude, 1.0),
+                            mask="none", skv=max(case.skv, 4))
+    variants.append(("scale", with_scale, with_scale.with_(scale=None)))
+    return [(kw, a, b) for kw, a, b in variants if a.outside(caps) is None and b.outside(caps) is None]
+
+
+def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
+    """Each claimed kwarg must move the output as far as it moves the reference, and the right way."""
+    from .parity import baseline_forward
+    from .reference import reference_forward
+
+    problems = []
+    for kwarg, with_kw, without_kw in _kwarg_variants(case, backend):
+        q, k, v, mask = with_kw.tensors()
+        _, _, _, no_mask = without_kw.tensors()
+        ref_with = reference_forward(q, k, v, mask, with_kw.causal, with_kw.scale)
+        ref_without = reference_forward(q, k, v, no_mask, without_kw.causal, without_kw.scale)
+        effect = float((ref_with - ref_without).abs().max())
+        base_err = float((baseline_forward(with_kw, q, k, v, mask).double() - ref_with).abs().max())
+        if effect <= 4 * _tol(backend, with_kw, tolerances, base_err, float(ref_with.abs().max())):
+            continue  # the kwarg hardly matters for this input: nothing to tell apart
+        out = _run(backend, with_kw, q, k, v, mask).double()
+        err = float((out - ref_with).abs().max())
+        if not err < 0.5 * effect:  # nearer to "without" than "with" means the kwarg was lost
+            problems.append(f"{kwarg} looks ignored: output is {err:.3g} from the reference with it, and the kwarg "
+                            f"itself moves the reference by {effect:.3g}")
+    return _result("kwargs", backend, case, "; ".join(problems) or None)
+
+
+def deterministic(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
+    q, k, v, mask = case.tensors()
+    first = _run(backend, case, q, k, v, mask)
+    second = _run(backend, case, q, k, v, mask)
+    diff = float((first.double() - second.double()).abs().nan_to_num(nan=float("inf")).max())
+    if backend.capabilities.deterministic:
+        problem = None if diff == 0 else f"two identical calls differ by {diff:.3g} (deterministic claimed: bitwise)"
+    else:
+        limit = 16 * EPS[case.dtype] * (float(first.abs().max()) or 1.0)
+        problem = None if diff <= limit else f"two identical calls differ by {diff:.3g} > {limit:.3g}"
+    return _result("deterministic", backend, case, problem, repeat_diff=diff)
+
+
+def batch_independent(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
+    """Output row b alone, in a shuffled batch and in the full batch must agree within the rounding
+    budget: a kernel whose result depends on its neighbours (shared scratch, batch-wide statistics,
+    wrong strides) fails."""
+    import torch
+
+    from .parity import baseline_forward
+    from .reference import reference_forward
+
+    case = case.with_(batch=max(case.batch, 3), layout="contiguous")
+    if case.outside(backend.capabilities):
+        return _skip("batch", backend, case, case.outside(backend.capabilities) or "")
+    q, k, v, mask = case.tensors()
+    full = _run(backend, case, q, k, v, mask)
+    perm = torch.arange(case.batch - 1, -1, -1)
+    shuffled = _run(backend, case, q[perm], k[perm], v[perm], None if mask is None else mask[perm])[perm]
+    single_case = case.with_(batch=1)
+    row = slice(1, 2)
+    alone = _run(backend, single_case, q[row], k[row], v[row], None if mask is None else mask[row])
+    ref = reference_forward(q, k, v, mask, case.causal, case.scale)
+    base_err = float((baseline_forward(case, q, k, v, mask).double() - ref).abs().max())
+    limit = 2 * _tol(backend, case, tolerances, base_err, float(ref.abs().max()))
+    gaps = {"shuffled batch": float((shuffled.double() - full.double()).abs().max()),
+            "row alone": float((alone.double() - full[row].double()).abs().max())}
+    bad = [f"{what} differs from the full batch by {gap:.3g} > {limit:.3g}" for what, gap in gaps.items()
+           if not gap <= limit]
+    return _result("batch", backend, case, "; ".join(bad) or None, **{k.replace(" ", "_"): v for k, v in gaps.items()})
+
+
+SEMANTIC_CHECKS: dict[str, Callable[[Backend, AttnCase, Tolerances], ParityResult]] = {
+    "masked-rows": masked_rows,
+    "masked-kv": masked_kv,
+    "kwargs": kwargs_honoured,
+    "deterministic": deterministic,
+    "batch": batch_independent,
+}
+
+
+def run_semantic(name: str, backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
+    """A semantic check with contract violations turned into a failed result, like check_parity."""
+    outside = case.outside(backend.capabilities)
+    if outside:
+        return _skip(name, backend, case, outside)
+    try:
+        return SEMANTIC_CHECKS[name](backend, case, tolerances)
+    except ContractViolation as exc:
+        return _result(name, backend, case, str(exc))

@@ -1,0 +1,124 @@
+"""Hypothesis strategies for AttnCase, capability-aware, plus the edge corpus always tried first.
+
+Every drawn case lies inside the backend's claims (a case outside them would prove nothing), and
+its work B·H·Sq·Skv·D stays under a budget so the CPU suite finishes in minutes: the bound is on
+the product, not on each axis, so long sequences still appear with few heads and short queries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from .backends.base import Capabilities
+from .cases import AttnCase
+
+#: Default bound on B·H·Sq·Skv·D per example (the fp64 reference dominates the cost).
+WORK_BUDGET = 2 ** 21
+
+EDGE_SEQS = (1, 2, 3, 15, 17, 97, 113, 127, 129, 192, 320, 1023, 1025)  # 192, 320: ≡ 64 mod 128
+EDGE_HEAD_DIMS = (9, 21, 40, 59, 64, 72, 80, 111, 128, 160, 203, 256)
+EDGE_HEADS = (3, 5, 12)
+SMALL_HEADS = (1, 2, 3, 4, 5, 6, 8, 12)
+
+#: Real diffusion attention: the real head_dim and key length, with a slice of queries and two heads
+#: (the full shape would cost gigabytes in fp64; every query row and head reduces over the same key
+#: length, so the slice keeps what a kernel's blocking sees). (name, heads, head_dim, keys)
+DIFFUSION_SHAPES = (
+    ("sd15-4096", 8, 40, 4096), ("sd15-1024", 8, 80, 1024), ("sd15-256", 8, 160, 256),
+    ("sd15-cross77", 8, 40, 77), ("sd21-1024", 5, 64, 1024), ("sdxl-4096", 10, 64, 4096),
+    ("sdxl-1024", 20, 64, 1024), ("pixart-4096", 16, 72, 4096), ("pixart-cross120", 16, 72, 120),
+    ("sd3-joint4429", 24, 64, 4429), ("flux-joint4608", 24, 128, 4608),
+)
+DIFFUSION_QUERY_SLICE = 5
+
+
+def _kv_heads_for(heads: int, caps: Capabilities) -> list[int]:
+    if not caps.gqa:
+        return [heads]
+    return [d for d in range(1, heads + 1) if heads % d == 0]
+
+
+def _head_dims(caps: Capabilities) -> st.SearchStrategy[int]:
+    edge = [d for d in EDGE_HEAD_DIMS if caps.supports_head_dim(d)]
+    drawn = st.integers(1, 256).filter(caps.supports_head_dim)
+    return st.one_of(st.sampled_from(edge), drawn) if edge else drawn
+
+
+def _mask_choices(caps: Capabilities) -> list[tuple[str, str]]:
+    kinds = [("none", "bool")]
+    for mask_type in sorted(caps.masks):
+        kinds += [(m, mask_type) for m in ("random", "padding", "dead-rows")]
+    return kinds
+
+
+@st.composite
+def attn_cases(draw: Any, caps: Capabilities, dtype: str, device: str = "cpu",
+               budget: int = WORK_BUDGET) -> AttnCase:
+    """One case inside ``caps`` for ``dtype`` on ``device`` with work <= budget."""
+    heads = draw(st.sampled_from(SMALL_HEADS))
+    kv_heads = draw(st.sampled_from(_kv_heads_for(heads, caps)))
+    head_dim = draw(_head_dims(caps))
+    batch = draw(st.integers(1, 3))
+    room = max(1, budget // (batch * heads * head_dim))  # what is left for Sq·Skv
+    seq_cap = min(1100, room)
+    edge = [s for s in EDGE_SEQS if s <= seq_cap]
+    sq = draw(st.one_of(st.sampled_from(edge), st.integers(1, min(300, seq_cap))))
+    skv_cap = max(1, min(1100, room // sq))
+    edge_kv = [s for s in EDGE_SEQS if s <= skv_cap]
+    skv = draw(st.one_of(st.sampled_from(edge_kv), st.integers(1, min(300, skv_cap)))) if edge_kv else 1
+    mask, mask_type = draw(st.sampled_from(_mask_choices(caps)))
+    masked_value = draw(st.sampled_from(["-inf", "min", "-1e4"])) if mask_type == "float" and mask != "none" else "-inf"
+    causal = draw(st.sampled_from([None, caps.causal_mode])) if caps.causal_mode else None
+    scale = draw(st.one_of(st.none(), st.sampled_from([1.0, 0.5, 0.05]), st.floats(0.01, 2.0)))
+    # Peaked softmax (large magnitude) and near-uniform softmax (small) stress different paths;
+    # magnitude 6 with D up to 256 gives logits in the hundreds ("very negative logits" included).
+    magnitude = draw(st.sampled_from([1.0, 1.0, 0.1, 3.0, 6.0]))
+    layout = draw(st.sampled_from(["contiguous", "transposed", "expanded"]))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    return AttnCase(batch=batch, heads=heads, kv_heads=kv_heads, sq=sq, skv=skv, head_dim=head_dim,
+                    dtype=dtype, mask=mask, mask_type=mask_type, masked_value=masked_value, causal=causal,
+                    scale=scale, magnitude=magnitude, layout=layout, seed=seed, device=device)
+
+
+def edge_corpus(caps: Capabilities, dtype: str, device: str = "cpu") -> list[AttnCase]:
+    """The cases always tried (hypothesis @example), kept to those inside ``caps``."""
+    base = AttnCase(dtype=dtype, device=device, seed=1234)
+    corpus: list[AttnCase] = []
+    # Sequence-length edges: non-multiples of block sizes, ≡ 64 mod 128, Sq != Skv.
+    for s in EDGE_SEQS:
+        corpus.append(base.with_(batch=2, heads=2, sq=min(s, 33), skv=s, head_dim=32))
+    corpus.append(base.with_(sq=129, skv=127, head_dim=64, heads=3))
+    # Head-dim edges, including odd and > 128 sizes.
+    for d in EDGE_HEAD_DIMS:
+        corpus.append(base.with_(heads=2, sq=17, skv=97, head_dim=d))
+    for h in EDGE_HEADS:
+        corpus.append(base.with_(heads=h, kv_heads=1, sq=15, skv=113, head_dim=40))
+    # Masks: each kind and type, bottom/top causal with Sq != Skv, big logits, layouts.
+    for mask_type in ("bool", "float"):
+        for mask in ("random", "padding", "dead-rows"):
+            corpus.append(base.with_(batch=2, heads=4, kv_heads=2, sq=33, skv=65, head_dim=40, mask=mask,
+                                     mask_type=mask_type, masked_value="min" if mask_type == "float" else "-inf"))
+    for causal in ("top-left", "bottom-right"):
+        corpus.append(base.with_(heads=2, sq=17, skv=65, head_dim=64, causal=causal))
+        corpus.append(base.with_(heads=2, sq=65, skv=17, head_dim=64, causal=causal))
+    corpus.append(base.with_(heads=2, sq=64, skv=64, head_dim=64, magnitude=6.0))
+    corpus.append(base.with_(batch=3, heads=4, sq=31, skv=47, head_dim=40, layout="transposed"))
+    corpus.append(base.with_(batch=3, heads=4, sq=31, skv=47, head_dim=40, layout="expanded"))
+    corpus.append(base.with_(heads=4, sq=20, skv=70, head_dim=72, scale=1.0))
+    # Real diffusion shapes: every key, a slice of queries; CFG batch of 2.
+    for _, heads, d, keys in DIFFUSION_SHAPES:
+        corpus.append(base.with_(batch=1, heads=2, kv_heads=2, sq=DIFFUSION_QUERY_SLICE, skv=keys, head_dim=d))
+    return [fitted for c in corpus if (fitted := fit(c, caps)) is not None]
+
+
+def fit(case: AttnCase, caps: Capabilities) -> AttnCase | None:
+    """``case`` moved inside ``caps`` where a field can simply be dropped (mask, causal, GQA), or None."""
+    if case.kv_heads != case.heads and not caps.gqa:
+        case = case.with_(kv_heads=case.heads)
+    if case.causal and caps.causal_mode != case.causal:
+        case = case.with_(causal=None)
+    if case.mask != "none" and case.mask_type not in caps.masks:
+        case = case.with_(mask_type=next(iter(sorted(caps.masks)))) if caps.masks else case.with_(mask="none")
+    return case if case.outside(caps) is None else None
