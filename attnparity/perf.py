@@ -350,37 +350,69 @@ def matmul_peak(device: str, dtype: str, settings: TimerSettings) -> Peak:
     return _peaks[key]
 
 
-# -- tables ----------------------------------------------------------------------------------------
+# -- tables ---------------------------------------------------------------------------------------
 TABLE_COLUMNS = ("shape", "backend", "dtype", "ms", "cv", "TFLOP/s", "% peak", "× sdpa-math", "× naive")
+PIPELINE_COLUMNS = ("pipeline", "backend", "dtype", "images/s", "cv", "× default attention", "unrouted images/s",
+                    "fallback calls")
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.0f}%"
+
+
+def _skipped(rec: dict[str, Any]) -> bool:
+    return rec.get("verdict") in ("skip", "error") or "ms" not in (rec.get("metrics") or {})
 
 
 def table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """One row per perf record (dicts as in results.json); skips show their reason in the ms column."""
-
-    def num(value: Any, fmt: str) -> str:
-        return "–" if value is None else format(value, fmt)
-
-    def _pct(value: Any) -> str:
-        return "–" if value is None else f"{100 * value:.0f}%"
-
+    """One row per op-level perf record (dicts as in results.json); skips show their reason."""
     rows = []
     for rec in records:
-        if rec.get("kind") != "perf":
+        if rec.get("kind") != "perf" or not rec["check"].startswith("perf:"):
             continue
         m = rec.get("metrics") or {}
-        shape = rec["check"].removeprefix("perf:")
-        if rec.get("verdict") == "skip" or "ms" not in m:
-            rows.append((shape, rec.get("backend") or "", rec.get("dtype") or "", f"skip: {rec.get('message', '')}",
-                         "", "", "", "", ""))
+        head = (rec["check"].removeprefix("perf:"), rec.get("backend") or "", rec.get("dtype") or "")
+        if _skipped(rec):
+            rows.append(head + (f"{rec.get('verdict')}: {rec.get('message', '').splitlines()[0] if rec.get('message') else ''}",
+                                "", "", "", "", ""))
             continue
-        rows.append((shape, rec.get("backend") or "", rec.get("dtype") or "", num(m.get("ms"), ".3g"),
-                     _pct(m.get("ms_cv")), num(m.get("tflops"), ".3g"),
-                     num(m.get("pct_peak"), ".0f"), num(m.get("speedup_math"), ".2f"), num(m.get("speedup_naive"), ".2f")))
+        rows.append(head + (_num(m.get("ms"), ".3g"), _pct(m.get("ms_cv")), _num(m.get("tflops"), ".3g"),
+                            _num(m.get("pct_peak"), ".0f"), _num(m.get("speedup_math"), ".2f"),
+                            _num(m.get("speedup_naive"), ".2f")))
     return rows
 
 
+def pipeline_table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per pipeline perf record."""
+    rows = []
+    for rec in records:
+        if rec.get("kind") != "perf" or not rec["check"].startswith("perf-pipeline:"):
+            continue
+        m = rec.get("metrics") or {}
+        head = (rec["check"].removeprefix("perf-pipeline:"), rec.get("backend") or "", rec.get("dtype") or "")
+        if _skipped(rec):
+            rows.append(head + (f"{rec.get('verdict')}: {rec.get('message', '').splitlines()[0] if rec.get('message') else ''}",
+                                "", "", "", ""))
+            continue
+        rows.append(head + (_num(m.get("images_per_s"), ".3g"), _pct(m.get("ms_cv")),
+                            _num(m.get("speedup_default"), ".2f"), _num(m.get("default_images_per_s"), ".3g"),
+                            _num(m.get("fallback_calls"), ".0f")))
+    return rows
+
+
+def _markdown(columns: Sequence[str], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
-    rows = table_rows(records)
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    """The perf records as Markdown: the op-level table, then the pipeline table when there is one."""
+    out = _markdown(TABLE_COLUMNS, table_rows(records))
+    pipelines = pipeline_table_rows(records)
+    if pipelines:
+        out += "\n\n" + _markdown(PIPELINE_COLUMNS, pipelines)
+    return out
