@@ -121,12 +121,14 @@ def settings_for(device: str, mode: str) -> TimerSettings:
 
 
 def device_label(device: str) -> str:
-    """The GPU's name, or ``CPU (N torch threads)``: two timings compare only under one label."""
+    """The GPU's name, or ``CPU (N torch threads)``: two timings compare only under one label
+    (a CPU figure depends on the thread count as much as on the chip)."""
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({torch.get_num_threads()} torch threads)"
+    threads = torch.get_num_threads()
+    return f"CPU ({threads} torch thread{'' if threads == 1 else 's'})"
 
 
 def time_fn(fn: Callable[[], Any], device: str, settings: TimerSettings) -> Timing:

@@ -57,7 +57,7 @@ def test_cpu_timer_reports_milliseconds():
     assert 4.9 <= timing.median_ms < 50
     assert timing.reps >= FAST.min_reps
     assert timing.first_call_ms >= 4.9
-    assert timing.device_label.startswith("CPU (") and "torch threads" in timing.device_label
+    assert timing.device_label.startswith("CPU (") and "torch thread" in timing.device_label
 
 
 def test_cpu_timer_matmul_tflops_consistent_with_wall_clock():
