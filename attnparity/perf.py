@@ -411,10 +411,41 @@ def _markdown(columns: Sequence[str], rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def grouped(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records grouped by shape (or pipeline), then dtype, in the order each first appears; backends
+    keep their run order within a group, so each group reads as one comparison."""
+    checks = {c: i for i, c in enumerate(dict.fromkeys(r.get("check") for r in records))}
+    dtypes = {d: i for i, d in enumerate(dict.fromkeys(r.get("dtype") for r in records))}
+    return sorted(records, key=lambda r: (checks[r.get("check")], dtypes[r.get("dtype")]))
+
+
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """The perf records as Markdown: the op-level table, then the pipeline table when there is one."""
+    records = grouped(records)
     out = _markdown(TABLE_COLUMNS, table_rows(records))
     pipelines = pipeline_table_rows(records)
     if pipelines:
         out += "\n\n" + _markdown(PIPELINE_COLUMNS, pipelines)
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m attnparity.perf results.json``: the perf records of a run as Markdown tables."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m attnparity.perf", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a results.json written with --attn-report=DIR")
+    args = parser.parse_args(argv)
+    try:
+        payload = json.loads(args.results.read_text())
+        records = payload["records"] if isinstance(payload, dict) else payload
+    except (OSError, ValueError, KeyError) as exc:
+        parser.error(f"{args.results}: not a readable attnparity results.json ({exc})")
+    print(markdown_table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
