@@ -63,16 +63,17 @@ def test_cpu_timer_reports_milliseconds():
 def test_cpu_timer_matmul_tflops_consistent_with_wall_clock():
     import torch
 
-    n = 256
+    n = 512
     a, b = torch.randn(n, n), torch.randn(n, n)
     timing = perf.time_cpu(lambda: a @ b, settings=FAST)
-    reps = 20
-    t0 = time.perf_counter()
-    for _ in range(reps):
+    walls = []
+    for _ in range(20):
+        t0 = time.perf_counter()
         a @ b
-    wall_ms = (time.perf_counter() - t0) * 1e3 / reps
-    # Same work timed two ways: within a (generous, the machine is shared) factor of each other.
-    assert 0.2 < timing.median_ms / wall_ms < 5
+        walls.append((time.perf_counter() - t0) * 1e3)
+    # Same work timed two ways; fastest against fastest, as other processes on this shared machine
+    # stall single calls by whole scheduler slices. A units slip would be 1000x out.
+    assert 0.2 < min(timing.times_ms) / min(walls) < 5
     rate = perf.tflops(2 * n ** 3, timing.median_ms)
     assert rate == pytest.approx(2 * n ** 3 / (timing.median_ms / 1e3) / 1e12)
     assert 1e-5 < rate < 50  # any CPU; a units slip (s vs ms) lands 1000x out
@@ -100,9 +101,10 @@ def test_time_many_leaves_out_a_refusing_function():
 
 
 def test_interleaved_ratio_recovers_a_known_speedup():
-    result = perf.time_many({"fast": lambda: time.sleep(0.002), "slow": lambda: time.sleep(0.008)}, "cpu", FAST)
+    # 4x by construction; wake-up latency on a busy machine adds the same few ms to both
+    result = perf.time_many({"fast": lambda: time.sleep(0.005), "slow": lambda: time.sleep(0.020)}, "cpu", FAST)
     ratio = perf.speedup(result["slow"].median_ms, result["fast"].median_ms)
-    assert 2.0 < ratio < 4.5
+    assert 1.8 < ratio < 5
 
 
 def test_matmul_peak_is_cached_per_dtype():
@@ -211,9 +213,9 @@ def test_cuda_timer_interleaves_several_functions(monkeypatch: pytest.MonkeyPatc
 
     fake.install(monkeypatch, FlushBuffer())
     settings = perf.TimerSettings(warmup_ms=0, rep_ms=20, min_reps=3, max_reps=20)
-    result = perf.time_many({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.004),
+    result = perf.time_many({"fast": lambda: time.sleep(0.002), "slow": lambda: time.sleep(0.010),
                              "no": lambda: (_ for _ in ()).throw(Unsupported("no"))}, "cuda", settings,
                             tolerate=(Unsupported,))
     assert isinstance(result["no"], Unsupported)
     assert result["fast"].reps == result["slow"].reps >= 3
-    assert 1.5 < perf.speedup(result["slow"].median_ms, result["fast"].median_ms) < 6
+    assert 1.3 < perf.speedup(result["slow"].median_ms, result["fast"].median_ms) < 7
