@@ -65,18 +65,18 @@ def test_cpu_timer_matmul_tflops_consistent_with_wall_clock():
 
     n = 512
     a, b = torch.randn(n, n), torch.randn(n, n)
+    t0 = time.perf_counter()
     timing = perf.time_cpu(lambda: a @ b, settings=FAST)
-    walls = []
-    for _ in range(20):
-        t0 = time.perf_counter()
-        a @ b
-        walls.append((time.perf_counter() - t0) * 1e3)
-    # Same work timed two ways; fastest against fastest, as other processes on this shared machine
-    # stall single calls by whole scheduler slices. A units slip would be 1000x out.
-    assert 0.2 < min(timing.times_ms) / min(walls) < 5
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    # The timed runs happened inside this wall-clock interval, besides one first call and one warm-up
+    # call: together they fill most of it and never exceed it. Load elsewhere stretches both alike;
+    # a units slip (s or us for ms) lands 1000x out of these bounds.
+    timed = sum(timing.times_ms) + timing.first_call_ms
+    assert timed <= wall_ms
+    assert timed >= 0.1 * wall_ms
     rate = perf.tflops(2 * n ** 3, timing.median_ms)
     assert rate == pytest.approx(2 * n ** 3 / (timing.median_ms / 1e3) / 1e12)
-    assert 1e-5 < rate < 50  # any CPU; a units slip (s vs ms) lands 1000x out
+    assert 1e-5 < rate < 50  # any CPU
 
 
 def test_time_many_interleaves_and_rotates():
