@@ -37,7 +37,7 @@ OPTIONS = (
     Option("attn_seed", "fixed hypothesis seed for the suite (reproducible draws)", None, "int"),
     Option("attn_tolerance", "tolerance overrides, one per line: '<backend-glob> <dtype|*> k=<k> floor=<floor>'", [], "linelist"),
     Option("attn_artifacts", "directory for failure artifacts (images, diff maps)", ".attnparity/artifacts"),
-    Option("attn_perf", "perf shape set: 'quick' (a few real diffusion shapes; fewer tokens on CPU) or 'full'", "quick"),
+    Option("attn_perf", "perf shape set: 'quick' (a few real diffusion shapes; fewer tokens on CPU) or 'full' (every catalogued shape; meant for GPUs, hours on a small CPU)", "quick"),
     Option("attn_perf_baseline", "results.json of an earlier run: a perf cell slower than it beyond --attn-perf-margin fails (same device only)"),
     Option("attn_perf_margin", "slowdown allowed against --attn-perf-baseline, as a fraction (0.1 = 10%)", 0.1, "float"),
 )
