@@ -140,7 +140,6 @@ class FakeCuda:
 
     def install(self, monkeypatch: pytest.MonkeyPatch, flush_buffer) -> None:
         import contextlib
-        import types
 
         import torch
 
