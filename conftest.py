@@ -1,2 +1,16 @@
-# The project's own tests drive the plugin with pytester (in-process pytest runs).
+"""The project's own tests drive the plugin with pytester (in-process pytest runs).
+
+pytester restores sys.modules after each in-process run; torch's C extension cannot be imported a
+second time in one process, so it is imported once here, before any snapshot is taken.
+"""
+
+import torch  # noqa: F401
+
 pytest_plugins = ["pytester"]
+
+
+def pytest_ignore_collect(collection_path, config):
+    # `pytest --attn-backends=...` from the repo root runs the matrix, not the project's own tests.
+    if config.getoption("attn_backends", None) and collection_path.name in ("tests", "examples"):
+        return True
+    return None

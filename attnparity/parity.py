@@ -115,7 +115,7 @@ def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances,
             metrics["ratio_max"], metrics["ratio_mean"] = v.ratio_max, v.ratio_mean
         if not v.passed:
             failures.append(_explain(label, v.reason, err_b, err_0, out, ref))
-    metrics["k"], metrics["floor"] = bound.k, bound.floor
+    metrics["k"], metrics["floor"], metrics["scale"] = bound.k, bound.floor, scale
     message = "" if not failures else (
         f"{backend.name} {check} differs from the fp64 reference on {case.short()}\n"
         + "\n".join(failures) + f"\nreproduce: {repro_line(check, backend.name, case)}")

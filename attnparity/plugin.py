@@ -135,7 +135,7 @@ class AttnItem(pytest.Item):
         check = self.check
         if check.skip:
             self._keep(ResultRecord(check.kind, check.check, check.backend, check.dtype, "skip", message=check.skip))
-            pytest.skip(check.skip)
+            raise pytest.skip.Exception(check.skip, _use_item_location=True)
         try:
             record = check.run()
         except (pytest.skip.Exception, KeyboardInterrupt):
@@ -148,7 +148,7 @@ class AttnItem(pytest.Item):
                                   message=f"{check.backend or check.check} raised {type(exc).__name__}: {exc}\n{tail}")
         self._keep(record)
         if record.verdict == "skip":
-            pytest.skip(record.message)
+            raise pytest.skip.Exception(record.message, _use_item_location=True)
         if record.verdict in ("fail", "error"):
             raise CheckFailed(record.message)
 

@@ -39,6 +39,7 @@ class SearchOutcome:
 def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, tolerances: Tolerances,
            corpus: Iterable[AttnCase] = (), seed: int | None = None, label: str = "") -> SearchOutcome:
     import hypothesis
+    import hypothesis.errors
     from hypothesis import assume, given, target
 
     state: dict[str, Any] = {"n": 0, "found_at": None, "worst": None, "rejected": 0, "shrinking": False}
@@ -73,6 +74,8 @@ def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, to
     test._hypothesis_internal_add_digest = f"attnparity:{label}:{backend.name}".encode()  # type: ignore[attr-defined]
     try:
         test()
+    except hypothesis.errors.Unsatisfiable:
+        pass  # every case drawn was outside the claims: reported as a skip by the caller
     except _Failed as failed:
         return SearchOutcome(state["n"], state["found_at"], failed.result, state["worst"], state["rejected"])
     return SearchOutcome(state["n"], None, None, state["worst"], state["rejected"])

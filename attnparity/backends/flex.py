@@ -1,9 +1,154 @@
-"""Placeholder: the flex family is being written (see issue 3)."""
+"""torch's ``flex_attention``: ``flex`` (torch.compile'd, the fused kernel users deploy) and
+``flex-eager`` (uncompiled: the unfused reference path torch ships beside it).
+
+How the contract maps onto flex (torch/nn/attention/flex_attention.py):
+- a bool mask and causal become a ``mask_mod`` turned into a BlockMask (``create_block_mask``), so
+  masked blocks are skipped as in real use; causal is top-left (``kv_idx <= q_idx``), SDPA's;
+- an additive float mask becomes a ``score_mod`` that adds the bias (flex has no other way);
+- GQA goes through ``enable_gqa`` (query head h reads kv head h // (H // Hkv), as SDPA);
+- ``scale`` is passed through (None means 1/sqrt(D) there too).
+
+Claims, from torch's own checks: flex refuses backward on CPU (``_validate_device``); the compiled
+CUDA (Triton) kernel needs head_dim >= 16 (``tl.dot``; inductor/kernel/flex/flex_attention.py) and
+rounds other head_dims up to a power of two itself; the eager path takes any head_dim. torch <= 2.6
+took only powers of two (see ``_head_dims``). A fully
+masked row gives zeros in eager flex (measured on torch 2.13 CPU, bool and -inf float masks); the
+compiled kernel is claimed the same and the matrix checks it.
+"""
 
 from __future__ import annotations
 
-from .base import Backend
+import warnings
+from functools import lru_cache
+from typing import Any
+
+from .base import Backend, Capabilities
+
+#: torch.compile recompiles per new shape; dynamo's default limit (8) would then silently fall back
+#: to running eager code, and ``flex`` would be testing ``flex-eager``. Raise the limit for our
+#: calls and make a hit an error, never a silent fallback.
+_DYNAMO_LIMITS = {"recompile_limit": 1024, "accumulated_recompile_limit": 8192,
+                  "fail_on_recompile_limit_hit": True}
+
+
+def _mods(q: Any, k: Any, attn_mask: Any, is_causal: bool) -> tuple[Any, Any]:
+    """(score_mod, block_mask) for the contract's mask and causal flag."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    b, h, sq, _ = q.shape
+    skv = k.shape[2]
+    keep = None
+    score_mod = None
+    if attn_mask is not None:
+        # Broadcast to the full (B, H, Sq, Skv) as a view: the mods index it with the flex indices.
+        full = attn_mask.expand(b, h, sq, skv)
+        if full.dtype == torch.bool:
+            keep = full
+        else:
+            bias = full
+
+            def score_mod(score, b_idx, h_idx, q_idx, kv_idx):
+                return score + bias[b_idx, h_idx, q_idx, kv_idx].to(score.dtype)
+
+    if keep is None and not is_causal:
+        return score_mod, None
+
+    if keep is not None and is_causal:
+        def mask_mod(b_idx, h_idx, q_idx, kv_idx):
+            return keep[b_idx, h_idx, q_idx, kv_idx] & (kv_idx <= q_idx)
+    elif keep is not None:
+        def mask_mod(b_idx, h_idx, q_idx, kv_idx):
+            return keep[b_idx, h_idx, q_idx, kv_idx]
+    else:
+        def mask_mod(b_idx, h_idx, q_idx, kv_idx):
+            return kv_idx <= q_idx  # top-left, SDPA's alignment
+
+    batch = b if keep is not None else None
+    heads = h if keep is not None else None
+    return score_mod, create_block_mask(mask_mod, batch, heads, sq, skv, device=q.device)
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex() -> Any:
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+def _make_fn(compiled: bool):
+    def flex(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+        import torch
+        from torch.nn.attention.flex_attention import flex_attention
+
+        score_mod, block_mask = _mods(q, k, attn_mask, is_causal)
+        kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale,
+                      enable_gqa=q.shape[1] != k.shape[1])
+        if compiled:
+            # Only the settings this torch knows (older ones lack some of the names).
+            limits = {k: v for k, v in _DYNAMO_LIMITS.items() if hasattr(torch._dynamo.config, k)}
+            with torch._dynamo.config.patch(**limits):
+                return _compiled_flex()(q, k, v, **kwargs)
+        with warnings.catch_warnings():
+            # "flex_attention called without torch.compile()": uncompiled is the point of this row.
+            warnings.simplefilter("ignore", UserWarning)
+            return flex_attention(q, k, v, **kwargs)
+
+    flex.__name__ = "flex_compiled" if compiled else "flex_eager"
+    return flex
+
+
+def _compiled_available() -> str | None:
+    import torch
+
+    reason = _eager_available()
+    if reason:
+        return reason
+    if not torch.cuda.is_available():
+        # Compiled flex does run on CPU, but torch.compile costs 5-24 s per new shape there and
+        # hypothesis draws dozens of shapes per item: the row would take hours. flex-eager covers
+        # flex's semantics on CPU.
+        return ("compiled flex is CUDA-only in attnparity: torch.compile costs 5-24 s per new shape "
+                "on CPU (see flex-eager for CPU)")
+    return None
+
+
+def _eager_available() -> str | None:
+    import torch
+
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no flex_attention (needs torch >= 2.5)"
+    return None
+
+
+def _head_dims(lowest: int) -> "frozenset[int] | range | None":
+    """Head dims flex takes on this torch. torch <= 2.6 only took powers of two >= 16 (its own
+    ``_supported_head_dim``); later versions take any, rounding up inside the Triton kernel."""
+    try:
+        from torch.nn.attention import flex_attention as fa
+    except ImportError:
+        return None
+    supported = getattr(fa, "_supported_head_dim", None)
+    if supported is not None:
+        return frozenset(d for d in range(1, 1025) if supported(d) and d >= lowest)
+    return range(lowest, 257) if lowest > 1 else None
 
 
 def backends() -> list[Backend]:
-    return []
+    import torch
+
+    every = {torch.float32, torch.float16, torch.bfloat16}
+    # flex has no backward on CPU (flex_attention._validate_device); the caps are built once, for
+    # the device this process will run on, as sdpa.py does.
+    backward = torch.cuda.is_available()
+    return [
+        Backend("flex", _make_fn(compiled=True),
+                Capabilities(devices={"cuda"}, dtypes=every, head_dims=_head_dims(16), backward=True),
+                _compiled_available, "torch.compile(flex_attention): the fused Triton kernel"),
+        Backend("flex-eager", _make_fn(compiled=False),
+                Capabilities(dtypes=every, head_dims=_head_dims(1), backward=backward),
+                _eager_available, "flex_attention uncompiled (unfused math path)"),
+    ]

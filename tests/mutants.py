@@ -1,0 +1,179 @@
+"""The mutant zoo: attention backends with one planted bug each, modelled on real bug classes.
+
+Each is registered the way a vendor would (``register_backend`` from a conftest.py) and must be
+caught by the DEFAULT ``pytest --attn-backends=<mutant>`` run. ``CAUGHT_BY`` names the check(s)
+expected to catch each one; ``SEEN_BY`` says which layer can see it at all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attnparity import Backend, Capabilities
+from attnparity.reference import causal_keep, expand_kv
+
+
+def _math(q, k, v, attn_mask=None, causal=None, scale=None, *, softmax_dtype=torch.float32,
+          mask_sign=1.0, kv_map=None, max_trick=True, fully_masked_nan=False):
+    """Plain attention with the knobs the mutants turn (the correct setting is the default)."""
+    heads, sq, d = q.shape[1], q.shape[2], q.shape[3]
+    k, v = (expand_kv(t, heads) if kv_map is None else kv_map(t, heads) for t in (k, v))
+    scale = d ** -0.5 if scale is None else scale
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale if max_trick else (q @ k.transpose(-2, -1)) * scale
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + mask_sign * attn_mask.to(scores.dtype)
+    if causal is not None:
+        scores = scores.masked_fill(~causal_keep(sq, k.shape[2], causal, q.device), float("-inf"))
+    if not max_trick:  # exp without subtracting the row max, in the input dtype
+        e = torch.exp(scores)
+        probs = e / e.sum(-1, keepdim=True)
+    else:
+        s = scores.to(softmax_dtype)
+        dead = torch.isneginf(s).all(-1, keepdim=True)
+        probs = torch.softmax(s if fully_masked_nan else s.masked_fill(dead, 0), dim=-1)
+        if not fully_masked_nan:
+            probs = probs.masked_fill(dead, 0)
+    return (probs.to(v.dtype) @ v).to(q.dtype)
+
+
+def _causal(is_causal):
+    return "top-left" if is_causal else None
+
+
+def wrong_scale(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # 1/d instead of 1/sqrt(d) when no scale is given
+    return _math(q, k, v, attn_mask, _causal(is_causal), q.shape[-1] ** -1.0 if scale is None else scale)
+
+
+def ignores_scale(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return _math(q, k, v, attn_mask, _causal(is_causal), None)
+
+
+def drops_tail_key(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # Blocks of 64 keys; the partial last block loses its last key (an off-by-one in the tail loop).
+    skv = k.shape[2]
+    if skv % 64 and skv > 1:
+        keep = torch.ones(skv, dtype=torch.bool, device=q.device)
+        keep[-1] = False
+        mask = keep.view(1, 1, 1, skv)
+        if attn_mask is not None:
+            mask = (attn_mask & mask) if attn_mask.dtype == torch.bool else attn_mask.masked_fill(~mask, float("-inf"))
+        attn_mask = mask
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+
+
+def softmax_bf16(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale, softmax_dtype=torch.bfloat16)
+
+
+def mask_ignored(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return _math(q, k, v, None, _causal(is_causal), scale)
+
+
+def mask_ignored_batched(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # the batched path broadcasts the first row's mask to every row
+    if attn_mask is not None and q.shape[0] > 1:
+        attn_mask = attn_mask[:1]
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+
+
+def mask_wrong_sign(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale, mask_sign=-1.0)
+
+
+def nan_dead_rows(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale, fully_masked_nan=True)
+
+
+def causal_top_left(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # claims bottom-right (flash-attn >= 2.1 style) but aligns top-left
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+
+
+def gqa_wrong(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # kv head h % Hkv (repeat) instead of h // (H // Hkv) (repeat_interleave)
+    def tile(t, heads):
+        return t.repeat(1, heads // t.shape[1], 1, 1)
+
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale, kv_map=tile)
+
+
+def guesses_layout(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # Guesses the layout from the shape: (B, X, Y, D) with X > Y is taken for BSHD and "fixed" by a
+    # reshape, so heads and sequence are mixed up whenever H > S.
+    def fix(t):
+        b, x, y, d = t.shape
+        return t.reshape(b, y, x, d).transpose(1, 2) if x > y else t
+
+    out = _math(fix(q), fix(k), fix(v), attn_mask, _causal(is_causal), scale)
+    b, h, s, d = q.shape
+    return out.transpose(1, 2).reshape(b, h, s, d) if h > s else out
+
+
+def fp16_overflow(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # softmax without the max trick, in the input dtype: exp overflows (fp16 above logit ~11)
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale, max_trick=False)
+
+
+def batch_dependent(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # int8 keys with ONE scale for the whole batch (per-tensor quantisation): a row's result
+    # depends on the magnitudes of the other rows.
+    amax = k.detach().abs().amax().float().clamp_min(1e-6)
+    kq = (k.float() / amax * 127).round().clamp(-127, 127) * amax / 127
+    return _math(q, kq.to(k.dtype), v, attn_mask, _causal(is_causal), scale)
+
+
+def pads_head_dim(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # pads D to a multiple of 8 for the kernel and takes the default scale from the padded size
+    d = q.shape[-1]
+    padded = math.ceil(d / 8) * 8
+    if scale is None and padded != d:
+        scale = padded ** -0.5
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+
+
+def _mutant(name, fn, **caps) -> Backend:
+    return Backend(f"mutant-{name}", fn, Capabilities(**caps), description=fn.__doc__ or name)
+
+
+def backends() -> list[Backend]:
+    return [
+        _mutant("wrong-scale", wrong_scale),
+        _mutant("ignores-scale", ignores_scale),
+        _mutant("drops-tail-key", drops_tail_key),
+        _mutant("softmax-bf16", softmax_bf16),
+        _mutant("mask-ignored", mask_ignored),
+        _mutant("mask-ignored-batched", mask_ignored_batched),
+        _mutant("mask-wrong-sign", mask_wrong_sign),
+        _mutant("nan-dead-rows", nan_dead_rows),
+        _mutant("causal-misaligned", causal_top_left, causal="bottom-right"),
+        _mutant("gqa-wrong", gqa_wrong),
+        _mutant("guesses-layout", guesses_layout),
+        _mutant("fp16-overflow", fp16_overflow),
+        _mutant("batch-dependent", batch_dependent),
+        _mutant("pads-head-dim", pads_head_dim),
+    ]
+
+
+#: mutant -> the checks expected to catch it (any of them failing counts as caught by that check)
+CAUGHT_BY = {
+    "mutant-wrong-scale": {"forward", "kwargs"},
+    "mutant-ignores-scale": {"forward", "kwargs"},
+    "mutant-drops-tail-key": {"forward"},
+    "mutant-softmax-bf16": {"forward"},
+    "mutant-mask-ignored": {"forward", "kwargs"},
+    "mutant-mask-ignored-batched": {"forward", "batch"},
+    "mutant-mask-wrong-sign": {"forward"},
+    "mutant-nan-dead-rows": {"forward", "masked-rows"},
+    "mutant-causal-misaligned": {"forward"},
+    "mutant-gqa-wrong": {"forward"},
+    "mutant-guesses-layout": {"forward"},
+    "mutant-fp16-overflow": {"forward"},
+    "mutant-batch-dependent": {"forward", "batch"},
+    "mutant-pads-head-dim": {"forward"},
+}

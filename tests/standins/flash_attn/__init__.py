@@ -1,0 +1,34 @@
+"""Stand-in for flash-attn 2: ``flash_attn_func`` with its documented signature and layout.
+
+q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_k, headdim); fp16/bf16;
+headdim <= 256; nheads % nheads_k == 0; causal aligned bottom-right (flash-attn >= 2.1).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from _math import attend
+
+__version__ = "2.99.0+standin"
+SWAP_LAYOUT = False
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise RuntimeError("FlashAttention only support fp16 and bf16 data type")
+    if q.shape[-1] > 256:
+        raise RuntimeError("FlashAttention forward only supports head dimension at most 256")
+    if dropout_p or window_size != (-1, -1) or alibi_slopes is not None:
+        raise NotImplementedError("the stand-in computes plain attention only")
+    if SWAP_LAYOUT:  # the deliberate mistake: read BHSD as if it were BSHD
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    b, sq, h, d = q.shape
+    if k.shape[0] != b or k.shape[3] != d or h % k.shape[2]:
+        raise RuntimeError(f"flash-attn stand-in: bad shapes q {tuple(q.shape)} k {tuple(k.shape)}")
+    out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale,
+                 causal="bottom-right" if causal else None).transpose(1, 2)
+    if SWAP_LAYOUT:
+        out = out.transpose(1, 2)
+    return out

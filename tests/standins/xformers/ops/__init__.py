@@ -1,0 +1,1 @@
+from .fmha import LowerTriangularMask, memory_efficient_attention  # noqa: F401

@@ -1,0 +1,249 @@
+"""flex-eager and the diffusers dispatch bridge on CPU against the fp64 reference, their claims,
+availability reasons, and `pytest --attn-list` showing them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from _backend_checks import assert_matches_reference
+from attnparity.cases import AttnCase
+
+
+def _flex(name):
+    from attnparity.backends import flex
+
+    return {b.name: b for b in flex.backends()}[name]
+
+
+FLEX_CASES = [
+    AttnCase(batch=2, heads=4, kv_heads=4, sq=9, skv=5, head_dim=20, mask="random"),
+    AttnCase(batch=2, heads=4, kv_heads=2, sq=6, skv=13, head_dim=16, mask="dead-rows", mask_type="float"),
+    AttnCase(batch=1, heads=6, kv_heads=2, sq=11, skv=21, head_dim=40, dtype="bf16", mask="dead-rows"),
+    AttnCase(batch=1, heads=3, kv_heads=1, sq=13, skv=6, head_dim=24, dtype="fp16", causal="top-left", scale=0.3),
+    AttnCase(batch=2, heads=2, kv_heads=2, sq=5, skv=17, head_dim=9, mask="padding", causal="top-left",
+             layout="transposed"),
+]
+
+
+@pytest.mark.parametrize("case", FLEX_CASES, ids=lambda c: c.short())
+def test_flex_eager_matches_reference(case):
+    assert_matches_reference(_flex("flex-eager"), case)
+
+
+def test_flex_eager_fully_masked_rows_are_zero():
+    """What flex gives on rows with no key left, declared as Capabilities.fully_masked."""
+    backend = _flex("flex-eager")
+    assert backend.capabilities.fully_masked == "zero"
+    for mask_type in ("bool", "float"):
+        case = AttnCase(batch=1, heads=2, sq=8, skv=8, head_dim=16, mask="dead-rows", mask_type=mask_type)
+        q, k, v, mask = case.tensors()
+        out = backend(q, k, v, attn_mask=mask)
+        dead = ~(case.keep().any(dim=-1))  # (B, 1, Sq)
+        assert dead.any()
+        assert not out.isnan().any()
+        assert out.masked_select(dead.unsqueeze(-1).expand_as(out)).abs().max() == 0
+
+
+def test_flex_claims_and_reasons():
+    compiled, eager = _flex("flex"), _flex("flex-eager")
+    assert compiled.capabilities.devices == {"cuda"} and not compiled.capabilities.supports_head_dim(8)
+    assert eager.capabilities.supports_head_dim(9) and eager.capabilities.causal_mode == "top-left"
+    assert eager.unavailable_reason() is None
+    if not torch.cuda.is_available():
+        assert "CUDA-only" in compiled.unavailable_reason()
+        assert not eager.capabilities.backward  # flex refuses backward on CPU
+
+
+# -- diffusers bridge ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bridge():
+    pytest.importorskip("diffusers")
+    from attnparity.backends import diffusers as bridge_module
+
+    return {b.name: b for b in bridge_module.backends()}
+
+
+def test_bridge_exposes_every_diffusers_backend(bridge):
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    assert set(bridge) == {f"diffusers:{b.value}" for b in _AttentionBackendRegistry.list_backends()}
+
+
+DIFFUSERS_CASES = [
+    AttnCase(batch=2, heads=4, kv_heads=4, sq=9, skv=5, head_dim=20, mask="random"),
+    AttnCase(batch=2, heads=4, kv_heads=2, sq=6, skv=13, head_dim=16, mask="padding", mask_type="float"),
+    AttnCase(batch=1, heads=6, kv_heads=3, sq=13, skv=6, head_dim=24, dtype="bf16", causal="top-left", scale=0.3),
+    AttnCase(batch=1, heads=2, kv_heads=2, sq=7, skv=7, head_dim=32, dtype="fp16", mask="dead-rows",
+             layout="transposed"),
+]
+
+
+@pytest.mark.parametrize("name", ["diffusers:native", "diffusers:_native_math"])
+@pytest.mark.parametrize("case", DIFFUSERS_CASES, ids=lambda c: c.short())
+def test_bridge_native_matches_reference(bridge, name, case):
+    assert bridge[name].unavailable_reason() is None
+    assert_matches_reference(bridge[name], case)
+
+
+@pytest.mark.parametrize("case", [c for c in DIFFUSERS_CASES if c.causal is None], ids=lambda c: c.short())
+def test_bridge_flex_masks_match_reference(bridge, case):
+    assert_matches_reference(bridge["diffusers:flex"], case)
+
+
+@pytest.mark.xfail(strict=True, reason="diffusers 0.42 _native_flex_attention drops is_causal when attn_mask "
+                                       "is None (block_mask = attn_mask = None): a real finding")
+def test_bridge_flex_causal(bridge):
+    assert_matches_reference(bridge["diffusers:flex"], DIFFUSERS_CASES[2])
+
+
+def test_bridge_runs_the_requested_backend(bridge, monkeypatch):
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    calls = []
+    real = _AttentionBackendRegistry._backends[AttentionBackendName._NATIVE_MATH]
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["query"].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setitem(_AttentionBackendRegistry._backends, AttentionBackendName._NATIVE_MATH, spy)
+    q, k, v, _ = AttnCase(batch=1, heads=2, sq=5, skv=7, head_dim=8).tensors()
+    bridge["diffusers:_native_math"](q, k, v)
+    assert calls == [torch.Size([1, 5, 2, 8])]  # called once, in diffusers' (B, S, H, D) layout
+
+
+def test_bridge_claims_come_from_diffusers(bridge):
+    flash = bridge["diffusers:flash"].capabilities
+    assert flash.causal_mode == "bottom-right" and not flash.masks and flash.dtype_names == {"fp16", "bf16"}
+    assert bridge["diffusers:aiter_fa2_hub"].capabilities.dtype_names == {"bf16"}
+    assert bridge["diffusers:aiter_fa2_hub"].capabilities.devices == {"cuda"}
+    blackwell = bridge["diffusers:sage_blackwell_hub"].capabilities
+    assert blackwell.supports_head_dim(128) and not blackwell.supports_head_dim(96)
+    flex = bridge["diffusers:flex"].capabilities
+    assert AttnCase(mask="random", causal="top-left").outside(flex)  # diffusers' _check_attn_mask_or_causal
+    varlen = bridge["diffusers:flash_varlen"].capabilities
+    assert AttnCase(mask="random", dtype="fp16", device="cuda").outside(varlen)
+    assert AttnCase(mask="padding", dtype="fp16", device="cuda").outside(varlen) is None
+    native = bridge["diffusers:native"].capabilities
+    assert AttnCase(mask="random", causal="top-left").outside(native)  # SDPA refuses both
+
+
+def test_bridge_reasons(bridge):
+    if torch.cuda.is_available():
+        pytest.skip("reasons of a CPU machine")
+    assert "hub kernel" in bridge["diffusers:flash_hub"].unavailable_reason()
+    assert "needs CUDA" in bridge["diffusers:_native_cudnn"].unavailable_reason()
+    assert "flash-attn" in bridge["diffusers:flash"].unavailable_reason()
+
+
+def test_bridge_without_diffusers(monkeypatch):
+    from attnparity.backends import diffusers as bridge_module
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    monkeypatch.setitem(sys.modules, "diffusers.models", None)
+    assert bridge_module.backends() == []
+
+
+# -- the registry and --attn-list ---------------------------------------------------------------
+def test_registry_does_not_import_the_optional_libraries():
+    code = ("import sys; from attnparity.backends.registry import all_backends; all_backends(); "
+            "print(sorted(m for m in ('xformers', 'flash_attn', 'flash_attn_interface', 'sageattention') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_attn_list_shows_reasons(pytester):
+    result = pytester.runpytest("--attn-list", "--attn-device=cpu")
+    assert result.ret == 0
+    text = result.stdout.str()
+    for name in ("flex-eager", "flex", "xformers", "flash-attn2", "flash-attn3", "sage", "diffusers:native"):
+        assert f"\n{name} " in text, name
+    result.stdout.fnmatch_lines(["flex *unavailable: compiled flex is CUDA-only*", "flex-eager *available"])
+    if not torch.cuda.is_available():
+        result.stdout.fnmatch_lines(["flash-attn2 *unavailable: *", "sage *unavailable: *",
+                                     "diffusers:flash_hub *unavailable: needs the HF hub kernel download*"])
+
+
+def test_bridge_gradients_where_claimed(bridge):
+    from attnparity.reference import reference_grads
+
+    backend = bridge["diffusers:_native_math"]
+    assert backend.capabilities.backward and not bridge["diffusers:flex"].capabilities.backward
+    case = AttnCase(batch=1, heads=4, kv_heads=2, sq=6, skv=9, head_dim=16, mask="random", mask_type="float")
+    q, k, v, mask = case.tensors()
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    grad_out = torch.randn(1, 4, 6, 16, generator=torch.Generator().manual_seed(1))
+    out = backend(*leaves, attn_mask=mask)
+    got = torch.autograd.grad(out, leaves, grad_out)
+    want = reference_grads(q, k, v, grad_out, mask)
+    for g, w in zip(got, want):
+        assert (g.double() - w).abs().max() < 1e-5
+
+
+# -- diffusers' xformers backend, run on the xformers stand-in ----------------------------------
+@pytest.fixture
+def diffusers_xformers(bridge, monkeypatch):
+    """diffusers:xformers with the xformers stand-in (tests/standins) as ``xops``."""
+    import importlib
+
+    from _backend_checks import STANDINS, forget_standins
+
+    forget_standins()
+    monkeypatch.syspath_prepend(str(STANDINS))
+    ad = importlib.import_module("diffusers.models.attention_dispatch")
+    monkeypatch.setattr(ad, "_CAN_USE_XFORMERS_ATTN", True)
+    monkeypatch.setattr(ad, "xops", importlib.import_module("xformers.ops"))
+    yield bridge["diffusers:xformers"]
+    forget_standins()
+
+
+@pytest.mark.parametrize("case", [
+    AttnCase(batch=2, heads=4, kv_heads=4, sq=9, skv=16, head_dim=16, mask="random", mask_type="float"),
+    AttnCase(batch=1, heads=6, kv_heads=2, sq=7, skv=13, head_dim=24, causal="top-left"),
+], ids=lambda c: c.short())
+def test_bridge_xformers_on_standin(diffusers_xformers, case):
+    assert_matches_reference(diffusers_xformers, case)
+
+
+@pytest.mark.xfail(strict=True, reason="diffusers 0.42 _xformers_attention casts a 4-D bool mask with "
+                                       "type_as(query): keep -> +1.0, drop -> 0.0, not 0 / -inf (a real finding)")
+def test_bridge_xformers_bool_mask(diffusers_xformers):
+    assert_matches_reference(diffusers_xformers, AttnCase(batch=2, heads=4, sq=9, skv=16, head_dim=16, mask="random"))
+
+
+@pytest.mark.xfail(strict=True, raises=NotImplementedError,
+                   reason="diffusers 0.42 _xformers_attention passes a 4-D bias without padding Skv to a "
+                          "multiple of 8; xformers refuses unaligned biases (modelled by the stand-in)")
+def test_bridge_xformers_unaligned_bias(diffusers_xformers):
+    assert_matches_reference(diffusers_xformers, AttnCase(batch=1, heads=2, sq=6, skv=5, head_dim=16, dtype="fp16",
+                                                          mask="random", mask_type="float"))
+
+
+def test_bridge_with_a_broken_diffusers(monkeypatch):
+    from attnparity.backends import diffusers as bridge_module
+
+    def boom():
+        raise RuntimeError("built for another torch")
+
+    monkeypatch.setattr(bridge_module, "_dispatch_module", boom)
+    (row,) = bridge_module.backends()
+    assert "built for another torch" in row.unavailable_reason()
+
+
+@pytest.mark.slow
+def test_compiled_flex_path_on_cpu():
+    """The `flex` row's compiled call (mask_mod / score_mod capturing the mask, dynamo limits) run
+    through inductor's CPU backend: 5-25 s per shape, hence slow and not a CPU row of the matrix."""
+    from attnparity.backends.base import Backend
+    from attnparity.backends.flex import _make_fn
+
+    # flex's own fn, with flex-eager's claims so that the CPU cases below are claimed.
+    compiled = Backend("flex-compiled-cpu", _make_fn(compiled=True), _flex("flex-eager").capabilities)
+    for case in (AttnCase(batch=2, heads=4, kv_heads=2, sq=5, skv=9, head_dim=32, mask="dead-rows", causal="top-left"),
+                 AttnCase(batch=2, heads=4, kv_heads=2, sq=5, skv=9, head_dim=32, mask="dead-rows", mask_type="float")):
+        assert_matches_reference(compiled, case)

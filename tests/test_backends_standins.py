@@ -1,0 +1,205 @@
+"""flash-attn 2/3, sageattention and xformers adapters against stand-ins of those libraries.
+
+The stand-ins (tests/standins/) have each library's documented signature and layout and compute
+with reference math, so these tests prove the adapters' layout conversion, causal alignment, GQA
+mapping, mask handling and capability logic on a CPU machine. Setting a stand-in's SWAP_LAYOUT
+(heads and sequence axes read the wrong way round) must make the same checks fail.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import pytest
+import torch
+
+from _backend_checks import STANDINS, assert_matches_reference, forget_standins
+from attnparity.cases import AttnCase
+
+
+@pytest.fixture
+def standins(monkeypatch):
+    """The stand-in libraries on sys.path and a fake sm90 CUDA device (tensors stay on CPU)."""
+    forget_standins()
+    monkeypatch.syspath_prepend(str(STANDINS))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    yield
+    forget_standins()
+
+
+def _backend(module: str, name: str):
+    family = importlib.import_module(f"attnparity.backends.{module}")
+    return {b.name: b for b in family.backends()}[name]
+
+
+# -- flash-attn ---------------------------------------------------------------------------------
+FLASH_CASES = [
+    AttnCase(batch=2, heads=4, kv_heads=4, sq=16, skv=16, head_dim=64, dtype="fp16"),
+    AttnCase(batch=1, heads=6, kv_heads=2, sq=7, skv=19, head_dim=40, dtype="fp16", causal="bottom-right"),
+    AttnCase(batch=2, heads=3, kv_heads=3, sq=19, skv=7, head_dim=24, dtype="fp16", causal="bottom-right"),
+    AttnCase(batch=1, heads=4, kv_heads=1, sq=9, skv=33, head_dim=128, dtype="bf16", scale=0.25),
+    AttnCase(batch=2, heads=2, kv_heads=2, sq=5, skv=11, head_dim=32, dtype="fp16", layout="transposed"),
+]
+
+
+@pytest.mark.parametrize("name", ["flash-attn2", "flash-attn3"])
+@pytest.mark.parametrize("case", FLASH_CASES, ids=lambda c: c.short())
+def test_flash_attn_matches_reference(standins, name, case):
+    backend = _backend("flash_attn", name)
+    assert backend.unavailable_reason() is None
+    assert_matches_reference(backend, case)
+
+
+@pytest.mark.parametrize("module,name", [("flash_attn", "flash-attn2"), ("flash_attn_interface", "flash-attn3")])
+def test_flash_attn_swapped_layout_is_caught(standins, monkeypatch, module, name):
+    monkeypatch.setattr(importlib.import_module(module), "SWAP_LAYOUT", True)
+    with pytest.raises(AssertionError):
+        assert_matches_reference(_backend("flash_attn", name), FLASH_CASES[0])
+
+
+def test_flash_attn3_beta_tuple_return(standins, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("flash_attn_interface"), "RETURN_LSE", True)
+    assert_matches_reference(_backend("flash_attn", "flash-attn3"), FLASH_CASES[1])
+
+
+def test_flash_attn_claims():
+    fa2, fa3 = _backend("flash_attn", "flash-attn2"), _backend("flash_attn", "flash-attn3")
+    for b in (fa2, fa3):
+        caps = b.capabilities
+        assert caps.causal_mode == "bottom-right" and caps.gqa and not caps.masks
+        assert caps.dtype_names == {"fp16", "bf16"} and caps.devices == {"cuda"}
+        assert AttnCase(causal="top-left", dtype="fp16", device="cuda").outside(caps)
+        assert AttnCase(mask="random", dtype="fp16", device="cuda").outside(caps)
+        assert AttnCase(dtype="fp32", device="cuda").outside(caps)
+        assert not caps.supports_head_dim(264)
+    assert fa2.capabilities.supports_head_dim(203) and not fa3.capabilities.supports_head_dim(203)
+
+
+def test_flash_attn_arch_reasons(standins, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert _backend("flash_attn", "flash-attn2").unavailable_reason() is None
+    assert "sm90" in _backend("flash_attn", "flash-attn3").unavailable_reason()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert "sm80" in _backend("flash_attn", "flash-attn2").unavailable_reason()
+
+
+# -- sageattention ------------------------------------------------------------------------------
+SAGE_CASES = [
+    AttnCase(batch=2, heads=4, kv_heads=4, sq=16, skv=16, head_dim=64, dtype="fp16", causal="top-left"),
+    AttnCase(batch=1, heads=6, kv_heads=2, sq=7, skv=19, head_dim=96, dtype="bf16"),
+    AttnCase(batch=1, heads=4, kv_heads=1, sq=12, skv=12, head_dim=40, dtype="fp16", scale=0.3, layout="transposed"),
+]
+
+
+@pytest.mark.parametrize("case", SAGE_CASES, ids=lambda c: c.short())
+def test_sage_matches_reference(standins, case):
+    backend = _backend("sage", "sage")
+    assert backend.unavailable_reason() is None
+    assert_matches_reference(backend, case)
+
+
+def test_sage_swapped_layout_is_caught(standins, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("sageattention"), "SWAP_LAYOUT", True)
+    with pytest.raises(AssertionError):
+        assert_matches_reference(_backend("sage", "sage"), SAGE_CASES[0])
+
+
+def test_sage_claims():
+    caps = _backend("sage", "sage").capabilities
+    assert caps.dtype_names == {"fp16", "bf16"} and not caps.masks and caps.gqa
+    assert caps.supports_head_dim(128) and not caps.supports_head_dim(160)
+    assert AttnCase(sq=8, skv=16, causal="top-left", dtype="fp16", device="cuda").outside(caps)
+    assert AttnCase(sq=16, skv=16, causal="top-left", dtype="fp16", device="cuda").outside(caps) is None
+
+
+# -- xformers -----------------------------------------------------------------------------------
+XF_MASKED = [
+    AttnCase(batch=2, heads=4, kv_heads=4, sq=9, skv=5, head_dim=32, dtype="fp16", mask="random"),
+    AttnCase(batch=2, heads=4, kv_heads=4, sq=6, skv=13, head_dim=16, dtype="fp32", mask="padding", mask_type="float"),
+    AttnCase(batch=1, heads=6, kv_heads=2, sq=11, skv=21, head_dim=40, dtype="fp16", mask="dead-rows"),
+    AttnCase(batch=1, heads=4, kv_heads=2, sq=7, skv=15, head_dim=24, dtype="bf16", mask="random", mask_type="float",
+             causal="top-left", scale=0.2),
+]
+XF_PLAIN = [
+    AttnCase(batch=2, heads=4, kv_heads=4, sq=16, skv=16, head_dim=64, dtype="fp16"),
+    AttnCase(batch=1, heads=6, kv_heads=3, sq=19, skv=7, head_dim=40, dtype="fp16", causal="top-left"),
+    AttnCase(batch=1, heads=4, kv_heads=1, sq=5, skv=17, head_dim=32, dtype="bf16", causal="top-left", layout="transposed"),
+]
+
+
+@pytest.mark.parametrize("name", ["xformers", "xformers-cutlass"])
+@pytest.mark.parametrize("case", XF_MASKED + XF_PLAIN, ids=lambda c: c.short())
+def test_xformers_matches_reference(standins, name, case):
+    backend = _backend("xformers", name)
+    assert backend.unavailable_reason() is None
+    assert_matches_reference(backend, case)
+
+
+@pytest.mark.parametrize("case", XF_PLAIN, ids=lambda c: c.short())
+def test_xformers_flash_op_matches_reference(standins, case):
+    assert_matches_reference(_backend("xformers", "xformers-flash"), case)
+
+
+def test_xformers_rows_follow_the_installed_ops(standins):
+    names = [b.name for b in importlib.import_module("attnparity.backends.xformers").backends()]
+    assert names == ["xformers", "xformers-cutlass", "xformers-flash"]  # what the stand-in ships
+
+
+def test_xformers_claims_come_from_the_op(standins):
+    cutlass = _backend("xformers", "xformers-cutlass").capabilities
+    flash = _backend("xformers", "xformers-flash").capabilities
+    assert cutlass.masks == {"bool", "float"} and cutlass.dtype_names == {"fp32", "fp16", "bf16"}
+    assert not cutlass.deterministic and cutlass.backward and cutlass.causal_mode == "top-left"
+    assert not flash.masks and flash.dtype_names == {"fp16", "bf16"} and flash.gqa
+    assert AttnCase(mask="random", dtype="fp16", device="cuda").outside(flash)
+    assert not flash.supports_head_dim(257)
+
+
+def test_xformers_bias_alignment_is_needed(standins):
+    """The stand-in refuses an unaligned bias as xformers does; the adapter's padded bias passes."""
+    fmha = importlib.import_module("xformers.ops.fmha")
+    q = torch.randn(1, 3, 2, 8, dtype=torch.float16)
+    k = torch.randn(1, 5, 2, 8, dtype=torch.float16)
+    with pytest.raises(ValueError, match="stride"):
+        fmha.memory_efficient_attention_forward(q, k, k, torch.zeros(1, 2, 3, 5, dtype=torch.float16),
+                                                op=fmha.cutlass.FwOp)
+    assert_matches_reference(_backend("xformers", "xformers-cutlass"), XF_MASKED[0])  # Skv = 5
+
+
+def test_xformers_swapped_layout_is_caught(standins, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("xformers.ops.fmha.common").AttentionOpBase, "SWAP_LAYOUT", True)
+    with pytest.raises(AssertionError):
+        assert_matches_reference(_backend("xformers", "xformers-cutlass"), XF_PLAIN[0])
+
+
+def test_xformers_arch_reason(standins, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert "sm80" in _backend("xformers", "xformers-flash").unavailable_reason()
+    assert _backend("xformers", "xformers-cutlass").unavailable_reason() is None
+
+
+# -- availability on this machine ---------------------------------------------------------------
+def test_reasons_with_libraries_but_no_cuda(standins, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for module, name in [("flash_attn", "flash-attn2"), ("flash_attn", "flash-attn3"), ("sage", "sage"),
+                         ("xformers", "xformers"), ("xformers", "xformers-cutlass")]:
+        reason = _backend(module, name).unavailable_reason()
+        assert reason and "needs CUDA" in reason, (name, reason)
+
+
+def test_reasons_without_the_libraries():
+    forget_standins()
+    if torch.cuda.is_available():
+        pytest.skip("the reasons below are those of a machine without these libraries and GPU")
+    for module, name, words in [("flash_attn", "flash-attn2", "flash-attn not installed"),
+                                ("flash_attn", "flash-attn3", "not installed"),
+                                ("sage", "sage", "sageattention not installed"),
+                                ("xformers", "xformers", "xformers not installed"),
+                                ("xformers", "xformers-cutlass", "xformers not installed")]:
+        if importlib.util.find_spec({"flash-attn2": "flash_attn", "flash-attn3": "flash_attn_interface",
+                                     "sage": "sageattention"}.get(name, "xformers")):
+            continue  # installed here after all: its reason is about CUDA, covered above
+        reason = _backend(module, name).unavailable_reason()
+        assert reason and words in reason, (name, reason)
