@@ -94,7 +94,7 @@ def dead_rows(case: AttnCase) -> "torch.Tensor | None":
 
 
 def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances, pairs: dict[str, tuple],
-           *, grad: bool = False) -> ParityResult:
+           *, grad: bool = False, term_scale: float = 0.0) -> ParityResult:
     """Apply the rule to each named output: {label: (backend_out, baseline_out, reference)}."""
     bound = tolerances.bound(backend.name, case.dtype, grad=grad)
     metrics: dict[str, float] = {}
@@ -103,6 +103,7 @@ def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances,
     # One scale for all outputs judged together: dQ and dK are exactly 0 with a single key, and a
     # floor of "a few roundings of 0" would demand bitwise zeros there.
     scale = max((float(ref.abs().max()) for _, _, ref in pairs.values() if ref.numel()), default=0.0)
+    scale = max(scale, term_scale)
     for label, (out, base, ref) in pairs.items():
         err_b, err_0 = errors(out, ref), errors(base, ref)
         v = verdict(err_b, err_0, bound, case.dtype, scale)
@@ -188,4 +189,18 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
                             message=f"{backend.name} backward failed on {case.short()}: {exc}\n"
                                     f"reproduce: {repro_line('backward', backend.name, case)}")
     pairs = {name: (g, b, r) for name, g, b, r in zip(("dq", "dk", "dv"), got, base, ref)}
-    return _judge("backward", backend, case, tolerances, pairs, grad=True)
+    return _judge("backward", backend, case, tolerances, pairs, grad=True, term_scale=_grad_term_scale(case, q, k, v, grad_out))
+
+
+def _grad_term_scale(case: AttnCase, q, k, v, grad_out) -> float:
+    """The size of the terms dQ and dK are summed from: softmax_scale * |dO V^T| * |Q or K|.
+
+    With a single key (or a one-hot softmax) dS = P * (dP - rowsum) is exactly 0, so dQ and dK are
+    0 while every kernel still rounds dP and the row sum, which are of this size: the floor must
+    be a few roundings of these terms, not of the (zero) result."""
+    from .reference import expand_kv
+
+    softmax_scale = case.scale if case.scale is not None else case.head_dim ** -0.5
+    dp = grad_out.double() @ expand_kv(v, case.heads).double().transpose(-2, -1)
+    qk = max(float(q.double().abs().max()), float(k.double().abs().max())) if q.numel() and k.numel() else 0.0
+    return abs(softmax_scale) * (float(dp.abs().max()) if dp.numel() else 0.0) * qk

@@ -37,6 +37,12 @@ OPTIONS = (
     Option("attn_seed", "fixed hypothesis seed for the suite (reproducible draws)", None, "int"),
     Option("attn_tolerance", "tolerance overrides, one per line: '<backend-glob> <dtype|*> k=<k> floor=<floor>'", [], "linelist"),
     Option("attn_artifacts", "directory for failure artifacts (images, diff maps)", ".attnparity/artifacts"),
+    Option("attn_timeout", "seconds one cell may run before it fails as timed out (0: no limit)", 0, "float"),
+    Option("attn_report", "directory to write results.json and a self-contained index.html into"),
+    Option("attn_compare", "results.json of an earlier run: fail this run where a cell got worse (the upgrade gate)"),
+    Option("attn_compare_ratio", "gate: an error ratio may grow by this factor before it counts as worse", 2.0, "float"),
+    Option("attn_compare_ssim", "gate: an SSIM may drop by this much before it counts as worse", 0.01, "float"),
+    Option("attn_compare_slowdown", "gate: a timing on the same device may grow by this fraction (0.25 = 25%)", 0.25, "float"),
     Option("attn_perf", "perf shape set: 'quick' (a few real diffusion shapes; fewer tokens on CPU) or 'full' (every catalogued shape; meant for GPUs, hours on a small CPU)", "quick"),
     Option("attn_perf_baseline", "results.json of an earlier run: a perf cell slower than it beyond --attn-perf-margin fails (same device only)"),
     Option("attn_perf_margin", "slowdown allowed against --attn-perf-baseline, as a fraction (0.1 = 10%)", 0.1, "float"),
@@ -136,10 +142,20 @@ class AttnItem(pytest.Item):
         if check.skip:
             self._keep(ResultRecord(check.kind, check.check, check.backend, check.dtype, "skip", message=check.skip))
             raise pytest.skip.Exception(check.skip, _use_item_location=True)
+        from . import guard
+
+        hung = guard.hung_reason(check.backend)
         try:
-            record = check.run()
+            if hung:
+                raise guard.CellTimeout(hung)
+            record = guard.run_with_timeout(check.run, self.config.stash[_CONTEXT].options.get("attn_timeout"),
+                                            label=self.nodeid)
         except (pytest.skip.Exception, KeyboardInterrupt):
             raise
+        except guard.CellTimeout as exc:  # a hung backend fails its own cells, nothing else
+            if check.backend and not hung:
+                guard.mark_hung(check.backend, self.nodeid)
+            record = ResultRecord(check.kind, check.check, check.backend, check.dtype, "error", message=str(exc))
         except Exception as exc:  # a crashing backend fails its own cell, nothing else
             import traceback
 
@@ -165,7 +181,6 @@ class AttnItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
-        # line 0, not None: skips raised with _use_item_location need a line (pytest asserts one)
         return self.path, 0, self.nodeid
 
 
@@ -212,9 +227,42 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     _records_sink.clear()
 
 
+_OUTCOME = pytest.StashKey["Any"]()
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    # xdist workers ship their records to the controller; only it writes reports and gates.
+    return _CONTEXT in config.stash and not os.environ.get("PYTEST_XDIST_WORKER")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # tryfirst: before the terminal reporter's own sessionfinish prints the summary.
+    if not _is_controller(session.config):
+        return
+    from .session import finish_records
+
+    outcome = finish_records(session.config.stash[_CONTEXT], collected_records())
+    session.config.stash[_OUTCOME] = outcome
+    if outcome.gate_failed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import sys
+
+    guard = sys.modules.get("attnparity.guard")
+    if guard is None:  # no cell ever ran under a time limit
+        return
+    still = guard.drain(5.0)
+    if still:
+        sys.stderr.write(f"attnparity: {still} timed-out backend call(s) still running at exit; "
+                         "the process may hang or crash while exiting (see attn_timeout)\n")
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if _CONTEXT not in config.stash or os.environ.get("PYTEST_XDIST_WORKER"):
+    if not _is_controller(config) or _OUTCOME not in config.stash:
         return
     from .session import finish_run
 
-    finish_run(config.stash[_CONTEXT], collected_records(), terminalreporter)
+    finish_run(config.stash[_CONTEXT], config.stash[_OUTCOME], terminalreporter)

@@ -4,6 +4,7 @@ header lines, the stamp on every record, and the end-of-run summary and files.""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def build_context(config: Any, options: dict[str, Any]) -> SuiteContext:
     if examples is not None and int(examples) < 1:
         raise ValueError(f"--attn-examples={examples}: must be at least 1")
     root = Path(config.rootpath)
+    _check_gate_options(options)
     artifacts = Path(options["attn_artifacts"] or ".attnparity/artifacts")
     return SuiteContext(
         backends=backends,
@@ -72,6 +74,29 @@ def build_context(config: Any, options: dict[str, Any]) -> SuiteContext:
         options=options,
         user_profile=_user_profile(),
     )
+
+
+def _check_gate_options(options: dict[str, Any]) -> None:
+    """Bad gate input is a usage error at the start, not a surprise after the whole matrix ran."""
+    from .compare import Thresholds
+    from .results import read_results
+
+    Thresholds(_opt_value(options, "attn_compare_ratio", 2.0), _opt_value(options, "attn_compare_ssim", 0.01),
+               _opt_value(options, "attn_compare_slowdown", 0.25))
+    # Paths are taken from the invocation directory, as --junitxml does; resolved once here.
+    for name in ("attn_compare", "attn_report"):
+        if options.get(name):
+            options[name] = str(Path(options[name]).expanduser().resolve())
+    if options.get("attn_compare"):
+        read_results(Path(options["attn_compare"]))  # raises ResultsFileError (a ValueError) saying why
+    timeout = options.get("attn_timeout")
+    if timeout is not None and float(timeout) < 0:
+        raise ValueError(f"--attn-timeout={timeout}: seconds must be >= 0 (0: no limit)")
+
+
+def _opt_value(options: dict[str, Any], name: str, default: float) -> float:
+    value = options.get(name)
+    return default if value is None else float(value)
 
 
 def _user_profile() -> str | None:
@@ -123,7 +148,65 @@ def stamp(ctx: SuiteContext, record: Any) -> None:
     record.versions = record.versions or dict(_versions_cache)
 
 
-def finish_run(ctx: SuiteContext, records: list[dict[str, Any]], terminal: Any) -> None:
-    from .report import summarize
+@dataclass
+class RunOutcome:
+    """What the end of a run produced on the controller: records, the gate, the files written."""
 
-    summarize(ctx, records, terminal)
+    records: list[Any]
+    comparison: Any = None  # compare.Comparison when --attn-compare was given and readable
+    gate_error: str | None = None  # --attn-compare given but unusable: the gate fails, saying why
+    report_dir: Path | None = None
+    errors: list[str] = field(default_factory=list)  # report problems: shown, never raised
+
+    @property
+    def gate_failed(self) -> bool:
+        # An unreadable old results.json fails too: a gate that silently does nothing must not pass.
+        return self.gate_error is not None or bool(self.comparison is not None and self.comparison.failed)
+
+
+def finish_records(ctx: SuiteContext, records: list[dict[str, Any]]) -> RunOutcome:
+    """The gate (--attn-compare) and the report files (--attn-report) for this run's records."""
+    from .matrix import as_records, sort_records
+
+    outcome = RunOutcome(sort_records(as_records(records), [b.name for b in ctx.backends]))
+    old_path = ctx.options.get("attn_compare")
+    if old_path:
+        from .compare import Thresholds, compare_records
+        from .results import ResultsFileError, read_results
+
+        try:
+            old = read_results(Path(old_path))
+            thresholds = Thresholds(_opt_value(ctx.options, "attn_compare_ratio", 2.0),
+                                    _opt_value(ctx.options, "attn_compare_ssim", 0.01),
+                                    _opt_value(ctx.options, "attn_compare_slowdown", 0.25))
+            outcome.comparison = compare_records(old["records"], outcome.records, thresholds, old_source=str(old_path))
+        except (ResultsFileError, ValueError) as exc:
+            outcome.gate_error = f"upgrade gate failed: {exc}"
+    report_dir = ctx.options.get("attn_report")
+    if report_dir:
+        from .report_html import write_report
+
+        target = Path(report_dir)
+        try:
+            outcome.report_dir = write_report(target, outcome.records, device=device_name(ctx.device),
+                                              comparison=outcome.comparison, base=ctx.rootdir)
+        except OSError as exc:
+            outcome.errors.append(f"report not written to {target}: {exc}")
+    return outcome
+
+
+def finish_run(ctx: SuiteContext, outcome: RunOutcome, terminal: Any) -> None:
+    from .report import summarize, write_comparison
+
+    summarize(ctx, outcome.records, terminal)
+    if outcome.comparison is not None:
+        write_comparison(outcome.comparison, terminal)
+    if outcome.gate_error:
+        terminal.write_sep("=", "attnparity upgrade gate: FAILED", red=True)
+        terminal.write_line(outcome.gate_error, red=True)
+    for error in outcome.errors:
+        terminal.write_line(f"attnparity: {error}", red=True)
+    if outcome.report_dir is not None:
+        html = outcome.report_dir / "index.html"
+        terminal.write_line(f"attnparity report: {html} ({html.stat().st_size / 1024:.0f} KiB), "
+                            f"{outcome.report_dir / 'results.json'}")

@@ -117,15 +117,19 @@ class Verdict:
     ratio_mean: float
 
 
-def ratio(err: float, base: float) -> float:
-    if base > 0:
-        return err / base
+def ratio(err: float, base: float, unit: float = 0.0) -> float:
+    """err / base, with base taken as at least one rounding ``unit`` (eps * scale): when naive math
+    happens to be exact, the ratio still says how many roundings off the backend is, not infinity."""
+    denominator = max(base, unit)
+    if denominator > 0:
+        return err / denominator
     return 0.0 if err == 0 else math.inf
 
 
 def verdict(backend: Errors, baseline: Errors, bound: Bound, dtype: str, scale: float) -> Verdict:
     """Apply the rule to one output (or one gradient)."""
-    r_max, r_mean = ratio(backend.max_abs, baseline.max_abs), ratio(backend.mean_abs, baseline.mean_abs)
+    unit = EPS[dtype] * scale
+    r_max, r_mean = ratio(backend.max_abs, baseline.max_abs, unit), ratio(backend.mean_abs, baseline.mean_abs, unit)
     if backend.nonfinite:
         return Verdict(False, f"{backend.nonfinite} NaN/Inf values where the fp64 reference is finite", r_max, r_mean)
     lim_max = bound.limit(baseline.max_abs, dtype, scale)

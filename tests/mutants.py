@@ -137,6 +137,31 @@ def pads_head_dim(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
     return _math(q, k, v, attn_mask, _causal(is_causal), scale)
 
 
+class _UnscaledDK(torch.autograd.Function):
+    """Forward is right; backward forgets the softmax scale in dK (a classic hand-written backward slip)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attn_mask, causal, scale):
+        ctx.save_for_backward(q, k, v)
+        ctx.extra = (attn_mask, causal, scale)
+        return _math(q, k, v, attn_mask, causal, scale)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors
+        attn_mask, causal, scale = ctx.extra
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+            out = _math(*leaves, attn_mask, causal, scale)
+            dq, dk, dv = torch.autograd.grad(out, leaves, grad_out)
+        softmax_scale = q.shape[-1] ** -0.5 if scale is None else scale
+        return dq, dk / softmax_scale, dv, None, None, None
+
+
+def grad_unscaled_dk(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return _UnscaledDK.apply(q, k, v, attn_mask, _causal(is_causal), scale)
+
+
 def _mutant(name, fn, **caps) -> Backend:
     return Backend(f"mutant-{name}", fn, Capabilities(**caps), description=fn.__doc__ or name)
 
@@ -157,6 +182,7 @@ def backends() -> list[Backend]:
         _mutant("fp16-overflow", fp16_overflow),
         _mutant("batch-dependent", batch_dependent),
         _mutant("pads-head-dim", pads_head_dim),
+        _mutant("grad-unscaled-dk", grad_unscaled_dk, backward=True),
     ]
 
 
@@ -176,4 +202,5 @@ CAUGHT_BY = {
     "mutant-fp16-overflow": {"forward"},
     "mutant-batch-dependent": {"forward", "batch"},
     "mutant-pads-head-dim": {"forward"},
+    "mutant-grad-unscaled-dk": {"backward"},
 }

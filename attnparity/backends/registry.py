@@ -93,6 +93,18 @@ def _ensure_loaded() -> None:
             _load_errors[ep.name] = f"{origin} failed to load: {type(exc).__name__}: {exc}"
 
 
+def reset_registry() -> None:
+    """Forget every backend and load error; the next lookup rediscovers built-ins and entry points.
+
+    The registry reads entry points once per process; tests (pytester runs in one process) and
+    tools that install a vendor package mid-process call this to see it.
+    """
+    global _loaded
+    _registered.clear()
+    _load_errors.clear()
+    _loaded = False
+
+
 def load_errors() -> dict[str, str]:
     """Entry points that failed to load, by name, with why (shown by --attn-list and the report)."""
     _ensure_loaded()

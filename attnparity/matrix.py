@@ -1,0 +1,150 @@
+"""Records -> the run's tables, the one model behind the terminal summary, the HTML and the gate.
+
+Nothing here formats: report.py prints these tables, report_html.py renders them, compare.py
+compares two runs' cells.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .results import ResultRecord
+
+#: Which verdict a cell takes when its records disagree: the worst one.
+VERDICT_RANK = {"skip": 0, "pass": 1, "fail": 2, "error": 3}
+#: Record kinds shown in the backend x dtype matrix.
+MATRIX_KINDS = ("op", "semantic")
+DTYPE_ORDER = ("fp32", "fp16", "bf16", "fp64")
+
+
+def as_records(records: Iterable[ResultRecord | dict[str, Any]]) -> list[ResultRecord]:
+    """Records as ResultRecord objects, whether they came as objects or as JSON dicts."""
+    return [r if isinstance(r, ResultRecord) else ResultRecord.from_json(r) for r in records]
+
+
+KIND_ORDER = ("op", "semantic", "pipeline", "perf")
+
+
+def sort_records(records: Iterable[ResultRecord], backend_order: Iterable[str] = ()) -> list[ResultRecord]:
+    """Records in one stable order (kind, backend as selected, dtype, check, node id), whatever order
+    they finished in: a run under xdist reads and writes the same as a serial one."""
+    rank = {name: i for i, name in enumerate(backend_order)}
+
+    def key(r: ResultRecord) -> tuple[Any, ...]:
+        kind = KIND_ORDER.index(r.kind) if r.kind in KIND_ORDER else len(KIND_ORDER)
+        return (kind, rank.get(r.backend or "", len(rank)), r.backend or "", _dtype_key(r.dtype or ""), r.check,
+                r.nodeid)
+
+    return sorted(records, key=key)
+
+
+def worse_verdict(a: str | None, b: str) -> str:
+    return b if a is None or VERDICT_RANK[b] > VERDICT_RANK[a] else a
+
+
+def error_ratio(record: ResultRecord) -> float | None:
+    """The record's worst error ratio: max of ratio_max and ratio_mean, or None when it has none."""
+    values = [record.metrics[k] for k in ("ratio_max", "ratio_mean") if record.metrics.get(k) is not None]
+    values = [float(v) for v in values if not (isinstance(v, float) and math.isnan(v))]
+    return max(values) if values else None
+
+
+@dataclass
+class MatrixCell:
+    """backend x dtype over the op and semantic records of that pair."""
+
+    backend: str
+    dtype: str
+    verdict: str | None = None
+    ratio: float | None = None  # worst error ratio over the cell's records
+    examples: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    failures: list[ResultRecord] = field(default_factory=list)
+
+    def add(self, record: ResultRecord) -> None:
+        self.verdict = worse_verdict(self.verdict, record.verdict)
+        self.counts[record.verdict] = self.counts.get(record.verdict, 0) + 1
+        self.examples += int(record.examples or 0)
+        ratio = error_ratio(record)
+        if ratio is not None:
+            self.ratio = ratio if self.ratio is None else max(self.ratio, ratio)
+        if record.verdict in ("fail", "error"):
+            self.failures.append(record)
+
+
+@dataclass
+class Matrix:
+    backends: list[str]
+    dtypes: list[str]
+    cells: dict[tuple[str, str], MatrixCell]
+
+    def cell(self, backend: str, dtype: str) -> MatrixCell | None:
+        return self.cells.get((backend, dtype))
+
+
+def _dtype_key(name: str) -> tuple[int, str]:
+    return (DTYPE_ORDER.index(name) if name in DTYPE_ORDER else len(DTYPE_ORDER), name)
+
+
+def build_matrix(records: Iterable[ResultRecord]) -> Matrix:
+    cells: dict[tuple[str, str], MatrixCell] = {}
+    backends: list[str] = []
+    dtypes: set[str] = set()
+    for r in records:
+        if r.kind not in MATRIX_KINDS or r.backend is None:
+            continue
+        dtype = r.dtype or "-"
+        if r.backend not in backends:
+            backends.append(r.backend)
+        dtypes.add(dtype)
+        cells.setdefault((r.backend, dtype), MatrixCell(r.backend, dtype)).add(r)
+    return Matrix(backends, sorted(dtypes, key=_dtype_key), cells)
+
+
+@dataclass
+class Row:
+    """One pipeline or perf record, flattened for a table."""
+
+    check: str
+    backend: str
+    dtype: str
+    verdict: str
+    metrics: dict[str, Any]
+    record: ResultRecord
+
+
+def rows_of(records: Iterable[ResultRecord], kind: str) -> list[Row]:
+    rows = [Row(r.check, r.backend or "-", r.dtype or "-", r.verdict, dict(r.metrics), r)
+            for r in records if r.kind == kind]
+    return sorted(rows, key=lambda row: (row.check, _dtype_key(row.dtype), row.backend))
+
+
+@dataclass
+class Unavailable:
+    backend: str
+    reason: str
+    cells: int
+
+
+def unavailable(records: Iterable[ResultRecord]) -> list[Unavailable]:
+    """Backends (or backend x dtype pairs) that were skipped, grouped by reason."""
+    grouped: dict[tuple[str, str], int] = {}
+    for r in records:
+        if r.verdict == "skip":
+            key = (r.backend or r.check, (r.message or "skipped").strip().splitlines()[0])
+            grouped[key] = grouped.get(key, 0) + 1
+    return [Unavailable(b, reason, n) for (b, reason), n in grouped.items()]
+
+
+def failures(records: Iterable[ResultRecord]) -> list[ResultRecord]:
+    return [r for r in records if r.verdict in ("fail", "error")]
+
+
+def totals(records: Iterable[ResultRecord]) -> dict[str, int]:
+    counts = {v: 0 for v in VERDICT_RANK}
+    for r in records:
+        counts[r.verdict] += 1
+    return counts

@@ -1,0 +1,158 @@
+"""``--attn-report=DIR``: results.json and one self-contained index.html.
+
+The page needs no network to view: CSS inline, charts as inline SVG, images as data URIs. The
+layout lives in the jinja2 template attnparity/templates/report.html.j2; this module only turns
+records into the plain values the template shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import matrix as mx
+from .results import ResultRecord, versions as run_versions, write_results
+
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+#: Images above this are linked, not embedded, so one huge artifact cannot bloat the page.
+MAX_EMBED_BYTES = 2 * 1024 * 1024
+#: Pipeline images in this order first (golden, actual, diff side by side), then any others.
+IMAGE_ORDER = ("golden", "reference", "ref", "actual", "image", "diff", "ssim_diff")
+
+
+def heat_color(verdict: str | None, ratio: float | None) -> str:
+    """Background of a matrix cell: red for fail/error, grey for skip, green -> orange by log2(ratio)."""
+    if verdict in ("fail", "error"):
+        return "#e0564b"
+    if verdict in (None, "skip") or ratio is None:
+        return "#d9d9d9"
+    if math.isinf(ratio):
+        return "#e0564b"
+    # ratio <= 1 (as accurate as naive math or better): green; each doubling above moves toward orange.
+    t = min(max(math.log2(max(ratio, 1e-9)) / 3.0, 0.0), 1.0)  # 1x -> 0, 8x -> 1
+    green, yellow, orange = (102, 189, 99), (254, 224, 139), (244, 140, 70)
+    a, b, u = (green, yellow, t * 2) if t < 0.5 else (yellow, orange, t * 2 - 1)
+    return "#%02x%02x%02x" % tuple(round(x + (y - x) * u) for x, y in zip(a, b))
+
+
+def data_uri(path: Path) -> str | None:
+    mime = IMAGE_TYPES.get(path.suffix.lower())
+    if mime is None or not path.is_file() or path.stat().st_size > MAX_EMBED_BYTES:
+        return None
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+@dataclass
+class Image:
+    label: str
+    src: str | None  # data URI, or None when it could not be embedded
+    path: str
+
+
+def images_of(record: ResultRecord, base: Path) -> list[Image]:
+    def order(label: str) -> tuple[int, str]:
+        key = label.lower()
+        return (next((i for i, name in enumerate(IMAGE_ORDER) if key == name or key.startswith(name)),
+                     len(IMAGE_ORDER)), key)
+
+    out = []
+    for label in sorted(record.artifacts, key=order):
+        path = Path(record.artifacts[label])
+        path = path if path.is_absolute() else base / path
+        if path.suffix.lower() in IMAGE_TYPES:
+            out.append(Image(label, data_uri(path), str(path)))
+    return out
+
+
+@dataclass
+class Bar:
+    label: str
+    value: float
+    text: str
+
+
+@dataclass
+class Chart:
+    title: str
+    unit: str
+    bars: list[Bar]
+    reference: float | None = None  # a vertical line (speed-up 1x)
+
+    @property
+    def label_width(self) -> int:
+        """Pixels for the bar labels (11 px sans: about 6.5 px a character)."""
+        return max(60, int(6.5 * max((len(b.label) for b in self.bars), default=0)) + 8)
+
+    @property
+    def top(self) -> float:
+        values = [b.value for b in self.bars if math.isfinite(b.value)]
+        return max(values + [self.reference or 0.0, 1e-12])
+
+
+def perf_charts(rows: list[mx.Row]) -> list[tuple[str, Chart, Chart]]:
+    """Per perf shape (check) and dtype: a chart of ms and one of speed-up, per backend."""
+    groups: dict[tuple[str, str], list[mx.Row]] = {}
+    for row in rows:
+        if row.verdict != "skip" and row.metrics.get("ms") is not None:
+            groups.setdefault((row.check, row.dtype), []).append(row)
+    charts = []
+    for (check, dtype), group in groups.items():
+        group.sort(key=lambda r: float(r.metrics["ms"]))
+        ms = Chart("median time", "ms", [Bar(r.backend, float(r.metrics["ms"]), f"{float(r.metrics['ms']):.3g} ms")
+                                         for r in group])
+        speed = Chart("speed-up over sdpa-math", "x",
+                      [Bar(r.backend, float(r.metrics["speedup_math"]), f"{float(r.metrics['speedup_math']):.2f}x")
+                       for r in group if r.metrics.get("speedup_math") is not None], reference=1.0)
+        charts.append((f"{check} {dtype}", ms, speed))
+    return charts
+
+
+def render_html(records: list[ResultRecord], *, device: str = "", versions: dict[str, str] | None = None,
+                comparison: Any = None, base: Path | None = None, created: str = "") -> str:
+    try:
+        import jinja2
+    except ImportError:
+        raise RuntimeError("the HTML report needs jinja2: pip install 'attnparity[report]'") from None
+    from .report import fmt_num, fmt_ssim
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("attnparity", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = fmt_num
+    env.filters["ssim"] = fmt_ssim
+    base = base or Path.cwd()
+    pipelines = mx.rows_of(records, "pipeline")
+    perf = mx.rows_of(records, "perf")
+    return env.get_template("report.html.j2").render(
+        device=device or next((r.device for r in records if r.device), ""),
+        versions=versions if versions is not None else next((r.versions for r in records if r.versions), {}),
+        created=created,
+        totals=mx.totals(records),
+        matrix=mx.build_matrix(records),
+        heat_color=heat_color,
+        failures=mx.failures(records),
+        pipelines=[(row, images_of(row.record, base)) for row in pipelines],
+        perf=perf,
+        charts=perf_charts(perf),
+        unavailable=mx.unavailable(records),
+        comparison=comparison,
+    )
+
+
+def write_report(directory: Path, records: list[ResultRecord], *, device: str = "", comparison: Any = None,
+                 base: Path | None = None) -> Path:
+    """Write DIR/results.json and DIR/index.html; returns DIR."""
+    import datetime as dt
+
+    directory = Path(directory)
+    found = next((r.versions for r in records if r.versions), None) or run_versions()
+    write_results(directory / "results.json", records, device, found)
+    if comparison is not None:  # the gate's verdict travels with the run, beside (not inside) the schema
+        (directory / "comparison.json").write_text(json.dumps(comparison.to_json(), indent=1, default=str))
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    html = render_html(records, device=device, versions=found, comparison=comparison, base=base, created=created)
+    (directory / "index.html").write_text(html, encoding="utf-8")
+    return directory

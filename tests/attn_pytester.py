@@ -1,0 +1,87 @@
+"""Helpers for the report's pytester tests: a project whose suite is tests/minisuite.py, with
+misbehaving vendor backends registered from its conftest.py (as a vendor under development would)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# pytester's in-process runs drop modules first imported inside them; torch's C extension cannot be
+# imported twice in one process, so everything heavy is imported here, in the outer process, first.
+import torch  # noqa: F401
+import attnparity.backends.registry  # noqa: F401
+import attnparity.guard  # noqa: F401
+import attnparity.report_html  # noqa: F401
+import attnparity.session  # noqa: F401
+import attnparity.tolerance  # noqa: F401
+import attnparity.reference  # noqa: F401
+import attnparity.backends.naive  # noqa: F401
+
+MINISUITE = (Path(__file__).parent / "minisuite.py").read_text()
+
+CONFTEST = '''
+import math, threading
+import torch
+import attnparity.suite as _suite
+from attnparity import Backend, Capabilities, register_backend
+from attnparity.backends import registry as _registry
+
+_SAVED = _suite.SUITE_MODULES
+_suite.SUITE_MODULES = ("minisuite",)
+_NAMES = []
+
+def _add(name, fn):
+    register_backend(Backend(name, fn, Capabilities(devices={"cpu"})), replace=True)
+    _NAMES.append(name)
+
+def crash(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    raise RuntimeError("vendor kernel exploded")
+
+def nan(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return torch.full_like(q, math.nan)
+
+def bad_shape(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v)[..., :-1]
+
+_RELEASE = threading.Event()
+
+def hang(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    _RELEASE.wait(60)  # a hung kernel; bounded so an abandoned thread ends in the end
+    return q
+
+def scaled(q, k, v, *, attn_mask=None, is_causal=False, scale=None):  # a real bug: wrong softmax scale
+    from attnparity.backends.naive import naive_attention
+    return naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=1.0)
+
+def degradable(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # correct, until "the upgrade" (ATTN_DEGRADE=1) breaks its softmax scale
+    import os
+    from attnparity.backends.naive import naive_attention
+    return naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                           scale=1.0 if os.environ.get("ATTN_DEGRADE") else scale)
+
+for _name, _fn in (("vendor-degradable", degradable), ("vendor-crash", crash), ("vendor-nan", nan), ("vendor-shape", bad_shape),
+                   ("vendor-hang", hang), ("vendor-scale", scaled)):
+    _add(_name, _fn)
+
+def pytest_unconfigure(config):
+    _suite.SUITE_MODULES = _SAVED
+    _RELEASE.set()
+    for name in _NAMES:
+        _registry.unregister_backend(name)
+'''
+
+
+@pytest.fixture
+def matrix_project(pytester: pytest.Pytester):
+    """A pytester project with the mini suite and the misbehaving vendor backends."""
+    from attnparity import guard
+    from attnparity.backends import registry
+
+    pytester.makepyfile(minisuite=MINISUITE)
+    pytester.makeconftest(CONFTEST)
+    pytester.syspathinsert()
+    yield pytester
+    registry.reset_registry()
+    guard.reset()

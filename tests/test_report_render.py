@@ -1,0 +1,155 @@
+"""The terminal summary and the HTML report, from records built by hand (every kind of row)."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from _pytest.terminal import TerminalWriter
+
+from attn_pytester import matrix_project  # noqa: F401  (fixture)
+from attnparity.report import summarize
+from attnparity.report_html import heat_color, write_report
+from attnparity.results import ResultRecord, read_results
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LONG = "diffusers:_native_efficient_with_a_long_name"
+
+
+def sample_records(tmp_path: Path) -> list[ResultRecord]:
+    from PIL import Image
+
+    images = {}
+    for label, color in (("golden", (200, 40, 40)), ("actual", (190, 50, 40)), ("diff", (20, 20, 20))):
+        path = tmp_path / f"{label}.png"
+        Image.new("RGB", (64, 64), color).save(path)
+        images[label] = str(path)
+    recs = []
+    for backend in ("naive", "sdpa-math", "sdpa-flash", LONG):
+        for dtype, ratio in (("fp32", 0.9), ("fp16", 1.7), ("bf16", 5.5)):
+            recs.append(ResultRecord("op", "forward", backend, dtype, "pass",
+                                     metrics={"ratio_max": ratio, "ratio_mean": ratio / 2}, examples=30))
+    recs.append(ResultRecord("op", "masked-rows", "sdpa-flash", "bf16", "fail", metrics={"ratio_max": 40.0},
+                             examples=7, message="fully masked row gives NaN",
+                             repro="pytest 'attnparity::masked-rows[sdpa-flash-bf16]' --attn-seed=3"))
+    recs.append(ResultRecord("op", "forward", "xformers", "fp32", "skip", message="xformers not installed"))
+    recs.append(ResultRecord("pipeline", "pipeline:sd15", "sdpa-math", "fp16", "pass",
+                             metrics={"ssim_ref": 0.99971, "ssim_golden": 0.9981}, artifacts=images))
+    for backend, ms in (("sdpa-math", 12.0), ("sdpa-flash", 3.5), (LONG, 4.0)):
+        recs.append(ResultRecord("perf", "perf:sd15-4096x40", backend, "fp32", "pass", device="cpu",
+                                 metrics={"ms": ms, "tflops": 0.1 * 12 / ms, "speedup_math": 12.0 / ms}))
+    return recs
+
+
+def render_terminal(records, markup: bool) -> str:
+    class Term:  # the TerminalReporter methods summarize uses, on a real TerminalWriter
+        def __init__(self):
+            self.out = io.StringIO()
+            self.tw = TerminalWriter(self.out)
+            self.tw.hasmarkup = markup
+            self.tw.fullwidth = 100
+
+        def write_sep(self, sep, title=None, **kw):
+            self.tw.sep(sep, title, **kw)
+
+        def write(self, content, **kw):
+            self.tw.write(content, **kw)
+
+        def write_line(self, line, **kw):
+            self.tw.line(line, **kw)
+
+    term = Term()
+    summarize(None, records, term)
+    return term.out.getvalue()
+
+
+def test_terminal_summary_fits_100_columns_and_shows_every_section(tmp_path):
+    text = render_terminal(sample_records(tmp_path), markup=False)
+    assert not ANSI.search(text)
+    for line in text.splitlines():
+        if not line.startswith("    pytest "):  # repro lines are never cut: they must stay runnable
+            assert len(line) <= 100, line
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("backend "))
+    assert header.split() == ["backend", "fp32", "fp16", "bf16"]
+    flash = next(line for line in lines if line.startswith("sdpa-flash "))
+    assert flash.split() == ["sdpa-flash", "pass", "0.90", "30", "pass", "1.70", "30", "fail", "40.00", "37"]
+    assert any(line.startswith("pipeline:sd15") and "0.9997" in line and "0.9981" in line for line in lines)
+    assert any(line.startswith("perf:sd15-4096x40") and "sdpa-flash" in line and "3.43x" in line for line in lines)
+    assert any("xformers" in line and "xformers not installed (1 cell)" in line for line in lines)
+    assert "pytest 'attnparity::masked-rows[sdpa-flash-bf16]' --attn-seed=3" in text
+
+
+def test_terminal_colours_only_with_markup(tmp_path):
+    coloured = render_terminal(sample_records(tmp_path), markup=True)
+    assert "\x1b[32mpass" in coloured and "\x1b[31m\x1b[1mfail" in coloured
+    assert ANSI.sub("", coloured) == render_terminal(sample_records(tmp_path), markup=False)
+
+
+def test_pytest_run_colours_follow_the_color_option(matrix_project):
+    args = ("--attn-backends=naive", "--attn-dtypes=fp32", "--attn-examples=1", "-p", "no:cacheprovider")
+    plain = matrix_project.runpytest(*args, "--color=no")
+    coloured = matrix_project.runpytest(*args, "--color=yes")
+    assert "\x1b[" not in plain.stdout.str()
+    assert "\x1b[32mpass" in coloured.stdout.str()
+
+
+def test_heat_colours_order_by_ratio():
+    assert heat_color("fail", 0.5) == heat_color("error", None) == "#e0564b"
+    assert heat_color("pass", 0.5) == heat_color("pass", 1.0) != heat_color("pass", 2.0) != heat_color("pass", 8.0)
+    assert heat_color("skip", None) == "#d9d9d9"
+
+
+def test_report_files_are_self_contained(tmp_path):
+    records = sample_records(tmp_path)
+    out = write_report(tmp_path / "rep", records, device="cpu")
+    html = (out / "index.html").read_text()
+    assert read_results(out / "results.json")["records"] == records
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # nothing fetched from a network
+    assert html.count('src="data:image/png;base64,') == 3
+    assert "fully masked row gives NaN" in html and "--attn-seed=3" in html
+    assert html.count("<svg") == 2 and "sdpa-flash" in html
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs headless Chromium: apt-get install -y --no-install-recommends "
+                                               "chromium (Debian's package)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    records = sample_records(tmp_path)
+    start = time.perf_counter()
+    out = write_report(tmp_path / "rep", records, device="cpu")
+    render_s = time.perf_counter() - start
+    artifacts = Path(__file__).resolve().parents[1] / ".attnparity" / "test-artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shot = artifacts / "report-screenshot.png"
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium'}", "--window-size=1200,1600"]
+    url = (out / "index.html").as_uri()
+    start = time.perf_counter()
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
+    load_s = time.perf_counter() - start
+    subprocess.run(flags + [f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = dom.stdout
+    assert 'data-loaded="ok"' in page, "images did not decode or the page did not finish loading"
+    assert "data-errors" not in page
+    matrix = page[page.index('id="matrix"'):page.index("</table>", page.index('id="matrix"'))]
+    for backend in ("naive", "sdpa-math", "sdpa-flash", LONG, "xformers"):
+        assert f"<th>{backend}</th>" in matrix
+    assert "40.00" in matrix and "5.50" in matrix
+    from PIL import Image
+
+    with Image.open(shot) as img:
+        colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 20, "the screenshot is blank"
+    print(f"report {(out / 'index.html').stat().st_size} bytes, written in {render_s:.3f} s, "
+          f"chromium load+dump {load_s:.2f} s; screenshot {shot}")

@@ -1,0 +1,52 @@
+"""pytest -n 2 gives the same matrix and one report as a serial run: workers' records reach the
+controller (in user_properties), only the controller writes results.json and index.html."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attn_pytester import matrix_project  # noqa: F401  (fixture)
+
+pytest.importorskip("xdist")
+
+ARGS = ("--attn-backends=naive,sdpa-math,vendor-scale", "--attn-dtypes=fp32", "--attn-examples=3",
+        "-p", "no:cacheprovider")
+WORKER_WATCH = '''
+import os, pathlib
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    # Workers end before the controller writes its report: a report here was written by a worker.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        report = pathlib.Path(session.config.getoption("attn_report"))
+        if report.exists():
+            (report.parent / ("worker-wrote-" + os.environ["PYTEST_XDIST_WORKER"])).write_text("")
+'''
+
+
+def cells(path):
+    records = json.loads(path.read_text())["records"]
+    return sorted((r["backend"], r["dtype"], r["verdict"], r["examples"], r["metrics"].get("ratio_max"))
+                  for r in records)
+
+
+def test_xdist_gives_the_serial_matrix_and_one_report(matrix_project, tmp_path):
+    matrix_project.makeconftest(matrix_project.path.joinpath("conftest.py").read_text() + WORKER_WATCH)
+    serial = matrix_project.runpytest(*ARGS, f"--attn-report={tmp_path / 'serial'}")
+    parallel = matrix_project.runpytest(*ARGS, "-n", "2", f"--attn-report={tmp_path / 'xdist'}")
+    assert serial.ret == parallel.ret == 1  # vendor-scale fails in both
+    parallel.stdout.fnmatch_lines(["*2 workers*"])
+    assert cells(tmp_path / "serial" / "results.json") == cells(tmp_path / "xdist" / "results.json")
+    assert len(cells(tmp_path / "xdist" / "results.json")) == 3
+    assert not list(tmp_path.glob("worker-wrote-*"))
+    assert parallel.stdout.str().count("attnparity matrix") == 1
+
+    def matrix_lines(result):
+        lines = result.outlines
+        start = next(i for i, line in enumerate(lines) if "attnparity matrix" in line)
+        return [line for line in lines[start + 1:start + 9] if line.startswith(("naive", "sdpa-math", "vendor-scale"))]
+
+    assert matrix_lines(serial) == matrix_lines(parallel) and len(matrix_lines(serial)) == 3
