@@ -43,6 +43,10 @@ OPTIONS = (
     Option("attn_compare_ratio", "gate: an error ratio may grow by this factor before it counts as worse", 2.0, "float"),
     Option("attn_compare_ssim", "gate: an SSIM may drop by this much before it counts as worse", 0.01, "float"),
     Option("attn_compare_slowdown", "gate: a timing on the same device may grow by this fraction (0.25 = 25%)", 0.25, "float"),
+    Option("attn_pipeline", "a local diffusers checkpoint directory to add to the pipeline checks (repeatable; ini: one per line)", [], "linelist"),
+    Option("attn_golden_dir", "where golden images are read and written (default <rootdir>/golden; built-in pipelines fall back to attnparity's shipped golden/)"),
+    Option("attn_golden_update", "write the golden images of the pipelines that run (made with fp64 reference attention); never done otherwise", False, "bool"),
+    Option("attn_pipeline_ssim", "pipeline SSIM thresholds, one per line: '<dtype|*> ref=<ssim> golden=<ssim>'", [], "linelist"),
     Option("attn_perf", "perf shape set: 'quick' (a few real diffusion shapes; fewer tokens on CPU) or 'full' (every catalogued shape; meant for GPUs, hours on a small CPU)", "quick"),
     Option("attn_perf_baseline", "results.json of an earlier run: a perf cell slower than it beyond --attn-perf-margin fails (same device only)"),
     Option("attn_perf_margin", "slowdown allowed against --attn-perf-baseline, as a fraction (0.1 = 10%)", 0.1, "float"),
@@ -202,7 +206,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     collector = AttnCollector.from_parent(session, name="attnparity", nodeid="attnparity", path=config.rootpath)
     try:
         items.extend(collector.collect())
-    except (LookupError, ValueError) as exc:  # a suite's bad option value: one clear line, no traceback
+    except (LookupError, ValueError) as exc:  # bad option values found while building the checks
         raise pytest.UsageError(str(exc)) from None
 
 

@@ -1,0 +1,256 @@
+"""End-to-end pipeline checks: one item per (pipeline, backend, dtype), marked ``attn_pipeline``.
+
+Each item runs the seeded pipeline with every attention call routed through the backend
+(pipelines/routing.py) and makes two comparisons, by SSIM:
+
+1. attention-isolated (``ssim_ref``): against the same pipeline, same dtype, on this machine, with
+   fp64 reference attention. Everything but attention is identical, so a drop blames attention.
+2. golden (``ssim_golden``): against the committed golden image (pipelines/golden.py), made with
+   reference attention: catches a torch / diffusers upgrade that moves the image.
+
+Thresholds per dtype (DEFAULT_SSIM, calibrated on this project's CPU runs, see the numbers below),
+overridable with the ``attn_pipeline_ssim`` ini key, one rule per line: ``bf16 ref=0.98 golden=0.96``
+(``*`` for every dtype; later lines win).
+
+Calibration (64x64, 4 steps, CPU, torch 2.13, diffusers 0.42): correct backends give ssim_ref
+1.0000 in fp32, >= 0.9998 in fp16 and >= 0.989 in bf16; a softmax-scale-1.0 backend gives 0.68-0.92
+in every dtype. fp32 goldens from another CPU differ by last-bit rounding only.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import Check, SuiteContext
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..pipelines.specs import PipelineSpec
+    from ..results import ResultRecord
+
+#: dtype -> (attention-isolated threshold, golden threshold), minimum SSIM to pass.
+DEFAULT_SSIM = {"fp32": (0.999, 0.995), "fp16": (0.995, 0.99), "bf16": (0.97, 0.95)}
+
+
+def thresholds(lines: list[str] | None) -> dict[str, tuple[float, float]]:
+    """DEFAULT_SSIM with the ``attn_pipeline_ssim`` rules applied."""
+    table = dict(DEFAULT_SSIM)
+    for line in lines or []:
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        dtype, values = parts[0], {}
+        if dtype != "*" and dtype not in table:
+            raise ValueError(f"attn_pipeline_ssim rule {line!r}: dtype must be one of {', '.join(table)} or *")
+        for item in parts[1:]:
+            key, _, raw = item.partition("=")
+            try:
+                value = float(raw)
+            except ValueError:
+                value = -1.0
+            if key not in ("ref", "golden") or not 0.0 <= value <= 1.0:
+                raise ValueError(f"attn_pipeline_ssim rule {line!r}: {item!r} is not ref=<0..1> or golden=<0..1>")
+            values[key] = value
+        if not values:
+            raise ValueError(f"attn_pipeline_ssim rule {line!r}: expected '<dtype|*> ref=<ssim> golden=<ssim>'")
+        for name in table if dtype == "*" else [dtype]:
+            ref, gold = table[name]
+            table[name] = (values.get("ref", ref), values.get("golden", gold))
+    return table
+
+
+def missing_packages() -> str | None:
+    """Why pipeline items cannot run here (their optional packages are absent), or None."""
+    from importlib.util import find_spec
+
+    absent = [name for module, name in (("diffusers", "diffusers"), ("transformers", "transformers"),
+                                        ("sentencepiece", "sentencepiece"), ("skimage", "scikit-image"),
+                                        ("PIL", "pillow")) if find_spec(module) is None]
+    if not absent:
+        return None
+    return f"pipeline checks need {', '.join(absent)}: pip install 'attnparity[pipelines]'"
+
+
+def golden_dir(ctx: SuiteContext) -> Path:
+    raw = ctx.options.get("attn_golden_dir")
+    if not raw:
+        return ctx.rootdir / "golden"
+    path = Path(str(raw)).expanduser()
+    return path if path.is_absolute() else ctx.rootdir / path
+
+
+def checks(ctx: SuiteContext) -> list[Check]:
+    from ..pipelines.specs import specs_for
+
+    _written.clear()  # a new session may write again (in-process runs share this module)
+    table = thresholds(ctx.options.get("attn_pipeline_ssim"))
+    specs = specs_for(ctx.options.get("attn_pipeline"), ctx.rootdir)
+    missing = missing_packages()
+    out: list[Check] = []
+    for spec in specs:
+        for backend in ctx.backends:
+            for dtype in ctx.dtypes:
+                skip = missing or ctx.unavailable(backend)
+                if skip is None and dtype not in backend.capabilities.dtype_names:
+                    skip = f"{backend.name} does not claim {dtype}"
+                run = functools.partial(run_check, ctx, spec, backend, dtype, table[dtype])
+                out.append(Check("pipeline", f"pipeline:{spec.name}", backend.name, dtype, run,
+                                 marks=("attn_pipeline",), skip=skip))
+    return out
+
+
+_references: dict[tuple[str, str, str, str], tuple[Any, dict[str, Any]]] = {}
+
+
+def reference_image(spec: "PipelineSpec", dtype: str, device: str) -> tuple[Any, dict[str, Any]]:
+    """The fp64-reference-attention image of a pipeline and its routing stats, once per process."""
+    from ..pipelines import routing, specs
+
+    key = (spec.name, spec.source, dtype, device)
+    if key not in _references:
+        pipe = specs.load_pipeline(spec, dtype, device)
+        with routing.route(pipe, None) as stats:
+            image = specs.run_pipeline(pipe, spec)
+        _references[key] = (image, stats.to_extra())
+    return _references[key]
+
+
+_written: set[tuple[str, str, str]] = set()
+
+
+def golden_command(ctx: SuiteContext, spec: "PipelineSpec", backend: str, dtype: str) -> str:
+    """The exact command line that (re)creates this golden, run from the rootdir."""
+    parts = ["pytest", f"--attn-backends={backend}", f"--attn-dtypes={dtype}"]
+    if ctx.options.get("attn_device") not in (None, "", "auto"):
+        parts.append(f"--attn-device={ctx.options['attn_device']}")
+    if ctx.options.get("attn_golden_dir"):
+        parts.append(f"--attn-golden-dir={ctx.options['attn_golden_dir']}")
+    if not spec.builtin:
+        parts.append(f"--attn-pipeline={spec.source}")
+    parts += ["-m", "attn_pipeline", "-k", f"'pipeline:{spec.name}'", "--attn-golden-update"]
+    return f"cd {ctx.rootdir} && " + " ".join(parts)
+
+
+def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str,
+              limits: tuple[float, float]) -> "ResultRecord":
+    import numpy as np
+
+    from ..pipelines import routing, specs
+    from ..pipelines.specs import PipelineSpecError
+    from ..pipelines.ssim import ssim
+    from ..results import ResultRecord
+
+    record = ResultRecord("pipeline", f"pipeline:{spec.name}", backend.name, dtype, "pass")
+    try:
+        pipe = specs.load_pipeline(spec, dtype, ctx.device)
+        reference, ref_stats = reference_image(spec, dtype, ctx.device)
+    except PipelineSpecError as exc:
+        record.verdict, record.message = "error", str(exc)
+        return record
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    with routing.route(pipe, backend) as stats:
+        image = specs.run_pipeline(pipe, spec)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+    ref_limit, golden_limit = limits
+    ssim_ref = ssim(image, reference)
+    record.metrics = {"ssim_ref": round(ssim_ref.score, 6), "routed_calls": stats.routed,
+                      "fallback_calls": stats.fallback_calls, "seconds": round(wall, 4), "cpu_seconds": round(cpu, 4)}
+    record.extra = {**stats.to_extra(), "reference_calls": ref_stats["routed_calls"], "thresholds":
+                    {"ref": ref_limit, "golden": golden_limit}, **spec.describe()}
+    label = f"pipeline {spec.name} with {backend.name} in {dtype}"
+    problems: list[str] = []
+    lines: list[str] = []
+    artifacts_for: list[tuple[str, Any, Any]] = []  # (against, expected image, ssim result)
+
+    if stats.routed == 0:
+        problems.append(f"routing caught no attention call: {backend.name} was never exercised "
+                        f"({stats.fallback_calls} calls ran elsewhere); the image proves nothing")
+    if stats.fallback:
+        lines.append(stats.describe_fallback())
+    bad = int((~np.isfinite(image)).sum())
+    if bad:
+        problems.append(f"{bad} image values are NaN or Inf (the fp64-reference image has none)")
+    if not ssim_ref.score >= ref_limit:  # NaN compares false: it fails here, never passes
+        problems.append(f"SSIM {ssim_ref.score:.4f} < {ref_limit} against the same pipeline with fp64 reference "
+                        "attention (attention-isolated): attention alone moved the image")
+        artifacts_for.append(("reference", reference, ssim_ref))
+    else:
+        lines.append(f"attention-isolated SSIM {ssim_ref.score:.4f} >= {ref_limit}")
+
+    _golden_check(ctx, spec, backend.name, dtype, pipe, image, reference, golden_limit,
+                  attention_ok=bool(ssim_ref.score >= ref_limit), record=record, problems=problems, lines=lines,
+                  artifacts_for=artifacts_for)
+    if artifacts_for:
+        record.artifacts = _write_artifacts(ctx, spec.name, backend.name, dtype, image, artifacts_for)
+        lines.append("images: " + ", ".join(f"{k} {v}" for k, v in record.artifacts.items()))
+    calls = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_component.items()))
+    lines.append(f"{stats.routed} attention calls routed to {backend.name} ({calls})")
+    if problems:
+        record.verdict = "fail"
+        record.message = f"{label}:\n  " + "\n  ".join(problems + lines)
+    else:
+        record.message = f"{label}: " + "; ".join(lines)
+    return record
+
+
+def _golden_check(ctx: SuiteContext, spec: "PipelineSpec", backend: str, dtype: str, pipe: Any, image: Any,
+                  reference: Any, limit: float, *, attention_ok: bool, record: "ResultRecord",
+                  problems: list[str], lines: list[str], artifacts_for: list[tuple[str, Any, Any]]) -> None:
+    """The golden half of an item: write the golden when asked, find it, compare, explain."""
+    from ..pipelines import golden, specs
+    from ..session import device_name
+
+    cls = golden.device_class(ctx.device)
+    store = golden_dir(ctx)
+    config_hash = specs.config_hash(pipe, spec)
+    if ctx.options.get("attn_golden_update"):
+        key = (str(store), spec.name, cls, dtype)
+        if key not in _written:  # once per session; the image is the reference one, whatever the backend
+            paths = golden.write(store, spec.name, cls, dtype, reference,
+                                 {**spec.describe(), "config_hash": config_hash, "device": device_name(ctx.device)})
+            _written.add(key)
+            record.extra["golden_written"] = str(paths.image)
+            lines.append(f"golden written: {paths.image}")
+    # The shipped goldens stand in only for built-in pipelines and only when no directory was named.
+    found = golden.find(store, spec.name, cls, dtype, spec.builtin and not ctx.options.get("attn_golden_dir"))
+    if found is None:
+        expected = golden.GoldenPaths.under(store, spec.name, cls, dtype).image
+        problems.append(f"no golden image {expected}. Create it (fp64 reference attention, this machine) with:\n"
+                        f"    {golden_command(ctx, spec, backend, dtype)}")
+        return
+    result = golden.compare(found, image, config_hash)
+    record.metrics["ssim_golden"] = round(result.score, 6)
+    record.extra["golden"] = str(found.image)
+    if result.notes:
+        record.extra["golden_notes"] = result.notes
+        lines.extend(result.notes)
+    if result.score >= limit:
+        lines.append(f"golden SSIM {result.score:.4f} >= {limit} ({found.image})")
+        return
+    why = ("; " + "; ".join(result.notes)) if result.notes else ""
+    if attention_ok:  # attention matches the reference here, so the image moved for another reason
+        advice = ("attention matches the reference on this machine, so something else moved the image (torch, "
+                  "diffusers, the pipeline config, the CPU/GPU). If that change is expected, regenerate with:\n"
+                  f"    {golden_command(ctx, spec, backend, dtype)}")
+    else:
+        advice = "the attention-isolated check fails too: the backend, not the golden, is the likely cause"
+    problems.append(f"SSIM {result.score:.4f} < {limit} against the golden {found.image}{why}. {advice}")
+    artifacts_for.append(("golden", result.expected, result.diff_map))
+
+
+def _write_artifacts(ctx: SuiteContext, pipeline: str, backend: str, dtype: str, image: Any,
+                     against: list[tuple[str, Any, Any]]) -> dict[str, str]:
+    from ..pipelines.ssim import diff_image, save_png
+
+    base = ctx.artifacts_dir / "pipelines"
+    stem = f"{pipeline}-{backend.replace(':', '_')}-{dtype}"
+    out = {"actual": str(save_png(image, base / f"{stem}-actual.png"))}
+    for name, expected, result in against:
+        out[name] = str(save_png(expected, base / f"{stem}-{name}.png"))
+        out[f"{name}_ssim_map"] = str(save_png(diff_image(result), base / f"{stem}-{name}-ssim-map.png"))
+    return out
