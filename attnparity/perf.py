@@ -422,11 +422,11 @@ def grouped(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(records: Sequence[dict[str, Any]]) -> str:
     """The perf records as Markdown: the op-level table, then the pipeline table when there is one."""
     records = grouped(records)
-    out = _markdown(TABLE_COLUMNS, table_rows(records))
-    pipelines = pipeline_table_rows(records)
+    ops, pipelines = table_rows(records), pipeline_table_rows(records)
+    tables = [_markdown(TABLE_COLUMNS, ops)] if ops or not pipelines else []
     if pipelines:
-        out += "\n\n" + _markdown(PIPELINE_COLUMNS, pipelines)
-    return out
+        tables.append(_markdown(PIPELINE_COLUMNS, pipelines))
+    return "\n\n".join(tables)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
