@@ -61,7 +61,8 @@ def pipeline_settings(device: str, mode: str) -> Any:
     from ..perf import TimerSettings
 
     if device.startswith("cuda"):
-        return TimerSettings(warmup_ms=200, rep_ms=1000 if mode == "quick" else 3000, min_reps=5, max_reps=100)
+        return TimerSettings(warmup_ms=100, rep_ms=300 if mode == "quick" else 2000, min_reps=3 if mode == "quick" else 5,
+                             max_reps=100)
     return TimerSettings(warmup_ms=0, rep_ms=1000, min_reps=3, max_reps=20)
 
 
