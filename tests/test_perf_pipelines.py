@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch  # noqa: F401  (imported before any inline run: pytester's sys.modules snapshot must keep it)
 import torch.nn.functional  # noqa: F401
@@ -21,23 +23,24 @@ def sluggish(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
 
 register_backend(Backend("sluggish", sluggish), replace=True)
 """
+#: Three interleaved runs each, no time budget: the test is about the arithmetic and the routing.
+PATCH_SETTINGS = """
+from attnparity.perf import TimerSettings
+from attnparity.suite import perf_pipelines
+perf_pipelines.pipeline_settings = lambda device, mode: TimerSettings(0, 0, 3, 3)
+"""
 
 
-def test_pipeline_perf_reports_images_per_second_and_a_slow_backend_is_slower(
-        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    from attnparity.perf import TimerSettings
-    from attnparity.plugin import collected_records
-    from attnparity.suite import perf_pipelines
-
-    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
-    # three interleaved runs each, no time budget: the test is about the arithmetic and the routing
-    monkeypatch.setattr(perf_pipelines, "pipeline_settings", lambda device, mode: TimerSettings(0, 0, 3, 3))
-    pytester.makeconftest(CONFTEST)
-    # pixart: the quickest of the tiny pipelines (about 0.2 s an image on CPU)
-    result = pytester.inline_run("--attn-backends=sluggish", "--attn-dtypes=fp32", "--attn-perf=full",
-                                 "-m", "attn_perf", "-k", "perf-pipeline:pixart", "-p", "no:cacheprovider")
-    result.assertoutcome(passed=1)
-    (rec,) = [r for r in collected_records() if r["check"] == "perf-pipeline:pixart"]
+def test_pipeline_perf_reports_images_per_second_and_a_slow_backend_is_slower(pytester: pytest.Pytester) -> None:
+    # A subprocess: an in-process run would leave diffusers' lazily imported pipeline modules
+    # dropped by pytester's sys.modules snapshot, and later save/load tests of this process fail.
+    pytester.makeconftest(CONFTEST + PATCH_SETTINGS)
+    result = pytester.runpytest_subprocess("--attn-backends=sluggish", "--attn-dtypes=fp32", "--attn-perf=full",
+                                           "-m", "attn_perf", "-k", "perf-pipeline:pixart", "-p", "no:cacheprovider",
+                                           "--attn-report=out")
+    result.assert_outcomes(passed=1)
+    records = json.loads((pytester.path / "out" / "results.json").read_text())["records"]
+    (rec,) = [r for r in records if r["check"] == "perf-pipeline:pixart"]
     m = rec["metrics"]
     assert m["images_per_s"] == pytest.approx(1e3 / m["ms"])
     assert m["routed_calls"] > 0 and m["fallback_calls"] == 0
