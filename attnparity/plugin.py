@@ -47,6 +47,9 @@ OPTIONS = (
     Option("attn_golden_dir", "where golden images are read and written (default <rootdir>/golden; built-in pipelines fall back to attnparity's shipped golden/)"),
     Option("attn_golden_update", "write the golden images of the pipelines that run (made with fp64 reference attention); never done otherwise", False, "bool"),
     Option("attn_pipeline_ssim", "pipeline SSIM thresholds, one per line: '<dtype|*> ref=<ssim> golden=<ssim>'", [], "linelist"),
+    Option("attn_perf", "perf shape set: 'quick' (a few real diffusion shapes; fewer tokens on CPU) or 'full' (every catalogued shape; meant for GPUs, hours on a small CPU)", "quick"),
+    Option("attn_perf_baseline", "results.json of an earlier run: a perf cell slower than it beyond --attn-perf-margin fails (same device only)"),
+    Option("attn_perf_margin", "slowdown allowed against --attn-perf-baseline, as a fraction (0.1 = 10%)", 0.1, "float"),
 )
 
 

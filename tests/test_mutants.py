@@ -25,7 +25,7 @@ REGISTER_MUTANTS = (
 def failed_cells(pytester: pytest.Pytester, *args: str) -> dict[str, set[str]]:
     """backend -> checks that failed, from a real run of the plugin."""
     pytester.makeconftest(REGISTER_MUTANTS)
-    reports = pytester.inline_run("-p", "no:cacheprovider", *args).getreports("pytest_runtest_logreport")
+    reports = pytester.inline_run("-p", "no:cacheprovider", "-m", "not attn_perf", *args).getreports("pytest_runtest_logreport")
     caught: dict[str, set[str]] = defaultdict(set)
     for report in reports:
         if report.failed:

@@ -7,9 +7,13 @@ import sys
 
 import pytest
 
+from attnparity.perf_shapes import quick_cpu
+
 FAST = ["--attn-examples=2", "-p", "no:cacheprovider"]
 #: pipeline items per (backend, dtype): the seeded pipelines of suite/pipelines.py
 PIPELINES = 5
+#: attn_perf items per backend × dtype on CPU (suite/perf.py: one per shape of the quick set)
+PERF_ITEMS = len(quick_cpu())
 
 
 def test_without_option_plugin_collects_nothing_and_imports_no_torch(pytester: pytest.Pytester) -> None:
@@ -24,9 +28,10 @@ def test_node_ids_are_short_and_selectable(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["attnparity::forward[[]naive-fp32[]]", "attnparity::masked-rows[[]naive-fp32[]]"])
     assert "site-packages" not in result.stdout.str()
     selected = pytester.runpytest("--attn-backends=naive", "--attn-dtypes=fp32", "-k", "forward", *FAST)
-    selected.assert_outcomes(passed=1, deselected=6 + PIPELINES)
-    marked = pytester.runpytest("--attn-backends=naive", "--attn-dtypes=fp32", "-m", "not attn_op and not attn_pipeline", *FAST)
-    marked.assert_outcomes(deselected=7 + PIPELINES)
+    selected.assert_outcomes(passed=1, deselected=6 + PIPELINES + PERF_ITEMS)
+    marked = pytester.runpytest("--attn-backends=naive", "--attn-dtypes=fp32", "-m",
+                                "not attn_op and not attn_pipeline and not attn_perf", *FAST)
+    marked.assert_outcomes(deselected=7 + PIPELINES + PERF_ITEMS)
 
 
 def test_unknown_backend_is_a_usage_error_listing_known_names(pytester: pytest.Pytester) -> None:
@@ -66,7 +71,7 @@ def test_unavailable_backends_are_skipped_rows_with_reasons(pytester: pytest.Pyt
     if torch.cuda.is_available():
         pytest.skip("on a GPU machine the efficient kernel is available")
     result = pytester.runpytest("--attn-backends=sdpa-efficient", "--attn-dtypes=fp16", "-rs", *FAST)
-    result.assert_outcomes(skipped=7 + PIPELINES)
+    result.assert_outcomes(skipped=7 + PIPELINES + PERF_ITEMS)
     result.stdout.fnmatch_lines(["*needs CUDA*"])
 
 
@@ -98,4 +103,4 @@ def test_conftest_register_backend_joins_the_matrix(pytester: pytest.Pytester) -
         "from attnparity.backends.naive import naive_attention\n"
         "register_backend(Backend('mine', naive_attention, Capabilities()))\n")
     result = pytester.runpytest("--attn-backends=mine", "--attn-dtypes=fp32", "-k", "forward", *FAST)
-    result.assert_outcomes(passed=1, deselected=6 + PIPELINES)
+    result.assert_outcomes(passed=1, deselected=6 + PIPELINES + PERF_ITEMS)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 SUITE_MODULES = (
     "attnparity.suite.op",
     "attnparity.suite.pipelines",
+    "attnparity.suite.perf",
 )
 
 

@@ -1,0 +1,241 @@
+"""Perf items (marker ``attn_perf``): every backend × dtype × real diffusion attention shape, timed.
+
+One item per backend × dtype × shape: ``attnparity::perf:<shape>[<backend>-<dtype>]``, so ``-k``
+picks a model (``-k sdxl``), a backend (``-k sdpa-flash``) or one cell, and ``--attn-perf-baseline``
+compares cell by cell. Each record carries ms (median), ms_cv, tflops, pct_peak (of this device's
+measured matmul peak in that dtype) and the speed-ups over sdpa-math and naive, timed in the same
+item on the same inputs, interleaved run by run with the backend (perf.time_many), so the ratios
+hold on a shared machine even when absolute times wander.
+
+Timings never fail a run. With ``--attn-perf-baseline=old.json`` a cell slower than the old run's
+by more than ``--attn-perf-margin`` fails, and only when both were timed on the same device label
+(GPU name, or CPU with the same torch thread count); otherwise the record says why it was not
+compared.
+
+Pipeline-level timings (images/s per backend, speed-up over the default attention) are built by
+suite/perf_pipelines.py and collected here, after the op-level items.
+
+pytest-xdist: perf items run on worker gw0 only; on other workers they are skipped with the reason.
+Workers share the device (one GPU, or the CPU's cores), so concurrent timings would contaminate each
+other; gw0's records say when other workers may still have run beside them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import Check, SuiteContext
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..cases import AttnCase
+    from ..perf import Timing, TimerSettings
+    from ..perf_shapes import PerfShape
+    from ..results import ResultRecord
+
+#: The rows every speed-up is relative to: (backend, metric name).
+REFERENCES = (("sdpa-math", "speedup_math"), ("naive", "speedup_naive"))
+DEFAULT_MARGIN = 0.10
+
+
+def checks(ctx: SuiteContext) -> list[Check]:
+    from .. import perf_shapes
+
+    mode = str(ctx.options.get("attn_perf") or "quick")
+    shapes = perf_shapes.select(mode, ctx.device)
+    margin = parse_margin(ctx.options.get("attn_perf_margin"))
+    baseline = load_baseline(ctx.options.get("attn_perf_baseline"))
+    refused = xdist_refusal(ctx.device)
+    out: list[Check] = []
+    for backend in ctx.backends:
+        unavailable = ctx.unavailable(backend)
+        for dtype in ctx.dtypes:
+            for shape in shapes:
+                skip = unavailable or refused or _not_claimed(backend, shape.case(dtype, ctx.device))
+                run = functools.partial(run_perf, ctx, backend, dtype, shape, mode, baseline, margin)
+                out.append(Check("perf", f"perf:{shape.name}", backend.name, dtype, run,
+                                 marks=("attn_perf",), skip=skip))
+    from . import perf_pipelines
+
+    return out + perf_pipelines.checks(ctx, mode, baseline, margin, refused)
+
+
+def _not_claimed(backend: "Backend", case: "AttnCase") -> str | None:
+    why = case.outside(backend.capabilities)
+    return f"{backend.name} does not claim this shape ({why})" if why else None
+
+
+# -- options ---------------------------------------------------------------------------------------
+def parse_margin(value: Any) -> float:
+    if value in (None, ""):
+        return DEFAULT_MARGIN
+    try:
+        margin = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"--attn-perf-margin={value!r}: expected a fraction such as 0.1 (= 10% slower allowed)") from None
+    if margin < 0:
+        raise ValueError(f"--attn-perf-margin={value}: must be >= 0")
+    return margin
+
+
+@dataclass
+class Baseline:
+    path: str
+    cells: dict[tuple[Any, ...], "ResultRecord"] = field(default_factory=dict)
+
+
+def load_baseline(path: Any) -> Baseline | None:
+    """The perf records of an earlier results.json, by cell; a bad file is a clear usage error."""
+    if not path:
+        return None
+    from ..results import ResultsFileError, read_results
+
+    try:
+        run = read_results(Path(path))
+    except ResultsFileError as exc:
+        raise ValueError(f"--attn-perf-baseline: {exc}") from None
+    cells = {r.cell: r for r in run["records"] if r.kind == "perf"}
+    if not cells:
+        raise ValueError(f"--attn-perf-baseline={path}: the file holds no perf records; "
+                         "write one from a run that included -m attn_perf items")
+    return Baseline(str(path), cells)
+
+
+def xdist_refusal(device: str) -> str | None:
+    """Why this pytest-xdist worker must not time (all but gw0), or None."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker or worker == "gw0":
+        return None
+    where = "GPU" if device.startswith("cuda") else "CPU"
+    return (f"perf items run on pytest-xdist worker gw0 only (this is {worker}): workers share this {where}, "
+            "so concurrent timings would contaminate each other. For clean figures run "
+            "`pytest -m attn_perf -p no:xdist`.")
+
+
+def xdist_note() -> str | None:
+    """On gw0 with other workers: the figures may be contaminated by their items."""
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if os.environ.get("PYTEST_XDIST_WORKER") and count > 1:
+        return (f"timed under pytest-xdist with {count} workers: other workers' items may have run on the "
+                "same device meanwhile (run `pytest -m attn_perf -p no:xdist` for clean figures)")
+    return None
+
+
+# -- timing ---------------------------------------------------------------------------------------
+def reference_backends(ctx: SuiteContext, case: "AttnCase") -> tuple[dict[str, "Backend"], dict[str, str]]:
+    """The speed-up references that can run ``case`` here, and why the others cannot."""
+    from ..backends.registry import get_backend
+
+    usable: dict[str, Backend] = {}
+    missing: dict[str, str] = {}
+    for name, _ in REFERENCES:
+        backend = next((b for b in ctx.backends if b.name == name), None)
+        if backend is None:
+            try:
+                backend = get_backend(name)
+            except LookupError:
+                missing[name] = f"{name} is not registered"
+                continue
+        why = ctx.unavailable(backend) or case.outside(backend.capabilities)
+        if why:
+            missing[name] = f"{name}: {why}"
+        else:
+            usable[name] = backend
+    return usable, missing
+
+
+def time_with_references(ctx: SuiteContext, backend: "Backend", case: "AttnCase", settings: "TimerSettings"
+                         ) -> tuple[dict[str, "Timing | BaseException"], dict[str, str]]:
+    """The backend and its references timed interleaved on the same inputs (perf.time_many)."""
+    from ..backends.base import Unsupported
+    from ..perf import time_many
+
+    refs, missing = reference_backends(ctx, case)
+    group = {backend.name: backend, **{n: b for n, b in refs.items() if n != backend.name}}
+    q, k, v, _ = case.tensors()
+    fns = {name: functools.partial(b.fn, q, k, v) for name, b in group.items()}
+    return time_many(fns, case.device, settings, tolerate=(Unsupported,)), missing
+
+
+def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShape", mode: str,
+             baseline: Baseline | None, margin: float) -> "ResultRecord":
+    from ..perf import FLOPS_CONVENTION, Timing, cpu_contention, matmul_peak, settings_for, speedup, tflops
+    from ..results import ResultRecord
+
+    settings = settings_for(ctx.device, mode)
+    case = shape.case(dtype, ctx.device)
+    check = f"perf:{shape.name}"
+    extra: dict[str, Any] = {"shape": shape.describe(), "note": shape.note, "mode": mode, "flops": shape.flops,
+                             "flops_convention": FLOPS_CONVENTION}
+    timings, missing = time_with_references(ctx, backend, case, settings)
+    timing = timings[backend.name]
+    if isinstance(timing, BaseException):
+        return ResultRecord("perf", check, backend.name, dtype, "skip", extra=extra,
+                            message=f"{backend.name} refused the shape: {timing}")
+    ms = timing.median_ms
+    metrics: dict[str, float] = {"ms": ms, "ms_cv": timing.cv, "tflops": tflops(shape.flops, ms),
+                                 "reps": timing.reps}
+    peak = matmul_peak(ctx.device, dtype, settings)
+    metrics["pct_peak"] = 100.0 * metrics["tflops"] / peak.tflops
+    notes: list[str] = []
+    for ref_name, metric in REFERENCES:
+        ref = timings.get(ref_name, missing.get(ref_name))
+        if isinstance(ref, Timing):
+            metrics[metric] = speedup(ref.median_ms, ms)
+            extra[f"{ref_name}_ms"] = ref.median_ms
+            extra[f"{ref_name}_cv"] = ref.cv
+        else:
+            notes.append(f"no {metric}: {ref}")
+    extra.update(device_label=timing.device_label, method=timing.method, first_call_ms=timing.first_call_ms,
+                 warmup_runs=timing.warmup_runs, ms_min=min(timing.times_ms), ms_max=max(timing.times_ms),
+                 matmul_peak=peak.describe(),
+                 matmul_peak_tflops=peak.tflops)
+    for contended in (xdist_note(), cpu_contention() if not ctx.device.startswith("cuda") else None):
+        if contended:
+            extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
+            notes.append(contended)
+    summary = (f"{ms:.3g} ms (cv {100 * timing.cv:.0f}%, {timing.reps} runs), {metrics['tflops']:.3g} TFLOP/s = "
+               f"{metrics['pct_peak']:.0f}% of matmul peak"
+               + "".join(f", {metrics[m]:.2f}x {r}" for r, m in REFERENCES if m in metrics)
+               + f" [{timing.device_label}, {timing.method}] {shape.describe()}")
+    verdict, verdict_text = compare_to_baseline(baseline, margin, ("perf", check, backend.name, dtype),
+                                                timing, metrics)
+    message = "\n".join([summary, *notes, *([verdict_text] if verdict_text else [])])
+    if verdict == "fail":
+        message = verdict_text + "\n" + summary + "".join("\n" + n for n in notes) + "\nrepro: " + _repro(
+            backend.name, dtype, shape.name, mode, baseline, margin)
+    return ResultRecord("perf", check, backend.name, dtype, verdict, metrics=metrics, message=message, extra=extra)
+
+
+def compare_to_baseline(baseline: Baseline | None, margin: float, cell: tuple[Any, ...], timing: "Timing",
+                        metrics: dict[str, float]) -> tuple[str, str]:
+    """("pass" | "fail", what the comparison found). Only a slowdown beyond ``margin`` on the same
+    device label fails; metrics gains baseline_ms and vs_baseline (new / old time) when compared."""
+    if baseline is None:
+        return "pass", ""
+    old = baseline.cells.get(cell)
+    if old is None:
+        return "pass", f"baseline {baseline.path}: no such cell; not compared"
+    old_label = old.extra.get("device_label") or old.device
+    if old_label != timing.device_label:
+        return "pass", f"baseline timed on {old_label}, this run on {timing.device_label}: not compared"
+    if old.verdict not in ("pass", "fail") or not old.metrics.get("ms"):
+        return "pass", f"baseline cell has no timing ({old.verdict}: {old.message.splitlines()[0] if old.message else ''})"
+    ratio = metrics["ms"] / old.metrics["ms"]
+    metrics["baseline_ms"] = old.metrics["ms"]
+    metrics["vs_baseline"] = ratio
+    text = (f"{metrics['ms']:.3g} ms against {old.metrics['ms']:.3g} ms in {baseline.path} "
+            f"({ratio:.2f}x the baseline time; margin {100 * margin:.0f}%; cv now {100 * metrics['ms_cv']:.0f}%, "
+            f"then {100 * old.metrics.get('ms_cv', 0.0):.0f}%)")
+    if ratio > 1 + margin:
+        return "fail", "SLOWER than baseline: " + text
+    return "pass", "within baseline: " + text
+
+
+def _repro(backend: str, dtype: str, shape: str, mode: str, baseline: Baseline | None, margin: float) -> str:
+    return (f"pytest --attn-backends={backend} --attn-dtypes={dtype} -m attn_perf -k '{shape}' --attn-perf={mode}"
+            + (f" --attn-perf-baseline={baseline.path} --attn-perf-margin={margin:g}" if baseline else ""))

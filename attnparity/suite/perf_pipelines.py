@@ -1,0 +1,148 @@
+"""Pipeline-level perf: images/s of each seeded pipeline (and ``--attn-pipeline`` checkpoints) per
+backend, and the speed-up over the pipeline's default attention.
+
+Items ``attnparity::perf-pipeline:<pipeline>[<backend>-<dtype>]``, marked ``attn_perf``. Each times,
+interleaved run by run (perf.time_many), one image per run from the same seed and latents:
+
+* the pipeline with every attention call routed through the backend (pipelines/routing.py);
+* the pipeline routed through ``sdpa`` (torch's own kernel choice, which is what the pipeline's
+  default attention processors call): the reference of ``speedup_default``. Routing costs the same
+  on both sides (a TorchFunctionMode sees every torch call), so the ratio isolates attention;
+* the pipeline untouched: its images/s (``default_images_per_s``) shows what routing itself costs.
+
+A tiny pipeline takes about a second per image on a 2-core CPU, so on CPU these items belong to
+``--attn-perf=full``; on CUDA they are part of the quick set too. On CPU ``specs.run_pipeline`` runs
+single-threaded (image determinism across machines), so the timing is taken, and labelled, with one
+torch thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import Check, SuiteContext
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..pipelines.specs import PipelineSpec
+    from ..results import ResultRecord
+    from .perf import Baseline
+
+#: The backend a pipeline's default attention amounts to (diffusers' processors call SDPA).
+DEFAULT_ATTENTION = "sdpa"
+
+
+def wanted(ctx: SuiteContext, mode: str) -> bool:
+    return mode == "full" or ctx.device.startswith("cuda")
+
+
+def checks(ctx: SuiteContext, mode: str, baseline: "Baseline | None", margin: float, refused: str | None) -> list[Check]:
+    if not wanted(ctx, mode):
+        return []
+    from ..pipelines.specs import specs_for
+
+    out: list[Check] = []
+    for spec in specs_for(ctx.options.get("attn_pipeline"), ctx.rootdir):
+        for backend in ctx.backends:
+            for dtype in ctx.dtypes:
+                skip = ctx.unavailable(backend) or refused
+                if skip is None and dtype not in backend.capabilities.dtype_names:
+                    skip = f"{backend.name} does not claim {dtype}"
+                run = functools.partial(run_pipeline_perf, ctx, spec, backend, dtype, mode, baseline, margin)
+                out.append(Check("perf", f"perf-pipeline:{spec.name}", backend.name, dtype, run,
+                                 marks=("attn_perf",), skip=skip))
+    return out
+
+
+def pipeline_settings(device: str, mode: str) -> Any:
+    from ..perf import TimerSettings
+
+    if device.startswith("cuda"):
+        return TimerSettings(warmup_ms=100, rep_ms=300 if mode == "quick" else 2000, min_reps=3 if mode == "quick" else 5,
+                             max_reps=100)
+    return TimerSettings(warmup_ms=0, rep_ms=1000, min_reps=3, max_reps=20)
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: str) -> Iterator[None]:
+    import torch
+
+    if device.startswith("cuda"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str, mode: str,
+                      baseline: "Baseline | None", margin: float) -> "ResultRecord":
+    from ..backends.registry import get_backend
+    from ..perf import Timing, cpu_contention, time_many
+    from ..pipelines import routing, specs
+    from ..pipelines.specs import PipelineSpecError
+    from ..results import ResultRecord
+    from .perf import compare_to_baseline, xdist_note
+
+    check = f"perf-pipeline:{spec.name}"
+    try:
+        pipe = specs.load_pipeline(spec, dtype, ctx.device)
+    except PipelineSpecError as exc:
+        return ResultRecord("perf", check, backend.name, dtype, "error", message=str(exc))
+    default = get_backend(DEFAULT_ATTENTION)
+    stats: dict[str, Any] = {}
+
+    def routed(through: "Backend") -> Any:
+        def run() -> None:
+            with routing.route(pipe, through) as route_stats:
+                specs.run_pipeline(pipe, spec)
+            stats[through.name] = route_stats
+
+        return run
+
+    fns = {backend.name: routed(backend), f"{DEFAULT_ATTENTION} (routed)": routed(default),
+           "default (unrouted)": lambda: specs.run_pipeline(pipe, spec)}
+    if backend.name == DEFAULT_ATTENTION:
+        del fns[f"{DEFAULT_ATTENTION} (routed)"]
+    with _one_cpu_thread(ctx.device):  # what run_pipeline uses anyway; the label must say so
+        timings = time_many(fns, ctx.device, pipeline_settings(ctx.device, mode))
+    mine = timings[backend.name]
+    ref = timings.get(f"{DEFAULT_ATTENTION} (routed)", mine)
+    plain = timings["default (unrouted)"]
+    assert isinstance(mine, Timing) and isinstance(ref, Timing) and isinstance(plain, Timing)
+
+    route_stats = stats[backend.name]
+    metrics: dict[str, float] = {
+        "ms": mine.median_ms, "ms_cv": mine.cv, "images_per_s": 1e3 / mine.median_ms,
+        "speedup_default": ref.median_ms / mine.median_ms, "default_images_per_s": 1e3 / plain.median_ms,
+        "routing_overhead": ref.median_ms / plain.median_ms, "reps": mine.reps,
+        "routed_calls": route_stats.routed, "fallback_calls": route_stats.fallback_calls,
+    }
+    extra: dict[str, Any] = {**spec.describe(), **route_stats.to_extra(), "device_label": mine.device_label,
+                             "method": mine.method, "first_call_ms": mine.first_call_ms, "mode": mode,
+                             "default_attention": DEFAULT_ATTENTION, "default_routed_ms": ref.median_ms,
+                             "default_unrouted_ms": plain.median_ms}
+    notes: list[str] = []
+    if route_stats.routed == 0:
+        notes.append(f"routing caught no attention call: {backend.name} was never exercised; the timing says nothing about it")
+    if route_stats.fallback:
+        notes.append(route_stats.describe_fallback() + " (included in the time)")
+    for contended in (xdist_note(), None if ctx.device.startswith("cuda") else cpu_contention()):
+        if contended:
+            extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
+            notes.append(contended)
+    summary = (f"{metrics['images_per_s']:.3g} images/s ({mine.median_ms:.4g} ms per {spec.size}px image, "
+               f"{spec.steps} steps; cv {100 * mine.cv:.0f}%, {mine.reps} runs), {metrics['speedup_default']:.2f}x "
+               f"the default attention ({DEFAULT_ATTENTION}, routed alike); unrouted pipeline "
+               f"{metrics['default_images_per_s']:.3g} images/s [{mine.device_label}, {mine.method}]")
+    verdict, verdict_text = compare_to_baseline(baseline, margin, ("perf", check, backend.name, dtype), mine, metrics)
+    message = "\n".join([summary, *notes, *([verdict_text] if verdict_text else [])])
+    if verdict == "fail":
+        message = verdict_text + "\n" + summary
+    return ResultRecord("perf", check, backend.name, dtype, verdict, metrics=metrics, message=message, extra=extra)

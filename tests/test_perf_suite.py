@@ -1,0 +1,162 @@
+"""The attn_perf items through pytest: selection, records, the baseline gate, xdist refusal."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch  # noqa: F401  (imported before any inline run: pytester's sys.modules snapshot must keep it)
+import torch.nn.functional  # noqa: F401
+
+from attnparity import perf_shapes
+from attnparity.perf_shapes import PerfShape
+
+#: A backend whose speed the test sets: it sleeps ATTN_TEST_SLEEP_S seconds (and computes nothing:
+#: only its time matters here, and a sleep is steadier than arithmetic on a shared CPU).
+CONFTEST = """
+import os, time
+from attnparity import Backend, register_backend
+
+def sleepy(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    time.sleep(float(os.environ.get("ATTN_TEST_SLEEP_S", "0.02")))
+    return q
+
+register_backend(Backend("sleepy", sleepy), replace=True)
+"""
+
+TINY = PerfShape("tiny-self-64-2x16-b1", "Tiny", "self", 1, 2, 64, 64, 16, "test shape")
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    # inline runs share this process: one tiny shape keeps each run to a fraction of a second
+    monkeypatch.setattr(perf_shapes, "quick_cpu", lambda: [TINY])
+    monkeypatch.setenv("ATTN_TEST_SLEEP_S", "0.02")
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    pytester.makeconftest(CONFTEST)
+    return pytester
+
+
+def perf_records() -> list[dict]:
+    from attnparity.plugin import collected_records
+
+    return [r for r in collected_records() if r["kind"] == "perf"]
+
+
+def write_baseline(path) -> None:
+    from attnparity.results import ResultRecord, write_results
+
+    records = [ResultRecord.from_json(r) for r in perf_records()]
+    write_results(path, records, records[0].device, records[0].versions)
+
+
+ARGS = ("--attn-backends=sleepy", "--attn-dtypes=fp32", "-p", "no:cacheprovider")
+
+
+def test_perf_items_selected_by_marker_and_record_metrics(suite: pytest.Pytester) -> None:
+    result = suite.inline_run(*ARGS, "-m", "attn_perf")
+    passed, skipped, failed = result.listoutcomes()
+    assert [r.nodeid.split("::", 1)[-1] if r.nodeid.startswith("::") else r.nodeid for r in passed] == [
+        "attnparity::perf:tiny-self-64-2x16-b1[sleepy-fp32]"]
+    (rec,) = perf_records()
+    assert set(rec["metrics"]) >= {"ms", "ms_cv", "tflops", "pct_peak", "speedup_math", "speedup_naive"}
+    assert rec["metrics"]["ms"] >= 20  # the 20 ms sleep, in milliseconds
+    # the speed-ups are the references' medians over ours, from the same interleaved runs
+    m, extra = rec["metrics"], rec["extra"]
+    assert m["speedup_math"] == pytest.approx(extra["sdpa-math_ms"] / m["ms"])
+    assert m["speedup_naive"] == pytest.approx(extra["naive_ms"] / m["ms"])
+    assert m["tflops"] == pytest.approx(4 * 1 * 2 * 64 * 64 * 16 / (m["ms"] / 1e3) / 1e12)
+    assert rec["extra"]["device_label"].startswith("CPU (")
+    assert rec["extra"]["method"] == "perf_counter"
+
+
+def test_not_attn_perf_deselects_them(suite: pytest.Pytester) -> None:
+    kept = suite.runpytest_inprocess(*ARGS, "-m", "not attn_perf", "--collect-only", "-q")
+    assert "perf:" not in kept.stdout.str()
+    chosen = suite.runpytest_inprocess(*ARGS, "-m", "attn_perf", "--collect-only", "-q")
+    chosen.stdout.fnmatch_lines(["attnparity::perf:tiny-self-64-2x16-b1[[]sleepy-fp32[]]"])
+
+
+def test_baseline_equal_timing_passes_and_slowdown_fails(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite.inline_run(*ARGS, "-m", "attn_perf").assertoutcome(passed=1)
+    baseline = suite.path / "old.json"
+    write_baseline(baseline)
+    gate = ("-m", "attn_perf", f"--attn-perf-baseline={baseline}", "--attn-perf-margin=0.5")
+
+    suite.inline_run(*ARGS, *gate).assertoutcome(passed=1)  # same sleep: within the margin
+    (rec,) = perf_records()
+    assert 0.6 < rec["metrics"]["vs_baseline"] < 1.5
+
+    monkeypatch.setenv("ATTN_TEST_SLEEP_S", "0.08")  # the backend got 4x slower
+    result = suite.runpytest_inprocess(*ARGS, *gate)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*SLOWER than baseline*margin 50%*", "*repro: pytest --attn-backends=sleepy*"])
+
+
+def test_baseline_from_another_device_is_not_compared(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    suite.inline_run(*ARGS, "-m", "attn_perf")
+    baseline = suite.path / "old.json"
+    write_baseline(baseline)
+    data = json.loads(baseline.read_text())
+    data["records"][0]["extra"]["device_label"] = "NVIDIA H100 80GB HBM3"
+    baseline.write_text(json.dumps(data))
+    monkeypatch.setenv("ATTN_TEST_SLEEP_S", "0.08")
+    suite.inline_run(*ARGS, "-m", "attn_perf", f"--attn-perf-baseline={baseline}").assertoutcome(passed=1)
+    (rec,) = perf_records()
+    assert "not compared" in rec["message"]
+
+
+def test_bad_options_are_usage_errors(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_inprocess(*ARGS, "-m", "attn_perf", "--attn-perf-baseline=missing.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*no such results file*"])
+    result = suite.runpytest_inprocess(*ARGS, "-m", "attn_perf", "--attn-perf=everything")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--attn-perf=everything: expected one of quick, full*"])
+
+
+def test_xdist_workers_other_than_gw0_refuse(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnparity.suite.perf import xdist_note, xdist_refusal
+
+    assert xdist_refusal("cuda") is None and xdist_note() is None  # not under xdist
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+    assert "worker gw0 only (this is gw1)" in xdist_refusal("cuda") and "GPU" in xdist_refusal("cuda")
+    suite.inline_run(*ARGS, "-m", "attn_perf").assertoutcome(skipped=1)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert xdist_refusal("cuda") is None
+    suite.inline_run(*ARGS, "-m", "attn_perf").assertoutcome(passed=1)
+    (rec,) = perf_records()
+    assert "2 workers" in rec["extra"]["contended"]
+
+
+def test_catalogue_holds_the_real_diffusion_shapes() -> None:
+    shapes = {(s.model, s.role, s.heads, s.head_dim, s.sq, s.skv, s.batch) for s in perf_shapes.full_catalogue()}
+    for b in (1, 2):
+        for heads, d, sq in ((8, 40, 4096), (8, 80, 1024), (8, 160, 256)):
+            assert ("SD1.5", "self", heads, d, sq, sq, b) in shapes
+            assert ("SD1.5", "cross", heads, d, sq, 77, b) in shapes
+        assert ("SD2.1", "self", 5, 64, 4096, 4096, b) in shapes
+        assert ("SDXL", "self", 10, 64, 4096, 4096, b) in shapes
+        assert ("SDXL", "self", 20, 64, 1024, 1024, b) in shapes
+        assert ("PixArt-α", "self", 16, 72, 4096, 4096, b) in shapes
+        assert ("PixArt-α", "cross", 16, 72, 4096, 120, b) in shapes
+        assert ("SD3", "joint", 24, 64, 4429, 4429, b) in shapes
+        assert ("T5-256", "cross", 16, 72, 4096, 256, b) in shapes
+    assert ("Flux.1", "joint", 24, 128, 4608, 4608, 1) in shapes
+    names = [s.name for s in perf_shapes.full_catalogue() + perf_shapes.quick_cpu()]
+    assert len(names) == len(set(perf_shapes.full_catalogue() + perf_shapes.quick_cpu())), "one name, one geometry"
+
+
+def test_quick_cpu_set_stays_small_and_says_what_it_reduced() -> None:
+    quick = perf_shapes.quick_cpu()
+    assert sum(s.flops for s in quick) < 5e9  # seconds per backend on two cores
+    native = {(s.heads, s.sq, s.skv, s.head_dim) for s in perf_shapes.full_catalogue()}
+    for s in quick:
+        if (s.heads, s.sq, s.skv, s.head_dim) not in native and "256" not in s.model:
+            pytest.fail(f"{s.name} is not a catalogued shape and does not say it is reduced")
+        if "REDUCED" in s.note:
+            assert "@" in s.model
+    assert perf_shapes.select("full", "cpu") == perf_shapes.full_catalogue()
+    assert perf_shapes.select("quick", "cuda") == perf_shapes.quick_gpu()

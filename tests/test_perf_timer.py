@@ -1,0 +1,220 @@
+"""The timer's arithmetic and units (CPU): FLOPs, TFLOP/s, median / CV, ms not s, interleaving."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from attnparity import perf
+from attnparity.backends.base import Unsupported
+
+FAST = perf.TimerSettings(warmup_ms=0, rep_ms=30, min_reps=5, max_reps=50)
+
+
+def test_attention_flops_equal_torch_flop_counter_of_the_two_matmuls():
+    # torch's own FlopCounterMode counts the bmm of naive attention math: an independent count.
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from attnparity.backends.naive import naive_attention
+
+    b, h, sq, skv, d = 2, 3, 17, 29, 8
+    q, k, v = torch.randn(b, h, sq, d), torch.randn(b, h, skv, d), torch.randn(b, h, skv, d)
+    with FlopCounterMode(display=False) as counter:
+        naive_attention(q, k, v)
+    assert perf.attention_flops(b, h, sq, skv, d) == counter.get_total_flops()
+
+
+def test_causal_attention_counts_half():
+    full = perf.attention_flops(2, 8, 4096, 4096, 40)
+    assert perf.attention_flops(2, 8, 4096, 4096, 40, causal=True) == full / 2
+    assert full == 4 * 2 * 8 * 4096 * 4096 * 40
+
+
+def test_tflops_units():
+    assert perf.tflops(1e12, 1000.0) == pytest.approx(1.0)  # 1 TFLOP in 1 s
+    assert perf.tflops(3e12, 500.0) == pytest.approx(6.0)
+    with pytest.raises(ValueError):
+        perf.tflops(1e12, 0.0)
+    assert perf.speedup(30.0, 10.0) == pytest.approx(3.0)
+
+
+def test_median_and_cv_match_numpy():
+    values = [4.0, 1.0, 2.0, 8.0, 2.5]
+    assert perf.median(values) == np.median(values)
+    assert perf.coefficient_of_variation(values) == pytest.approx(np.std(values, ddof=1) / np.mean(values))
+    assert perf.coefficient_of_variation([5.0, 5.0, 5.0]) == 0.0
+    assert perf.coefficient_of_variation([5.0]) == 0.0
+    with pytest.raises(ValueError):
+        perf.median([])
+
+
+def test_cpu_timer_reports_milliseconds():
+    timing = perf.time_cpu(lambda: time.sleep(0.005), settings=FAST)
+    # A 5 ms sleep: never less than 5, and far from 0.005 (seconds) or 5000 (microseconds).
+    assert 4.9 <= timing.median_ms < 50
+    assert timing.reps >= FAST.min_reps
+    assert timing.first_call_ms >= 4.9
+    assert timing.device_label.startswith("CPU (") and "torch thread" in timing.device_label
+
+
+def test_cpu_timer_matmul_tflops_consistent_with_wall_clock():
+    import torch
+
+    n = 512
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    t0 = time.perf_counter()
+    timing = perf.time_cpu(lambda: a @ b, settings=FAST)
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    # The timed runs happened inside this wall-clock interval, besides one first call and one warm-up
+    # call: together they fill most of it and never exceed it. Load elsewhere stretches both alike;
+    # a units slip (s or us for ms) lands 1000x out of these bounds.
+    timed = sum(timing.times_ms) + timing.first_call_ms
+    assert timed <= wall_ms
+    assert timed >= 0.1 * wall_ms
+    rate = perf.tflops(2 * n ** 3, timing.median_ms)
+    assert rate == pytest.approx(2 * n ** 3 / (timing.median_ms / 1e3) / 1e12)
+    assert 1e-5 < rate < 50  # any CPU
+
+
+def test_time_many_interleaves_and_rotates():
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    settings = perf.TimerSettings(warmup_ms=0, rep_ms=0, min_reps=3, max_reps=3)
+    result = perf.time_many(fns, "cpu", settings)
+    assert {n: result[n].reps for n in "abc"} == {"a": 3, "b": 3, "c": 3}
+    timed_calls = calls[6:]  # 3 first calls, 3 in the warm-up round
+    assert timed_calls == list("abc") + list("bca") + list("cab")
+
+
+def test_time_many_leaves_out_a_refusing_function():
+    def refuses():
+        raise Unsupported("not this shape")
+
+    result = perf.time_many({"ok": lambda: None, "no": refuses}, "cpu", FAST, tolerate=(Unsupported,))
+    assert isinstance(result["no"], Unsupported)
+    assert isinstance(result["ok"], perf.Timing)
+    with pytest.raises(ZeroDivisionError):  # anything not tolerated propagates
+        perf.time_many({"bad": lambda: 1 / 0}, "cpu", FAST, tolerate=(Unsupported,))
+
+
+def test_interleaved_ratio_recovers_a_known_speedup():
+    # 4x by construction; wake-up latency on a busy machine adds the same few ms to both
+    result = perf.time_many({"fast": lambda: time.sleep(0.005), "slow": lambda: time.sleep(0.020)}, "cpu", FAST)
+    ratio = perf.speedup(result["slow"].median_ms, result["fast"].median_ms)
+    assert 1.8 < ratio < 5
+
+
+def test_matmul_peak_is_cached_per_dtype():
+    settings = perf.TimerSettings(warmup_ms=0, rep_ms=10, min_reps=2, max_reps=5)
+    first = perf.matmul_peak("cpu", "fp32", settings)
+    assert perf.matmul_peak("cpu", "fp32", settings) is first
+    assert first.tflops == pytest.approx(perf.tflops(2 * first.n ** 3, min(first.timing.times_ms)))
+
+
+def test_table_rows_show_metrics_and_skips():
+    records = [
+        {"kind": "perf", "check": "perf:x", "backend": "b", "dtype": "fp32", "verdict": "pass",
+         "metrics": {"ms": 2.0, "ms_cv": 0.05, "tflops": 1.5, "pct_peak": 30.0, "speedup_math": 3.0}},
+        {"kind": "perf", "check": "perf:x", "backend": "c", "dtype": "fp32", "verdict": "skip", "metrics": {},
+         "message": "needs CUDA"},
+        {"kind": "op", "check": "forward", "backend": "b", "dtype": "fp32", "verdict": "pass", "metrics": {}},
+    ]
+    rows = perf.table_rows(records)
+    assert rows[0] == ("x", "b", "fp32", "2", "5%", "1.5", "30", "3.00", "–")
+    assert rows[1][3] == "skip: needs CUDA"
+    assert len(rows) == 2
+    assert perf.markdown_table(records).count("\n") == 3
+
+
+class FakeCuda:
+    """Stands in for torch.cuda on a CPU machine so the CUDA timer's control flow runs here: events
+    stamp the wall clock when recorded (our fns are synchronous), and reading one before a
+    synchronize is an error, as it would give garbage on a real GPU."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.synced_since_record = True
+
+    def install(self, monkeypatch: pytest.MonkeyPatch, flush_buffer) -> None:
+        import contextlib
+
+        import torch
+
+        fake = self
+
+        class Event:
+            def __init__(self, enable_timing: bool = False) -> None:
+                assert enable_timing
+                self.t: float | None = None
+
+            def record(self) -> None:
+                fake.synced_since_record = False
+                fake.log.append("record")
+                self.t = time.perf_counter()
+
+            def elapsed_time(self, other: "Event") -> float:
+                assert fake.synced_since_record, "elapsed_time read before torch.cuda.synchronize()"
+                return (other.t - self.t) * 1e3
+
+        def synchronize(device=None) -> None:
+            fake.synced_since_record = True
+            fake.log.append("sync")
+
+        monkeypatch.setattr(torch.cuda, "Event", Event)
+        monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+        monkeypatch.setattr(torch.cuda, "device", lambda dev: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Fake GPU")
+        monkeypatch.setattr(perf, "l2_flush_buffer", lambda device: flush_buffer)
+
+
+def test_cuda_timer_control_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    fake = FakeCuda()
+
+    class FlushBuffer:
+        def numel(self) -> int:
+            return 256 << 20
+
+        def zero_(self) -> None:
+            fake.log.append("flush")
+
+    fake.install(monkeypatch, FlushBuffer())
+
+    def fn() -> None:
+        fake.log.append("fn")
+        time.sleep(0.003)
+
+    settings = perf.TimerSettings(warmup_ms=10, rep_ms=40, min_reps=4, max_reps=50)
+    timing = perf.time_cuda(fn, device="cuda", settings=settings)
+    assert timing.device_label == "Fake GPU" and "L2 flushed" in timing.method
+    assert 2.9 <= timing.median_ms < 30  # ms, and the flush is outside the window
+    assert settings.min_reps <= timing.reps <= settings.max_reps
+    # every timed run: flush, start event, the call, end event
+    timed = fake.log[-(4 * timing.reps + 1):]
+    assert timed[-1] == "sync"
+    assert timed[:-1] == ["flush", "record", "fn", "record"] * timing.reps
+    assert torch.cuda.get_device_name() == "Fake GPU"
+
+
+def test_cuda_timer_interleaves_several_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeCuda()
+
+    class FlushBuffer:
+        def numel(self) -> int:
+            return 1
+
+        def zero_(self) -> None:
+            pass
+
+    fake.install(monkeypatch, FlushBuffer())
+    settings = perf.TimerSettings(warmup_ms=0, rep_ms=20, min_reps=3, max_reps=20)
+    result = perf.time_many({"fast": lambda: time.sleep(0.002), "slow": lambda: time.sleep(0.010),
+                             "no": lambda: (_ for _ in ()).throw(Unsupported("no"))}, "cuda", settings,
+                            tolerate=(Unsupported,))
+    assert isinstance(result["no"], Unsupported)
+    assert result["fast"].reps == result["slow"].reps >= 3
+    assert 1.3 < perf.speedup(result["slow"].median_ms, result["fast"].median_ms) < 7
