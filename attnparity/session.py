@@ -10,8 +10,6 @@ from typing import Any
 
 from .suite import SuiteContext
 
-HYPOTHESIS_PROFILE = "attnparity"
-
 
 def resolve_device(requested: str | None) -> str:
     import torch
