@@ -92,7 +92,11 @@ def masked_kv(backend: Backend, case: AttnCase, tolerances: Tolerances) -> Parit
     # correct kernel is untouched. NaN is tried only where claimed: torch's own kernels compute
     # 0 * NaN = NaN for masked-out values, so demanding it of everyone would flag every backend.
     poisoned = []
-    values = [(1e3, 1e4)] + ([(float("nan"), float("nan"))] if caps.masked_nan_safe else [])
+    # Sized to the dtype so no logit overflows even in naive fp16 math (inf + -inf would be NaN):
+    # 16 in fp16, 1e3 in bf16/fp32 for keys; values far beyond any real activation.
+    big = torch.finfo(q.dtype).max
+    garbage = (min(1e3, big ** 0.5 / 16), min(1e4, big / 64))
+    values = [garbage] + ([(float("nan"), float("nan"))] if caps.masked_nan_safe else [])
     for k_value, v_value in values:
         k2, v2 = k.clone(), v.clone()
         k2[dropped[:, None, :, None].expand_as(k2)] = k_value

@@ -26,12 +26,16 @@ if TYPE_CHECKING:
 EPS = {"fp32": 2.0 ** -23, "fp16": 2.0 ** -10, "bf16": 2.0 ** -7, "fp64": 2.0 ** -52}
 
 #: Default k: how many times worse than naive math in the same dtype a correct kernel may be.
-DEFAULT_K = {"fp32": 8.0, "fp16": 4.0, "bf16": 4.0}
+#: In fp32 naive math is within an ulp or two of fp64, so k counts ulps: fused kernels' online
+#: softmax with large logits reached 13x in the CPU matrix (torch flash via diffusers:native,
+#: scale 1.37, magnitude 3, D 80), while every fp32 mutant of tests/mutants.py is off by > 100x.
+DEFAULT_K = {"fp32": 32.0, "fp16": 4.0, "bf16": 4.0}
 #: Default floor, in units of eps(dtype) * max|reference|.
 DEFAULT_FLOOR = {"fp32": 16.0, "fp16": 2.0, "bf16": 2.0}
 #: Gradients go through two more matmuls and a softmax backward: looser, as PyTorch's own
-#: test_transformers fudge factors for dK/dQ (16 to 180 for half).
-DEFAULT_GRAD_K = {"fp32": 16.0, "fp16": 8.0, "bf16": 8.0}
+#: test_transformers fudge factors for dK/dQ (16 to 180 for half); torch's CPU flash backward
+#: reached 39x in fp32 (Sq 2, Skv 15, magnitude 3).
+DEFAULT_GRAD_K = {"fp32": 64.0, "fp16": 8.0, "bf16": 8.0}
 
 
 @dataclass(frozen=True)
