@@ -10,6 +10,10 @@ from typing import Any
 
 from .suite import SuiteContext
 
+#: Profiles hypothesis loads by itself ("ci" when the CI variable is set): not the user's choice,
+#: so the suite's own settings (which derandomize under CI too) still apply.
+HYPOTHESIS_OWN_PROFILES = ("default", "ci")
+
 
 def resolve_device(requested: str | None) -> str:
     import torch
@@ -37,7 +41,7 @@ def hypothesis_settings(examples: int) -> Any:
     """The suite's settings: ours only when the user loaded no profile of their own."""
     from hypothesis import HealthCheck, settings
 
-    if settings.get_current_profile_name() != "default":
+    if _user_profile() is not None:
         return settings()  # the user's loaded profile governs, untouched
     return settings(
         max_examples=examples,
@@ -101,7 +105,7 @@ def _user_profile() -> str | None:
     from hypothesis import settings
 
     name = settings.get_current_profile_name()
-    return None if name == "default" else name
+    return None if name in HYPOTHESIS_OWN_PROFILES else name
 
 
 def device_name(device: str) -> str:
@@ -114,7 +118,6 @@ def device_name(device: str) -> str:
 
 def header_lines(ctx: SuiteContext) -> list[str]:
     import torch
-    from hypothesis import settings
 
     from .results import versions
 
@@ -122,8 +125,8 @@ def header_lines(ctx: SuiteContext) -> list[str]:
     libs = " ".join(f"{name} {found[name]}" for name in ("diffusers", "transformers", "xformers", "flash-attn",
                                                           "sageattention", "triton") if name in found)
     cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA build"
-    prof = settings.get_current_profile_name()
-    prof_text = f"user profile {prof!r}" if prof != "default" else (
+    prof = ctx.user_profile
+    prof_text = f"user profile {prof!r}" if prof is not None else (
         f"attnparity ({ctx.hypothesis_settings.max_examples} examples, derandomize={ctx.hypothesis_settings.derandomize})")
     return [
         f"attnparity: torch {torch.__version__} ({cuda}), device {device_name(ctx.device)}; {libs or 'no optional libraries'}",
