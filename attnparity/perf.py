@@ -370,40 +370,33 @@ def _skipped(rec: dict[str, Any]) -> bool:
     return rec.get("verdict") in ("skip", "error") or "ms" not in (rec.get("metrics") or {})
 
 
-def table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """One row per op-level perf record (dicts as in results.json); skips show their reason."""
+def _rows(records: Sequence[dict[str, Any]], prefix: str, cells: Any, width: int) -> list[tuple[str, ...]]:
+    """Rows of the perf records whose check starts with ``prefix``; skips show their reason."""
     rows = []
     for rec in records:
-        if rec.get("kind") != "perf" or not rec["check"].startswith("perf:"):
+        if rec.get("kind") != "perf" or not rec["check"].startswith(prefix):
             continue
-        m = rec.get("metrics") or {}
-        head = (rec["check"].removeprefix("perf:"), rec.get("backend") or "", rec.get("dtype") or "")
+        head = (rec["check"].removeprefix(prefix), rec.get("backend") or "", rec.get("dtype") or "")
         if _skipped(rec):
-            rows.append(head + (f"{rec.get('verdict')}: {rec.get('message', '').splitlines()[0] if rec.get('message') else ''}",
-                                "", "", "", "", ""))
+            reason = rec["message"].splitlines()[0] if rec.get("message") else ""
+            rows.append(head + (f"{rec.get('verdict')}: {reason}",) + ("",) * (width - 1))
             continue
-        rows.append(head + (_num(m.get("ms"), ".3g"), _pct(m.get("ms_cv")), _num(m.get("tflops"), ".3g"),
-                            _num(m.get("pct_peak"), ".0f"), _num(m.get("speedup_math"), ".2f"),
-                            _num(m.get("speedup_naive"), ".2f")))
+        rows.append(head + cells(rec.get("metrics") or {}))
     return rows
+
+
+def table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per op-level perf record (dicts as in results.json)."""
+    return _rows(records, "perf:", lambda m: (
+        _num(m.get("ms"), ".3g"), _pct(m.get("ms_cv")), _num(m.get("tflops"), ".3g"),
+        _num(m.get("pct_peak"), ".0f"), _num(m.get("speedup_math"), ".2f"), _num(m.get("speedup_naive"), ".2f")), 6)
 
 
 def pipeline_table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
     """One row per pipeline perf record."""
-    rows = []
-    for rec in records:
-        if rec.get("kind") != "perf" or not rec["check"].startswith("perf-pipeline:"):
-            continue
-        m = rec.get("metrics") or {}
-        head = (rec["check"].removeprefix("perf-pipeline:"), rec.get("backend") or "", rec.get("dtype") or "")
-        if _skipped(rec):
-            rows.append(head + (f"{rec.get('verdict')}: {rec.get('message', '').splitlines()[0] if rec.get('message') else ''}",
-                                "", "", "", ""))
-            continue
-        rows.append(head + (_num(m.get("images_per_s"), ".3g"), _pct(m.get("ms_cv")),
-                            _num(m.get("speedup_default"), ".2f"), _num(m.get("default_images_per_s"), ".3g"),
-                            _num(m.get("fallback_calls"), ".0f")))
-    return rows
+    return _rows(records, "perf-pipeline:", lambda m: (
+        _num(m.get("images_per_s"), ".3g"), _pct(m.get("ms_cv")), _num(m.get("speedup_default"), ".2f"),
+        _num(m.get("default_images_per_s"), ".3g"), _num(m.get("fallback_calls"), ".0f")), 5)
 
 
 def _markdown(columns: Sequence[str], rows: list[tuple[str, ...]]) -> str:

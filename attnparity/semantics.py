@@ -41,11 +41,18 @@ def _tol(backend: Backend, case: AttnCase, tolerances: Tolerances, base_err: flo
     return tolerances.bound(backend.name, case.dtype).limit(base_err, case.dtype, scale)
 
 
+def _claimed_mask_type(caps, case: AttnCase) -> str | None:
+    """The drawn mask type if the backend claims it, else one it claims; None when it claims none."""
+    if not caps.masks:
+        return None
+    return case.mask_type if case.mask_type in caps.masks else sorted(caps.masks)[0]
+
+
 def masked_rows(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
     caps = backend.capabilities
-    if not caps.masks:
+    mask_type = _claimed_mask_type(caps, case)
+    if mask_type is None:
         return _skip("masked-rows", backend, case, "no masks claimed")
-    mask_type = case.mask_type if case.mask_type in caps.masks else sorted(caps.masks)[0]
     case = case.with_(mask="dead-rows", mask_type=mask_type, masked_value="-inf", causal=None)
     if case.outside(caps):
         return _skip("masked-rows", backend, case, case.outside(caps) or "")
@@ -71,9 +78,9 @@ def masked_kv(backend: Backend, case: AttnCase, tolerances: Tolerances) -> Parit
     import torch
 
     caps = backend.capabilities
-    if not caps.masks:
+    mask_type = _claimed_mask_type(caps, case)
+    if mask_type is None:
         return _skip("masked-kv", backend, case, "no masks claimed")
-    mask_type = case.mask_type if case.mask_type in caps.masks else sorted(caps.masks)[0]
     # -inf: a finite "masked" value (-1e4, finfo.min) lets large garbage logits through by design.
     case = case.with_(mask="padding", mask_type=mask_type, masked_value="-inf", layout="contiguous",
                       skv=max(case.skv, 2))
