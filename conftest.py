@@ -5,6 +5,12 @@ second time in one process, so it is imported once here, before any snapshot is 
 """
 
 import torch  # noqa: F401
+# Submodules that the in-process runs import (flex through dynamo, perf's FLOP counter) register
+# torch ops on import and cannot be imported twice either: load them once here, so the order of
+# the tests does not decide whether they pass.
+import torch._dynamo  # noqa: F401,E402
+import torch._inductor.test_operators  # noqa: F401,E402
+import torch.utils.flop_counter  # noqa: F401,E402
 
 pytest_plugins = ["pytester"]
 
