@@ -33,6 +33,12 @@ class ParityResult:
         """The worst error ratio of this result (what hypothesis.target pushes up)."""
         return max(self.metrics.get("ratio_max", 0.0), self.metrics.get("ratio_mean", 0.0))
 
+    @property
+    def bound_use(self) -> float:
+        """Measured value / the check's limit (0 where the check has no numeric limit): a pass is
+        below 1, and how far below says how much room the backend left."""
+        return self.metrics.get("bound_use", 0.0)
+
     def repro(self) -> str:
         return repro_line(self.check, self.backend, self.case)
 
@@ -100,6 +106,7 @@ def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances,
     metrics: dict[str, float] = {}
     failures: list[str] = []
     worst_ratio = -1.0
+    use = 0.0
     # One scale for all outputs judged together: dQ and dK are exactly 0 with a single key, and a
     # floor of "a few roundings of 0" would demand bitwise zeros there.
     scale = max((float(ref.abs().max()) for _, _, ref in pairs.values() if ref.numel()), default=0.0)
@@ -111,12 +118,13 @@ def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances,
         metrics.update({f"{prefix}err_max": err_b.max_abs, f"{prefix}err_mean": err_b.mean_abs,
                         f"{prefix}base_max": err_0.max_abs, f"{prefix}base_mean": err_0.mean_abs})
         r = max(v.ratio_max, v.ratio_mean)
+        use = max(use, v.use)
         if r > worst_ratio:
             worst_ratio = r
             metrics["ratio_max"], metrics["ratio_mean"] = v.ratio_max, v.ratio_mean
         if not v.passed:
             failures.append(_explain(label, v.reason, err_b, err_0, out, ref))
-    metrics["k"], metrics["floor"], metrics["scale"] = bound.k, bound.floor, scale
+    metrics["k"], metrics["floor"], metrics["scale"], metrics["bound_use"] = bound.k, bound.floor, scale, use
     message = "" if not failures else (
         f"{backend.name} {check} differs from the fp64 reference on {case.short()}\n"
         + "\n".join(failures) + f"\nreproduce: {repro_line(check, backend.name, case)}")

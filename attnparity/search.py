@@ -34,6 +34,8 @@ class SearchOutcome:
     worst: ParityResult | None
     #: cases drawn that turned out outside the claims (rejected, not judged)
     rejected: int
+    #: the passing result with the highest bound use (value / limit): how close the backend came to failing
+    closest: ParityResult | None = None
 
 
 def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, tolerances: Tolerances,
@@ -42,7 +44,7 @@ def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, to
     import hypothesis.errors
     from hypothesis import assume, given, target
 
-    state: dict[str, Any] = {"n": 0, "found_at": None, "worst": None, "rejected": 0, "shrinking": False}
+    state: dict[str, Any] = {"n": 0, "found_at": None, "worst": None, "rejected": 0, "shrinking": False, "closest": None}
 
     def body(case: AttnCase) -> None:
         result = check(backend, case, tolerances)
@@ -55,6 +57,8 @@ def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, to
         if ratio == ratio and ratio != float("inf"):  # target() needs a finite number
             target(min(ratio, 1e9), label="error ratio")
         if result.passed:
+            if result.bound_use > 0 and (state["closest"] is None or result.bound_use > state["closest"].bound_use):
+                state["closest"] = result
             if state["worst"] is None or ratio > state["worst"].ratio:
                 state["worst"] = result
             return
@@ -77,5 +81,5 @@ def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, to
     except hypothesis.errors.Unsatisfiable:
         pass  # every case drawn was outside the claims: reported as a skip by the caller
     except _Failed as failed:
-        return SearchOutcome(state["n"], state["found_at"], failed.result, state["worst"], state["rejected"])
-    return SearchOutcome(state["n"], None, None, state["worst"], state["rejected"])
+        return SearchOutcome(state["n"], state["found_at"], failed.result, state["worst"], state["rejected"], state["closest"])
+    return SearchOutcome(state["n"], None, None, state["worst"], state["rejected"], state["closest"])

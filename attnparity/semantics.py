@@ -98,7 +98,7 @@ def masked_kv(backend: Backend, case: AttnCase, tolerances: Tolerances) -> Parit
     # Large but finite garbage (stale memory of a padded batch): exp(-inf) * 1e4 is still 0, so a
     # correct kernel is untouched. NaN is tried only where claimed: torch's own kernels compute
     # 0 * NaN = NaN for masked-out values, so demanding it of everyone would flag every backend.
-    poisoned = []
+    poisoned, use = [], 0.0
     # Sized to the dtype so no logit overflows even in naive fp16 math (inf + -inf would be NaN):
     # 16 in fp16, 1e3 in bf16/fp32 for keys; values far beyond any real activation.
     big = torch.finfo(q.dtype).max
@@ -110,10 +110,11 @@ def masked_kv(backend: Backend, case: AttnCase, tolerances: Tolerances) -> Parit
         v2[dropped[:, None, :, None].expand_as(v2)] = v_value
         dirty = _run(backend, case, q, k2, v2, mask)
         diff = (dirty.double() - clean.double()).abs().nan_to_num(nan=float("inf"))
-        scale = float(clean.abs().max()) or 1.0
-        if float(diff.max()) > 16 * EPS[case.dtype] * scale:
+        limit = 16 * EPS[case.dtype] * (float(clean.abs().max()) or 1.0)
+        use = max(use, float(diff.max()) / limit)
+        if float(diff.max()) > limit:
             poisoned.append(f"{k_value:g}/{v_value:g} in masked-out keys/values changed kept outputs by up to {float(diff.max()):.3g}")
-    return _result("masked-kv", backend, case, "; ".join(poisoned) or None)
+    return _result("masked-kv", backend, case, "; ".join(poisoned) or None, bound_use=use)
 
 
 def _kwarg_variants(case: AttnCase, backend: Backend) -> list[tuple[str, AttnCase, AttnCase]]:
@@ -137,7 +138,7 @@ def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) ->
     from .parity import baseline_forward
     from .reference import reference_forward
 
-    problems = []
+    problems, use = [], 0.0
     for kwarg, with_kw, without_kw in _kwarg_variants(case, backend):
         q, k, v, mask = with_kw.tensors()
         _, _, _, no_mask = without_kw.tensors()
@@ -149,10 +150,11 @@ def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) ->
             continue  # the kwarg hardly matters for this input: nothing to tell apart
         out = _run(backend, with_kw, q, k, v, mask).double()
         err = float((out - ref_with).abs().max())
+        use = max(use, err / (0.5 * effect))
         if not err < 0.5 * effect:  # nearer to "without" than "with" means the kwarg was lost
             problems.append(f"{kwarg} looks ignored: output is {err:.3g} from the reference with it, and the kwarg "
                             f"itself moves the reference by {effect:.3g}")
-    return _result("kwargs", backend, case, "; ".join(problems) or None)
+    return _result("kwargs", backend, case, "; ".join(problems) or None, bound_use=use)
 
 
 def deterministic(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
@@ -163,10 +165,12 @@ def deterministic(backend: Backend, case: AttnCase, tolerances: Tolerances) -> P
     diff = float((first.double() - second.double()).abs().masked_fill(same_nan, 0).nan_to_num(nan=float("inf")).max())
     if backend.capabilities.deterministic:
         problem = None if diff == 0 else f"two identical calls differ by {diff:.3g} (deterministic claimed: bitwise)"
+        use = 0.0 if diff == 0 else float("inf")
     else:
         limit = 16 * EPS[case.dtype] * (float(first.abs().max()) or 1.0)
         problem = None if diff <= limit else f"two identical calls differ by {diff:.3g} > {limit:.3g}"
-    return _result("deterministic", backend, case, problem, repeat_diff=diff)
+        use = diff / limit
+    return _result("deterministic", backend, case, problem, repeat_diff=diff, bound_use=use)
 
 
 def batch_independent(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
@@ -195,7 +199,8 @@ def batch_independent(backend: Backend, case: AttnCase, tolerances: Tolerances) 
             "row alone": float((alone.double() - full[row].double()).abs().max())}
     bad = [f"{what} differs from the full batch by {gap:.3g} > {limit:.3g}" for what, gap in gaps.items()
            if not gap <= limit]
-    return _result("batch", backend, case, "; ".join(bad) or None, **{k.replace(" ", "_"): v for k, v in gaps.items()})
+    return _result("batch", backend, case, "; ".join(bad) or None, bound_use=max(gaps.values()) / limit,
+                   **{k.replace(" ", "_"): v for k, v in gaps.items()})
 
 
 SEMANTIC_CHECKS: dict[str, Callable[[Backend, AttnCase, Tolerances], ParityResult]] = {

@@ -119,6 +119,8 @@ class Verdict:
     reason: str
     ratio_max: float
     ratio_mean: float
+    #: error / limit for the worse of max-abs and mean-abs: below 1 passes; how close a pass came
+    use: float = 0.0
 
 
 def ratio(err: float, base: float, unit: float = 0.0) -> float:
@@ -135,12 +137,14 @@ def verdict(backend: Errors, baseline: Errors, bound: Bound, dtype: str, scale: 
     unit = EPS[dtype] * scale
     r_max, r_mean = ratio(backend.max_abs, baseline.max_abs, unit), ratio(backend.mean_abs, baseline.mean_abs, unit)
     if backend.nonfinite:
-        return Verdict(False, f"{backend.nonfinite} NaN/Inf values where the fp64 reference is finite", r_max, r_mean)
+        return Verdict(False, f"{backend.nonfinite} NaN/Inf values where the fp64 reference is finite", r_max, r_mean,
+                       math.inf)
     lim_max = bound.limit(baseline.max_abs, dtype, scale)
     lim_mean = bound.limit(baseline.mean_abs, dtype, scale)
+    use = max(backend.max_abs / lim_max, backend.mean_abs / lim_mean)
     failed = []
     if backend.max_abs > lim_max:
         failed.append(f"max-abs error {backend.max_abs:.3g} > {bound.k:g}*{baseline.max_abs:.3g} + floor = {lim_max:.3g}")
     if backend.mean_abs > lim_mean:
         failed.append(f"mean-abs error {backend.mean_abs:.3g} > {bound.k:g}*{baseline.mean_abs:.3g} + floor = {lim_mean:.3g}")
-    return Verdict(not failed, "; ".join(failed), r_max, r_mean)
+    return Verdict(not failed, "; ".join(failed), r_max, r_mean, use)

@@ -49,3 +49,36 @@ def test_every_mutant_fails_the_default_suite(pytester: pytest.Pytester) -> None
 def test_every_mutant_fails_in_every_dtype(pytester: pytest.Pytester) -> None:
     caught = failed_cells(pytester, "--attn-backends=mutant-*", "--attn-dtypes=fp16,bf16")
     assert set(caught) == set(CAUGHT_BY), f"survivors: {set(CAUGHT_BY) - set(caught)}"
+
+
+
+def test_bound_use_crosses_one_exactly_where_the_verdict_flips() -> None:
+    # The margins in docs/detection.md read bound use: it must say "failed" (>1) where the verdict
+    # does and "passed" (<1) where it does, for the numeric rule and for a semantic check alike.
+    import itertools
+
+    import torch
+
+    from attnparity import Backend, Capabilities
+    from attnparity.backends.registry import get_backend
+    from attnparity.cases import AttnCase
+    from attnparity.parity import check_parity
+    from attnparity.semantics import run_semantic
+    from attnparity.tolerance import Tolerances
+
+    calls = itertools.count()
+
+    def drifting(q, k, v, *, attn_mask=None, is_causal=False, scale=None):  # differs call to call
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        return out + next(calls) * 1e-3
+
+    drift = Backend("drifting", drifting, Capabilities(dtypes={"fp32"}, masks=set(), causal=False,
+                                                          deterministic=False))  # the numeric limit, not bitwise
+    wrong_scale = next(b for b in backends() if b.name == "mutant-wrong-scale")
+    correct = get_backend("sdpa-math")
+    case = AttnCase(batch=3, heads=2, sq=5, skv=7, head_dim=16, dtype="fp32", seed=4)
+    deterministic = lambda b, c, t: run_semantic("deterministic", b, c, t)  # noqa: E731
+    for check, buggy in ((check_parity, wrong_scale), (deterministic, drift)):
+        bad, good = check(buggy, case, Tolerances()), check(correct, case, Tolerances())
+        assert not bad.passed and bad.bound_use > 1, bad.metrics
+        assert good.passed and 0 <= good.bound_use < 1, good.metrics

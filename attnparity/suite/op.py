@@ -48,7 +48,10 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str) -> Result
     kind = "op" if name in NUMERIC_CHECKS else "semantic"
     shown = outcome.failure or outcome.worst
     metrics = dict(shown.metrics) if shown else {}
-    extra = {"rejected": outcome.rejected}
+    extra: dict = {"rejected": outcome.rejected}
+    if outcome.closest is not None:  # how close a pass came, and on what (the margin studies read it)
+        metrics["bound_use_max"] = outcome.closest.bound_use
+        extra["closest_case"] = outcome.closest.case.as_dict()
     if outcome.failure is None:
         if outcome.examples == 0:
             return ResultRecord(kind, name, backend.name, dtype, "skip", examples=0,

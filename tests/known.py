@@ -1,0 +1,53 @@
+"""Which CPU backends are correct, and which of their failures are known upstream findings
+(docs/findings.md). The false-alarm test and scripts/detection.py's margins read both from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from attnparity import Backend
+from attnparity.cases import AttnCase
+from attnparity.parity import dead_rows
+
+#: Correct CPU backends. diffusers:flex is not among them: it drops is_causal (a real diffusers
+#: bug, a strict xfail in test_backends_flex_diffusers.py), so it would fail every seed.
+CORRECT = ("naive", "sdpa-math", "sdpa-flash", "sdpa", "flex-eager",
+           "diffusers:native", "diffusers:_native_flash", "diffusers:_native_math")
+#: The short CI version: the kernels every torch user runs.
+CORRECT_CI = ("naive", "sdpa-math", "sdpa-flash", "sdpa")
+
+#: (check, backend) cells where torch's CPU flash backward is wrong on finfo.min full-row masks.
+FINFO_MIN_BACKWARD = {("backward", name) for name in ("sdpa-flash", "sdpa", "diffusers:native", "diffusers:_native_flash")}
+
+
+def finfo_min_full_rows(case: AttnCase) -> bool:
+    """Some query row has every key masked by a finfo.min additive mask (the torch finding)."""
+    return case.mask_type == "float" and case.masked_value == "min" and dead_rows(case.with_(masked_value="-inf")) is not None
+
+
+def known_finding(check: str, backend: str, case: dict | None) -> str | None:
+    """The finding a failure is, or None for a failure nobody knows of (a false alarm or a new bug)."""
+    if (check, backend) in FINFO_MIN_BACKWARD and case and finfo_min_full_rows(AttnCase.from_dict(case)):
+        return "torch CPU flash backward, finfo.min full rows"
+    return None
+
+
+def scoped(backend: Backend, check: str) -> Backend:
+    """The backend with its known finding's cases declared outside its claims, the way a user would
+    scope a backend around a bug they know: the search then measures the rest instead of stopping
+    at the known failure."""
+    if (check, backend.name) not in FINFO_MIN_BACKWARD:
+        return backend
+    caps = backend.capabilities
+    previous = caps.constraint
+
+    def constraint(case: AttnCase) -> str | None:
+        if finfo_min_full_rows(case):
+            return "finfo.min full-row masks: a known torch finding (docs/findings.md)"
+        return previous(case) if previous is not None else None
+
+    return dataclasses.replace(backend, capabilities=dataclasses.replace(caps, constraint=constraint))
+
+
+__all__ = ["CORRECT", "CORRECT_CI", "finfo_min_full_rows", "known_finding", "scoped"]
