@@ -197,18 +197,41 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
                             message=f"{backend.name} backward failed on {case.short()}: {exc}\n"
                                     f"reproduce: {repro_line('backward', backend.name, case)}")
     pairs = {name: (g, b, r) for name, g, b, r in zip(("dq", "dk", "dv"), got, base, ref)}
-    return _judge("backward", backend, case, tolerances, pairs, grad=True, term_scale=_grad_term_scale(case, q, k, v, grad_out))
+    return _judge("backward", backend, case, tolerances, pairs, grad=True, term_scale=_grad_term_scale(case, q, k, v, mask, grad_out))
 
 
-def _grad_term_scale(case: AttnCase, q, k, v, grad_out) -> float:
-    """The size of the terms dQ and dK are summed from: softmax_scale * |dO V^T| * |Q or K|.
+def _grad_term_scale(case: AttnCase, q, k, v, mask, grad_out) -> float:
+    """The componentwise magnitude of the sums dQ, dK and dV are made of, in fp64.
 
-    With a single key (or a one-hot softmax) dS = P * (dP - rowsum) is exactly 0, so dQ and dK are
-    0 while every kernel still rounds dP and the row sum, which are of this size: the floor must
-    be a few roundings of these terms, not of the (zero) result."""
-    from .reference import expand_kv
+    Floating-point error in a sum is a few roundings of the sum of its terms' magnitudes, not of the
+    sum (Higham, Accuracy and Stability of Numerical Algorithms, sec. 3.1: |fl(a.b) - a.b| <= g_n |a|.|b|).
+    It matters where the result cancels: with one key, or a one-hot softmax, dS = P * (dP - rowsum)
+    is exactly 0, so dQ and dK are 0 while every kernel still rounds dP and the row sum, and adds
+    those roundings up over Sq (for dK) or Skv (for dQ) terms. So the floor is a few roundings of
 
-    softmax_scale = case.scale if case.scale is not None else case.head_dim ** -0.5
-    dp = grad_out.double() @ expand_kv(v, case.heads).double().transpose(-2, -1)
-    qk = max(float(q.double().abs().max()), float(k.double().abs().max())) if q.numel() and k.numel() else 0.0
-    return abs(softmax_scale) * (float(dp.abs().max()) if dp.numel() else 0.0) * qk
+        dQ: scale * (P * (|dP| + |rowsum|)) @ |K|     dK: scale * (P * (|dP| + |rowsum|))^T @ |Q|
+        dV: P^T @ |dO|
+
+    summed over the query heads that share a kv head, at their largest element."""
+    import torch
+
+    from .reference import attention_probs, expand_kv
+
+    heads, kv_heads = case.heads, k.shape[1]
+    if not (q.numel() and k.numel()):
+        return 0.0
+    softmax_scale = abs(case.scale if case.scale is not None else case.head_dim ** -0.5)
+    q64, k64, v64, do = q.double(), expand_kv(k, heads).double(), expand_kv(v, heads).double(), grad_out.double()
+    mask64 = mask if mask is None or mask.dtype == torch.bool else mask.double()
+    p = attention_probs(q64, k64, mask64, case.causal, case.scale, compute_dtype=torch.float64, softmax_dtype=torch.float64)
+    dp = do @ v64.transpose(-2, -1)
+    rowsum = (do * (p @ v64)).sum(-1, keepdim=True)
+    ds = p * (dp.abs() + rowsum.abs())
+
+    def per_kv_head(t):  # (B, H, Skv, D) -> (B, Hkv, Skv, D): GQA sums the heads of a group
+        return t.unflatten(1, (kv_heads, heads // kv_heads)).sum(2)
+
+    dq = softmax_scale * (ds @ k64.abs())
+    dk = per_kv_head(softmax_scale * (ds.transpose(-2, -1) @ q64.abs()))
+    dv = per_kv_head(p.transpose(-2, -1) @ do.abs())
+    return max(float(t.max()) for t in (dq, dk, dv))

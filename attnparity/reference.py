@@ -35,10 +35,9 @@ def expand_kv(k: "torch.Tensor", heads: int) -> "torch.Tensor":
     return k.repeat_interleave(heads // hkv, dim=1)
 
 
-def attention_math(
+def attention_probs(
     q: "torch.Tensor",
     k: "torch.Tensor",
-    v: "torch.Tensor",
     attn_mask: "torch.Tensor | None" = None,
     causal: Causal = None,
     scale: float | None = None,
@@ -46,13 +45,12 @@ def attention_math(
     compute_dtype: "torch.dtype",
     softmax_dtype: "torch.dtype",
 ) -> "torch.Tensor":
-    """softmax(q k^T * scale + mask) v with matmuls in ``compute_dtype`` and the softmax in
-    ``softmax_dtype``. Rows with no key left give zeros (torch >= 2.5 SDPA's convention)."""
+    """softmax(q k^T * scale + mask), (B, H, Sq, Skv) in ``softmax_dtype``, k already expanded to H
+    heads. Rows with no key left are zeros (torch >= 2.5 SDPA's convention)."""
     import torch
 
-    heads, sq, d = q.shape[1], q.shape[2], q.shape[3]
-    skv = k.shape[2]
-    q, k, v = q.to(compute_dtype), expand_kv(k, heads).to(compute_dtype), expand_kv(v, heads).to(compute_dtype)
+    sq, d, skv = q.shape[2], q.shape[3], k.shape[2]
+    q, k = q.to(compute_dtype), k.to(compute_dtype)
     scale = d ** -0.5 if scale is None else scale
     if scale > 0:  # scale q and k by sqrt(scale) before the matmul, as torch's math kernel does, so
         root = math.sqrt(scale)  # half-precision logits do not overflow before they are scaled
@@ -73,8 +71,26 @@ def attention_math(
         scores = scores.masked_fill(~keep, float("-inf"))
     # A row whose every logit is -inf has no key to attend to: zeros, never NaN.
     dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
-    return probs.to(compute_dtype) @ v
+    return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+
+
+def attention_math(
+    q: "torch.Tensor",
+    k: "torch.Tensor",
+    v: "torch.Tensor",
+    attn_mask: "torch.Tensor | None" = None,
+    causal: Causal = None,
+    scale: float | None = None,
+    *,
+    compute_dtype: "torch.dtype",
+    softmax_dtype: "torch.dtype",
+) -> "torch.Tensor":
+    """softmax(q k^T * scale + mask) v with matmuls in ``compute_dtype`` and the softmax in
+    ``softmax_dtype``. Rows with no key left give zeros (torch >= 2.5 SDPA's convention)."""
+    heads = q.shape[1]
+    probs = attention_probs(q, expand_kv(k, heads), attn_mask, causal, scale,
+                            compute_dtype=compute_dtype, softmax_dtype=softmax_dtype)
+    return probs.to(compute_dtype) @ expand_kv(v, heads).to(compute_dtype)
 
 
 def reference_forward(q, k, v, attn_mask=None, causal: Causal = None, scale: float | None = None):

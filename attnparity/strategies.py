@@ -22,9 +22,11 @@ EDGE_HEAD_DIMS = (9, 21, 40, 59, 64, 72, 80, 111, 128, 160, 203, 256)
 EDGE_HEADS = (3, 5, 12)
 SMALL_HEADS = (1, 2, 3, 4, 5, 6, 8, 12)
 
-#: Real diffusion attention: the real head_dim and key length, with a slice of queries and two heads
-#: (the full shape would cost gigabytes in fp64; every query row and head reduces over the same key
-#: length, so the slice keeps what a kernel's blocking sees). (name, heads, head_dim, keys)
+#: Real diffusion attention: the real head_dim and key length, with a slice of queries, and the real
+#: head count where the case fits WORK_BUDGET, else two heads (the full shape would cost gigabytes
+#: in fp64; every query row and head reduces over the same key length, so the slice keeps what a
+#: kernel's blocking sees). With the real heads a slice has more heads than queries, as a short
+#: text-token sequence does: a kernel that mixes the H and S axes shows there. (name, heads, head_dim, keys)
 DIFFUSION_SHAPES = (
     ("sd15-4096", 8, 40, 4096), ("sd15-1024", 8, 80, 1024), ("sd15-256", 8, 160, 256),
     ("sd15-cross77", 8, 40, 77), ("sd21-1024", 5, 64, 1024), ("sdxl-4096", 10, 64, 4096),
@@ -109,7 +111,8 @@ def edge_corpus(caps: Capabilities, dtype: str, device: str = "cpu") -> list[Att
     corpus.append(base.with_(heads=4, sq=20, skv=70, head_dim=72, scale=1.0))
     # Real diffusion shapes: every key, a slice of queries; CFG batch of 2.
     for _, heads, d, keys in DIFFUSION_SHAPES:
-        corpus.append(base.with_(batch=1, heads=2, kv_heads=2, sq=DIFFUSION_QUERY_SLICE, skv=keys, head_dim=d))
+        heads = heads if heads * DIFFUSION_QUERY_SLICE * keys * d <= WORK_BUDGET else 2
+        corpus.append(base.with_(batch=1, heads=heads, kv_heads=heads, sq=DIFFUSION_QUERY_SLICE, skv=keys, head_dim=d))
     return [fitted for c in corpus if (fitted := fit(c, caps)) is not None]
 
 

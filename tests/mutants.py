@@ -2,7 +2,8 @@
 
 Each is registered the way a vendor would (``register_backend`` from a conftest.py) and must be
 caught by the DEFAULT ``pytest --attn-backends=<mutant>`` run. ``CAUGHT_BY`` names the check(s)
-expected to catch each one; ``SEEN_BY`` says which layer can see it at all.
+expected to catch each one. Which layer can see each at all (op-level checks, pipelines) is measured,
+not declared: docs/detection.md, section "Which layer sees each bug", made by scripts/detection.py.
 """
 
 from __future__ import annotations
