@@ -109,7 +109,7 @@ def edge_corpus(caps: Capabilities, dtype: str, device: str = "cpu") -> list[Att
     corpus.append(base.with_(batch=3, heads=4, sq=31, skv=47, head_dim=40, layout="transposed"))
     corpus.append(base.with_(batch=3, heads=4, sq=31, skv=47, head_dim=40, layout="expanded"))
     corpus.append(base.with_(heads=4, sq=20, skv=70, head_dim=72, scale=1.0))
-    # Real diffusion shapes: every key, a slice of queries; CFG batch of 2.
+    # Real diffusion shapes: every key, a slice of queries (DIFFUSION_SHAPES says which heads).
     for _, heads, d, keys in DIFFUSION_SHAPES:
         heads = heads if heads * DIFFUSION_QUERY_SLICE * keys * d <= WORK_BUDGET else 2
         corpus.append(base.with_(batch=1, heads=heads, kv_heads=heads, sq=DIFFUSION_QUERY_SLICE, skv=keys, head_dim=d))
