@@ -50,3 +50,30 @@ def test_xdist_gives_the_serial_matrix_and_one_report(matrix_project, tmp_path):
         return [line for line in lines[start + 1:start + 9] if line.startswith(("naive", "sdpa-math", "vendor-scale"))]
 
     assert matrix_lines(serial) == matrix_lines(parallel) and len(matrix_lines(serial)) == 3
+
+
+def test_xdist_workers_share_the_cpu_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each worker's torch would start a thread per core and spin against the others (measured 5x
+    # slower on 2 cores): a worker takes cores // workers threads, unless the user said otherwise.
+    import os
+
+    import torch
+
+    from attnparity.session import share_cpu_threads
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0))
+    try:
+        torch.set_num_threads(cores)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(cores * 2))
+        assert share_cpu_threads("cuda:0") is None and torch.get_num_threads() == cores  # GPU runs keep theirs
+        assert share_cpu_threads("cpu") == 1 and torch.get_num_threads() == 1
+        torch.set_num_threads(cores)
+        monkeypatch.setenv("OMP_NUM_THREADS", str(cores))
+        assert share_cpu_threads("cpu") is None and torch.get_num_threads() == cores
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT")
+        assert share_cpu_threads("cpu") is None and torch.get_num_threads() == cores  # not under xdist
+    finally:
+        torch.set_num_threads(before)
