@@ -57,9 +57,10 @@ def share_cpu_threads(device: str) -> int | None:
     """Under pytest-xdist on CPU, cap each worker's torch threads at its share of the cores, and
     return the new count (None: nothing changed).
 
-    Every worker's torch would otherwise start one thread per core: on 2 cores, `-n 2` then ran the
-    20-seed false-alarm test at 9 minutes a seed against 1.6 with one thread each, the small
-    kernels' threads spinning against each other. A user's OMP_NUM_THREADS wins."""
+    Every worker's torch would otherwise start one thread per core: on 2 cores, `-n 2` then took 18
+    minutes for the first seed of the slow false-alarm test on each worker, against 2 with one
+    thread each, the small kernels' threads spinning against each other. A user's OMP_NUM_THREADS
+    wins."""
     import os
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)

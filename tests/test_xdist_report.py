@@ -53,7 +53,7 @@ def test_xdist_gives_the_serial_matrix_and_one_report(matrix_project, tmp_path):
 
 
 def test_xdist_workers_share_the_cpu_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Each worker's torch would start a thread per core and spin against the others (measured 5x
+    # Each worker's torch would start a thread per core and spin against the others (measured 9x
     # slower on 2 cores): a worker takes cores // workers threads, unless the user said otherwise.
     import os
 
