@@ -50,12 +50,12 @@ def _pool(jobs: int) -> ProcessPoolExecutor:
 
 def catches(name: str, examples: int, dtypes: list[str], seed: int) -> dict[str, list[tuple[str, int, str]]]:
     """dtype -> [(check, example it first failed at, shrunk case)] for one mutant, every op-level check."""
-    from mutants import backends
+    from mutants import mutant
 
     from attnparity.cases import AttnCase
     from attnparity.suite.op import OP_CHECKS, run_op
 
-    backend = next(b for b in backends() if b.name == name)
+    backend = mutant(name)
     ctx = context([backend], dtypes, examples, seed=seed)
     out: dict[str, list[tuple[str, int, str]]] = {}
     for dtype in dtypes:
@@ -116,7 +116,7 @@ class Margin:
     ratio: float = 0.0  # worst error ratio (forward/backward only)
     use: float = 0.0  # worst bound use: value / limit, a pass is below 1
     use_case: str = ""
-    known: list[str] = field(default_factory=list)
+    known: int = 0  # seeds whose search stopped at a known finding
     alarms: list[str] = field(default_factory=list)
 
 
@@ -176,8 +176,7 @@ def margin_rows(pool: ProcessPoolExecutor, seeds: list[int], examples: int, name
             m.ratio = max(m.ratio, row["ratio"])
             if row["use"] > m.use:
                 m.use, m.use_case = row["use"], row["use_case"]
-            if row["known"]:
-                m.known.append(f"seed {row['seed']}")
+            m.known += bool(row["known"])
             if row["verdict"] == "fail":
                 m.alarms.append(f"seed {row['seed']}: `{row['case']}` {row['message']}")
         print(f"margins: {done}/{len(seeds)} seeds done", flush=True)
@@ -191,7 +190,7 @@ def margin_rows(pool: ProcessPoolExecutor, seeds: list[int], examples: int, name
             ratio = "-"
         examples = m.examples or "0 (not claimed)"
         rows.append(f"| {name} | {dtype} | {check} | {examples} | {ratio} | {m.use:.3g} | `{m.use_case}` "
-                    f"| {'; '.join(m.alarms) or 0} | {len(m.known)} of {len(seeds)} seeds |")
+                    f"| {'; '.join(m.alarms) or 0} | {m.known} of {len(seeds)} seeds |")
     return rows, margins
 
 
@@ -203,7 +202,7 @@ def budget_rows(pool: ProcessPoolExecutor, budgets: list[int], seeds: list[int],
     rows = ["| mutant | dtype | examples | caught (seeds) | examples to find, median | slowest find |", "|---|---|---|---|---|---|"]
     for name, dtype in (cell for cell in HARD_CELLS if cell[1] in dtypes):
         for n in budgets:
-            found = [futures[name, dtype, n, s].result() for s in seeds if (name, dtype, n, s) in futures]
+            found = [futures[name, dtype, n, s].result() for s in seeds]
             hits = sorted(f for f in found if f is not None)
             median = hits[len(hits) // 2] if hits else "-"
             rows.append(f"| {name} | {dtype} | {n} | {len(hits)} of {len(found)} | {median} | {hits[-1] if hits else '-'} |")
@@ -237,11 +236,11 @@ HARD_CELLS = [("mutant-softmax-bf16", "bf16"), ("mutant-batch-dependent", "bf16"
 
 def _first_catch(name: str, dtype: str, examples: int, seed: int) -> int | None:
     """The example at which the forward check first fails, or None if it never does."""
-    from mutants import backends
+    from mutants import mutant
 
     from attnparity.suite.op import run_op
 
-    backend = next(b for b in backends() if b.name == name)
+    backend = mutant(name)
     record = run_op(context([backend], [dtype], examples, seed), backend, dtype, "forward")
     return record.extra.get("found_at") if record.verdict == "fail" else None
 
@@ -249,11 +248,11 @@ def _first_catch(name: str, dtype: str, examples: int, seed: int) -> int | None:
 def pipelines_for_mutant(name: str, dtypes: list[str]) -> list[tuple[str, str, str, float, int, int]]:
     """(dtype, pipeline, verdict, SSIM against fp64-reference attention, calls routed to the mutant, calls
     outside its claims that ran with the reference) for one mutant, each tiny pipeline."""
-    from mutants import backends
+    from mutants import mutant
 
     from attnparity.suite import pipelines
 
-    backend = next(b for b in backends() if b.name == name)
+    backend = mutant(name)
     ctx = context([backend], dtypes, 1, seed=0)  # no hypothesis here: any budget will do
     out = []
     for check in pipelines.checks(ctx):
@@ -292,7 +291,9 @@ SECTIONS = ("detection", "detection-seeds", "layers", "margins", "budget")
 
 
 def _section(name: str, pool: ProcessPoolExecutor, args: argparse.Namespace, dtypes: list[str]) -> list[str]:
-    seeds = list(range(1000, 1000 + args.seeds))
+    from known import FALSE_ALARM_SEEDS
+
+    seeds = list(range(FALSE_ALARM_SEEDS.start, FALSE_ALARM_SEEDS.start + args.seeds))
     if name == "detection":
         return [
             "## Planted bugs (tests/mutants.py)", "",
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=30, help="hypothesis examples per item (the default run's)")
-    parser.add_argument("--seeds", type=int, default=20, help="margins: seeds 1000.. (the slow false-alarm test's)")
+    parser.add_argument("--seeds", type=int, default=20, help="margins: this many of the slow false-alarm test's seeds")
     parser.add_argument("--dtypes", default="fp32,fp16,bf16")
     parser.add_argument("--margin-backends", default=",".join(CORRECT))
     parser.add_argument("--detection-seeds", type=int, default=20, help="detection-seeds: hypothesis seeds 0..N-1")

@@ -16,6 +16,8 @@ CORRECT = ("naive", "sdpa-math", "sdpa-flash", "sdpa", "flex-eager",
            "diffusers:native", "diffusers:_native_flash", "diffusers:_native_math")
 #: The short CI version: the kernels every torch user runs.
 CORRECT_CI = ("naive", "sdpa-math", "sdpa-flash", "sdpa")
+#: The slow false-alarm test's seeds; scripts/detection.py's margins use the same ones.
+FALSE_ALARM_SEEDS = range(1000, 1020)
 
 #: (check, backend) cells that run torch's CPU flash backward, which recomputes P from a stored
 #: fp32 logsumexp: where every key of a row carries a large finite mask value, the logsumexp keeps
@@ -53,4 +55,4 @@ def scoped(backend: Backend, check: str) -> Backend:
     return dataclasses.replace(backend, capabilities=dataclasses.replace(caps, constraint=constraint))
 
 
-__all__ = ["CORRECT", "CORRECT_CI", "finite_mask_full_rows", "known_finding", "scoped"]
+__all__ = ["CORRECT", "CORRECT_CI", "FALSE_ALARM_SEEDS", "finite_mask_full_rows", "known_finding", "scoped"]

@@ -187,6 +187,11 @@ def backends() -> list[Backend]:
     ]
 
 
+def mutant(name: str) -> Backend:
+    """The mutant called ``name`` (a fresh Backend each call, as backends() makes them)."""
+    return next(b for b in backends() if b.name == name)
+
+
 #: mutant -> the checks expected to catch it (any of them failing counts as caught by that check)
 CAUGHT_BY = {
     "mutant-wrong-scale": {"forward", "kwargs"},

@@ -13,13 +13,10 @@ import json
 import sys
 
 import pytest
-from known import CORRECT, CORRECT_CI, known_finding
+from known import CORRECT, CORRECT_CI, FALSE_ALARM_SEEDS, known_finding
 
 from attnparity.backends.registry import all_backends
 from attnparity.results import USER_PROPERTY
-
-#: The slow version's seeds; scripts/detection.py's margins use the same ones.
-SLOW_SEEDS = range(1000, 1020)
 
 
 def available(names: tuple[str, ...]) -> list[str]:
@@ -48,7 +45,7 @@ def test_correct_backends_pass(pytester: pytest.Pytester) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", SLOW_SEEDS)
+@pytest.mark.parametrize("seed", FALSE_ALARM_SEEDS)
 def test_correct_backends_pass_every_seed(pytester: pytest.Pytester, seed: int) -> None:
     assert not run_seed(pytester, seed, available(CORRECT), "fp32,fp16,bf16")
 
@@ -95,7 +92,7 @@ def test_margin_study_tells_a_false_alarm_from_a_pass(monkeypatch: pytest.Monkey
     import importlib.util
     from pathlib import Path
 
-    from mutants import backends
+    from mutants import mutant
 
     from attnparity.backends import registry
 
@@ -104,9 +101,9 @@ def test_margin_study_tells_a_false_alarm_from_a_pass(monkeypatch: pytest.Monkey
     script = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up there
     spec.loader.exec_module(script)
-    registry.register_backend(next(b for b in backends() if b.name == "mutant-wrong-scale"), replace=True)
+    registry.register_backend(mutant("mutant-wrong-scale"), replace=True)
     try:
-        rows = script.margins_for_seed(1000, 5, ["sdpa-math", "mutant-wrong-scale"], ["fp32"])
+        rows = script.margins_for_seed(FALSE_ALARM_SEEDS.start, 5, ["sdpa-math", "mutant-wrong-scale"], ["fp32"])
     finally:
         registry.reset_registry()
     forward = {r["backend"]: r for r in rows if r["check"] == "forward"}

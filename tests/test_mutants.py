@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mutants import CAUGHT_BY, backends
+from mutants import CAUGHT_BY, backends, mutant
 
 TESTS = Path(__file__).parent
 REGISTER_MUTANTS = (
@@ -74,7 +74,7 @@ def test_bound_use_crosses_one_exactly_where_the_verdict_flips() -> None:
 
     drift = Backend("drifting", drifting, Capabilities(dtypes={"fp32"}, masks=set(), causal=False,
                                                           deterministic=False))  # the numeric limit, not bitwise
-    wrong_scale = next(b for b in backends() if b.name == "mutant-wrong-scale")
+    wrong_scale = mutant("mutant-wrong-scale")
     correct = get_backend("sdpa-math")
     case = AttnCase(batch=3, heads=2, sq=5, skv=7, head_dim=16, dtype="fp32", seed=4)
     deterministic = lambda b, c, t: run_semantic("deterministic", b, c, t)  # noqa: E731
