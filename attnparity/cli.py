@@ -1,9 +1,12 @@
-"""The ``attnparity`` console command: ``attnparity backends`` (and subcommands added by other modules)."""
+"""The ``attnparity`` console command: ``backends`` lists what runs here, ``compare`` is the upgrade
+gate between two results.json files, ``perf-table`` prints a run's timings as Markdown."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from attnparity.options import Options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,14 +17,22 @@ def main(argv: list[str] | None = None) -> int:
     compare = sub.add_parser("compare", help="the upgrade gate: exit 1 when a cell of NEW got worse than in OLD")
     compare.add_argument("old", help="results.json of the earlier run")
     compare.add_argument("new", help="results.json of this run")
-    compare.add_argument("--ratio", type=float, default=2.0, help="an error ratio may grow by this factor (2)")
-    compare.add_argument("--ssim", type=float, default=0.01, help="an SSIM may drop by this much (0.01)")
-    compare.add_argument("--slowdown", type=float, default=0.25, help="a time may grow by this fraction (0.25)")
+    defaults = Options()
+    compare.add_argument("--ratio", type=float, default=defaults.compare_ratio,
+                         help=f"an error ratio may grow by this factor ({defaults.compare_ratio:g})")
+    compare.add_argument("--ssim", type=float, default=defaults.compare_ssim,
+                         help=f"an SSIM may drop by this much ({defaults.compare_ssim:g})")
+    compare.add_argument("--slowdown", type=float, default=defaults.compare_slowdown,
+                         help=f"a time may grow by this fraction ({defaults.compare_slowdown:g})")
+    table = sub.add_parser("perf-table", help="the perf records of a results.json as Markdown tables")
+    table.add_argument("results", help="a results.json written with --attn-report=DIR")
     args = parser.parse_args(argv)
     if args.command == "compare":
         return _compare(args)
+    if args.command == "perf-table":
+        return _perf_table(args)
     if args.command == "backends":
-        from .listing import print_backends
+        from attnparity.report.listing import print_backends
 
         try:
             print_backends(args.device)
@@ -34,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     """0: nothing got worse; 1: something did (the differences are printed); 2: bad input."""
-    from .compare import Thresholds, compare_files, format_comparison
-    from .results import ResultsFileError
+    from attnparity.results.gate import Thresholds, compare_files, format_comparison
+    from attnparity.results.record import ResultsFileError
 
     try:
         comparison = compare_files(args.old, args.new, Thresholds(args.ratio, args.ssim, args.slowdown))
@@ -45,6 +56,22 @@ def _compare(args: argparse.Namespace) -> int:
     print("\n".join(format_comparison(comparison)))
     print("upgrade gate: " + ("FAILED" if comparison.failed else "passed"))
     return 1 if comparison.failed else 0
+
+
+
+def _perf_table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from attnparity.report.markdown import markdown_table
+    from attnparity.results.record import ResultsFileError, read_results
+
+    try:
+        records = [r.to_json() for r in read_results(Path(args.results))["records"]]
+    except ResultsFileError as exc:
+        print(f"attnparity perf-table: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(records))
+    return 0
 
 
 if __name__ == "__main__":

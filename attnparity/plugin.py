@@ -8,108 +8,72 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .results import USER_PROPERTY
+from attnparity.options import OPTIONS, Options
+from attnparity.results.record import USER_PROPERTY
 
-
-@dataclass(frozen=True)
-class Option:
-    name: str  # ini key; the CLI flag is --attn-<rest> with dashes
-    help: str
-    default: Any = None
-    kind: str = "string"  # "string", "int", "float", "bool", "linelist"
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-OPTIONS = (
-    Option("attn_backends", "backends to put in the matrix: 'all', a comma list, globs ('sdpa-*', 'diffusers:*')"),
-    Option("attn_dtypes", "dtypes of the matrix, comma list of fp32,fp16,bf16", "fp32,fp16,bf16"),
-    Option("attn_device", "device to run on: 'cuda' when one is present, else 'cpu'", "auto"),
-    Option("attn_examples", "hypothesis examples per parity item (the user's hypothesis profile wins when loaded)", 30, "int"),
-    Option("attn_seed", "fixed hypothesis seed for the suite (reproducible draws)", None, "int"),
-    Option("attn_tolerance", "tolerance overrides, one per line: '<backend-glob> <dtype|*> k=<k> floor=<floor>'", [], "linelist"),
-    Option("attn_artifacts", "directory for failure artifacts (images, diff maps)", ".attnparity/artifacts"),
-    Option("attn_timeout", "seconds one cell may run before it fails as timed out (0: no limit)", 0, "float"),
-    Option("attn_report", "directory to write results.json and a self-contained index.html into"),
-    Option("attn_compare", "results.json of an earlier run: fail this run where a cell got worse (the upgrade gate)"),
-    Option("attn_compare_ratio", "gate: an error ratio may grow by this factor before it counts as worse", 2.0, "float"),
-    Option("attn_compare_ssim", "gate: an SSIM may drop by this much before it counts as worse", 0.01, "float"),
-    Option("attn_compare_slowdown", "gate: a timing on the same device may grow by this fraction (0.25 = 25%)", 0.25, "float"),
-    Option("attn_pipeline", "a local diffusers checkpoint directory to add to the pipeline checks (repeatable; ini: one per line)", [], "linelist"),
-    Option("attn_golden_dir", "where golden images are read and written (default <rootdir>/golden; built-in pipelines fall back to attnparity's shipped golden/)"),
-    Option("attn_golden_update", "write the golden images of the pipelines that run (made with fp64 reference attention); never done otherwise", False, "bool"),
-    Option("attn_pipeline_ssim", "pipeline SSIM thresholds, one per line: '<dtype|*> ref=<ssim> golden=<ssim>'", [], "linelist"),
-    Option("attn_perf", "perf shape set: 'quick' (a few real diffusion shapes; fewer tokens on CPU) or 'full' (every catalogued shape; meant for GPUs, hours on a small CPU)", "quick"),
-    Option("attn_perf_baseline", "results.json of an earlier run: a perf cell slower than it beyond --attn-perf-margin fails (same device only)"),
-    Option("attn_perf_margin", "slowdown allowed against --attn-perf-baseline, as a fraction (0.1 = 10%)", 0.1, "float"),
-)
+if TYPE_CHECKING:
+    from attnparity.session import Run
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnparity", "attention backend parity matrix")
     for opt in OPTIONS:
-        cli_type = {"int": int, "float": float}.get(opt.kind)
+        # Every value arrives as text (or lines) and is read by options.Options.resolve alone.
         if opt.kind == "bool":
-            group.addoption(opt.flag, action="store_true", default=None, dest=opt.name, help=opt.help)
-        elif opt.kind == "linelist":
-            group.addoption(opt.flag, action="append", default=None, dest=opt.name, help=opt.help)
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.ini, help=opt.help)
+        elif opt.kind in ("lines", "rules"):
+            group.addoption(opt.flag, action="append", default=None, dest=opt.ini, help=opt.help)
         else:
-            group.addoption(opt.flag, action="store", default=None, dest=opt.name, type=cli_type, help=opt.help)
-        ini_type = {"linelist": "linelist", "bool": "bool"}.get(opt.kind, "string")
-        parser.addini(opt.name, opt.help + " (ini)", type=ini_type, default=opt.default)
+            group.addoption(opt.flag, action="store", default=None, dest=opt.ini, help=opt.help)
+        parser.addini(opt.ini, opt.help + " (ini)", type="linelist" if opt.kind in ("lines", "rules") else "string")
     group.addoption("--attn-list", action="store_true", default=False,
                     help="list every registered attention backend, whether it runs here and why not, and exit")
 
 
-def resolve_options(config: pytest.Config) -> dict[str, Any]:
-    """Every option by ini name: the command line wins over the ini file, which wins over the default."""
-    resolved: dict[str, Any] = {}
-    for opt in OPTIONS:
-        value = config.getoption(opt.name)
-        if value is None:
-            value = config.getini(opt.name)
-            if opt.kind in ("int", "float") and value not in (None, ""):
-                try:
-                    value = {"int": int, "float": float}[opt.kind](value)
-                except ValueError:
-                    raise pytest.UsageError(f"ini key {opt.name} = {value!r} is not a{'n integer' if opt.kind == 'int' else ' number'}") from None
-        resolved[opt.name] = None if value == "" else value
-    return resolved
+def resolve_options(config: pytest.Config) -> Options:
+    """The run's options: the command line over the ini file over the defaults; bad values are
+    usage errors."""
+    try:
+        return Options.resolve(lambda name: config.getoption(name), lambda name: config.getini(name) or None,
+                               rootdir=Path(config.rootpath), invocation_dir=Path(config.invocation_params.dir))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
-_CONTEXT = pytest.StashKey["Any"]()
+RUN = pytest.StashKey["Run"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "attn_perf: attnparity timing item (select with -m attn_perf)")
     config.addinivalue_line("markers", "attn_pipeline: attnparity end-to-end pipeline item")
     config.addinivalue_line("markers", "attn_op: attnparity op-level parity or semantic item")
-    options = resolve_options(config)
-    if not options["attn_backends"]:
+    if config.getoption("attn_list"):
         return
-    from .session import build_context
+    options = resolve_options(config)
+    if not options.backends:
+        return
+    from attnparity.session import start_run
 
     try:
-        config.stash[_CONTEXT] = build_context(config, options)
+        run = start_run(options, Path(config.rootpath))
     except (LookupError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
+    config.stash[RUN] = run
+    config.pluginmanager.register(RecordCollector(run), "attnparity-records")
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("attn_list"):
-        from .listing import print_backends
+        from attnparity.report.listing import print_backends
 
         config._do_configure()
         try:
-            print_backends(resolve_options(config).get("attn_device") or "auto")
+            print_backends(resolve_options(config).device)
         finally:
             config._ensure_unconfigure()
         return 0
@@ -117,11 +81,11 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
-    if _CONTEXT not in config.stash:
+    if RUN not in config.stash:
         return None
-    from .session import header_lines
+    from attnparity.session import header_lines
 
-    return header_lines(config.stash[_CONTEXT])
+    return header_lines(config.stash[RUN])
 
 
 class CheckFailed(Exception):
@@ -140,23 +104,23 @@ class AttnItem(pytest.Item):
                 self.extra_keyword_matches.add(word)
 
     def runtest(self) -> None:
-        from .results import ResultRecord
+        from attnparity.results.record import ResultRecord
 
         check = self.check
         if check.skip:
             self._keep(ResultRecord(check.kind, check.check, check.backend, check.dtype, "skip", message=check.skip))
             raise pytest.skip.Exception(check.skip, _use_item_location=True)
-        from . import guard
+        from attnparity.suite.guard import CellTimeout
 
+        guard = self.config.stash[RUN].guard
         hung = guard.hung_reason(check.backend)
         try:
             if hung:
-                raise guard.CellTimeout(hung)
-            record = guard.run_with_timeout(check.run, self.config.stash[_CONTEXT].options.get("attn_timeout"),
-                                            label=self.nodeid)
+                raise CellTimeout(hung)
+            record = guard.run(check.run, label=self.nodeid)
         except (pytest.skip.Exception, KeyboardInterrupt):
             raise
-        except guard.CellTimeout as exc:  # a hung backend fails its own cells, nothing else
+        except CellTimeout as exc:  # a hung backend fails its own cells, nothing else
             if check.backend and not hung:
                 guard.mark_hung(check.backend, self.nodeid)
             record = ResultRecord(check.kind, check.check, check.backend, check.dtype, "error", message=str(exc))
@@ -173,10 +137,10 @@ class AttnItem(pytest.Item):
             raise CheckFailed(record.message)
 
     def _keep(self, record: Any) -> None:
-        from .session import stamp
+        from attnparity.session import stamp
 
         record.nodeid = self.nodeid
-        stamp(self.config.stash[_CONTEXT], record)
+        stamp(self.config.stash[RUN], record)
         self.user_properties.append((USER_PROPERTY, json.dumps(record.to_json(), default=str)))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
@@ -192,16 +156,16 @@ class AttnCollector(pytest.Collector):
     """The ``attnparity`` node: ids stay ``attnparity::<check>[<param>]`` wherever it is installed."""
 
     def collect(self) -> list[pytest.Item]:
-        from .suite import collect
+        from attnparity.suite import collect
 
-        ctx = self.config.stash[_CONTEXT]
+        ctx = self.config.stash[RUN].suite
         return [AttnItem.from_parent(self, name=f"{c.check}[{c.item_param}]", check=c) for c in collect(ctx)]
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     # tryfirst: our items must be in the list before -k/-m deselection (also a modifyitems hook) runs.
-    if _CONTEXT not in config.stash:
+    if RUN not in config.stash:
         return
     collector = AttnCollector.from_parent(session, name="attnparity", nodeid="attnparity", path=config.rootpath)
     try:
@@ -210,33 +174,23 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         raise pytest.UsageError(str(exc)) from None
 
 
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    # Runs on the controller for xdist workers' reports too: the record rides in user_properties.
-    if report.when != "call" and not (report.when == "setup" and report.skipped):
-        return
-    for key, value in report.user_properties:
-        if key == USER_PROPERTY:
-            _records_sink.append(json.loads(value))
+class RecordCollector:
+    """Gathers the records of this run's items into the Run (registered per run, so no module
+    global outlives a session). On the xdist controller the reports are the workers': each record
+    rides in the report's user_properties."""
 
+    def __init__(self, run: "Run") -> None:
+        self.run = run
 
-_records_sink: list[dict[str, Any]] = []
-
-
-def collected_records() -> list[dict[str, Any]]:
-    """The records of this run, in the order their items finished (serial or gathered from xdist)."""
-    return list(_records_sink)
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _records_sink.clear()
-
-
-_OUTCOME = pytest.StashKey["Any"]()
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call" and not (report.when == "setup" and report.skipped):
+            return
+        self.run.records.extend(json.loads(value) for key, value in report.user_properties if key == USER_PROPERTY)
 
 
 def _is_controller(config: pytest.Config) -> bool:
     # xdist workers ship their records to the controller; only it writes reports and gates.
-    return _CONTEXT in config.stash and not os.environ.get("PYTEST_XDIST_WORKER")
+    return RUN in config.stash and not os.environ.get("PYTEST_XDIST_WORKER")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -244,29 +198,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     # tryfirst: before the terminal reporter's own sessionfinish prints the summary.
     if not _is_controller(session.config):
         return
-    from .session import finish_records
+    from attnparity.session import finish_records
 
-    outcome = finish_records(session.config.stash[_CONTEXT], collected_records())
-    session.config.stash[_OUTCOME] = outcome
+    outcome = finish_records(session.config.stash[RUN])
     if outcome.gate_failed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    import sys
-
-    guard = sys.modules.get("attnparity.guard")
-    if guard is None:  # no cell ever ran under a time limit
+    if RUN not in config.stash:
         return
-    still = guard.drain(5.0)
+    still = config.stash[RUN].guard.drain(5.0)
     if still:
+        import sys
+
         sys.stderr.write(f"attnparity: {still} timed-out backend call(s) still running at exit; "
                          "the process may hang or crash while exiting (see attn_timeout)\n")
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if not _is_controller(config) or _OUTCOME not in config.stash:
+    if not _is_controller(config):
         return
-    from .session import finish_run
+    from attnparity.session import finish_run
 
-    finish_run(config.stash[_CONTEXT], config.stash[_OUTCOME], terminalreporter)
+    finish_run(config.stash[RUN], terminalreporter)

@@ -1,5 +1,6 @@
-"""Builds the run's SuiteContext from resolved options, and what the run says about itself:
-header lines, the stamp on every record, and the end-of-run summary and files."""
+"""One attnparity run: the state a pytest session holds (``Run``, kept in ``config.stash``), how it
+is built from the options, and what the run says about itself: header lines, the stamp on every
+record, the gate and the files at the end."""
 
 from __future__ import annotations
 
@@ -8,33 +9,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .suite import SuiteContext
+from attnparity.machine import DeviceIdentity, identify, resolve_device, versions
+from attnparity.options import Options
+from attnparity.suite import SuiteContext
+from attnparity.suite.guard import Guard
 
 #: Profiles hypothesis loads by itself ("ci" when the CI variable is set): not the user's choice,
 #: so the suite's own settings (which derandomize under CI too) still apply.
 HYPOTHESIS_OWN_PROFILES = ("default", "ci")
 
 
-def resolve_device(requested: str | None) -> str:
-    import torch
+@dataclass
+class RunOutcome:
+    """What the end of a run produced on the controller: records, the gate, the files written."""
 
-    if requested in (None, "", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--attn-device={requested}: torch {torch.__version__} sees no CUDA device; use cpu or auto")
-    if requested.split(":")[0] not in ("cpu", "cuda", "xpu", "mps"):
-        raise ValueError(f"--attn-device={requested}: expected auto, cpu, cuda or cuda:N")
-    return requested
+    records: list[Any]
+    comparison: Any = None  # results.gate.Comparison when --attn-compare was given and readable
+    gate_error: str | None = None  # --attn-compare given but unusable: the gate fails, saying why
+    report_dir: Path | None = None
+    errors: list[str] = field(default_factory=list)  # report problems: shown, never raised
+
+    @property
+    def gate_failed(self) -> bool:
+        # An unreadable old results.json fails too: a gate that silently does nothing must not pass.
+        return self.gate_error is not None or bool(self.comparison is not None and self.comparison.failed)
 
 
-def parse_dtypes(text: str) -> list[str]:
-    from .backends.base import DTYPE_NAMES, dtype_name
+@dataclass
+class Run:
+    """Everything one pytest session of attnparity holds; nothing of it lives in module globals."""
 
-    names = [dtype_name(p.strip()) for p in str(text).split(",") if p.strip()]
-    unknown = [n for n in names if n not in DTYPE_NAMES]
-    if unknown or not names:
-        raise ValueError(f"--attn-dtypes={text}: unknown {unknown or 'empty'}; known: {', '.join(DTYPE_NAMES)}")
-    return list(dict.fromkeys(names))
+    options: Options
+    suite: SuiteContext
+    device: DeviceIdentity
+    guard: Guard
+    versions: dict[str, str]
+    #: result records that reached this process, in the order their items finished (on the xdist
+    #: controller, every worker's)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    outcome: RunOutcome | None = None
 
 
 def hypothesis_settings(examples: int) -> Any:
@@ -61,7 +74,6 @@ def share_cpu_threads(device: str) -> int | None:
     minutes for the first seed of the slow false-alarm test on each worker, against 2 with one
     thread each, the small kernels' threads spinning against each other. A user's OMP_NUM_THREADS
     wins."""
-    import os
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
     if workers < 2 or not device.startswith("cpu") or "OMP_NUM_THREADS" in os.environ:
@@ -76,54 +88,23 @@ def share_cpu_threads(device: str) -> int | None:
     return share
 
 
-def build_context(config: Any, options: dict[str, Any]) -> SuiteContext:
-    from .backends.registry import select_backends
-    from .tolerance import Tolerances
+def start_run(options: Options, rootdir: Path) -> Run:
+    """The run for ``options``; bad input (an unknown backend, an unreadable gate file) raises a
+    ValueError or LookupError that says what to do."""
+    from attnparity.backends.registry import select_backends
+    from attnparity.check.tolerance import Tolerances
 
-    backends = select_backends(options["attn_backends"])
-    examples = options["attn_examples"]
-    if examples is not None and int(examples) < 1:
-        raise ValueError(f"--attn-examples={examples}: must be at least 1")
-    root = Path(config.rootpath)
-    _check_gate_options(options)
-    artifacts = Path(options["attn_artifacts"] or ".attnparity/artifacts")
-    device = resolve_device(options["attn_device"])
+    backends = select_backends(options.backends or "")
+    if options.compare is not None:
+        from attnparity.results.record import read_results
+
+        read_results(options.compare)  # raises ResultsFileError (a ValueError) saying why
+    device = resolve_device(options.device)
     share_cpu_threads(device)
-    return SuiteContext(
-        backends=backends,
-        device=device,
-        dtypes=parse_dtypes(options["attn_dtypes"] or "fp32,fp16,bf16"),
-        tolerances=Tolerances.from_lines(options["attn_tolerance"]),
-        hypothesis_settings=hypothesis_settings(int(examples or 30)),
-        seed=options["attn_seed"],
-        rootdir=root,
-        artifacts_dir=artifacts if artifacts.is_absolute() else root / artifacts,
-        options=options,
-        user_profile=_user_profile(),
-    )
-
-
-def _check_gate_options(options: dict[str, Any]) -> None:
-    """Bad gate input is a usage error at the start, not a surprise after the whole matrix ran."""
-    from .compare import Thresholds
-    from .results import read_results
-
-    Thresholds(_opt_value(options, "attn_compare_ratio", 2.0), _opt_value(options, "attn_compare_ssim", 0.01),
-               _opt_value(options, "attn_compare_slowdown", 0.25))
-    # Paths are taken from the invocation directory, as --junitxml does; resolved once here.
-    for name in ("attn_compare", "attn_report"):
-        if options.get(name):
-            options[name] = str(Path(options[name]).expanduser().resolve())
-    if options.get("attn_compare"):
-        read_results(Path(options["attn_compare"]))  # raises ResultsFileError (a ValueError) saying why
-    timeout = options.get("attn_timeout")
-    if timeout is not None and float(timeout) < 0:
-        raise ValueError(f"--attn-timeout={timeout}: seconds must be >= 0 (0: no limit)")
-
-
-def _opt_value(options: dict[str, Any], name: str, default: float) -> float:
-    value = options.get(name)
-    return default if value is None else float(value)
+    suite = SuiteContext(backends=backends, device=device, options=options, tolerances=Tolerances(options.tolerance),
+                         hypothesis_settings=hypothesis_settings(options.examples), rootdir=rootdir,
+                         user_profile=_user_profile())
+    return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), versions=versions())
 
 
 def _user_profile() -> str | None:
@@ -133,98 +114,65 @@ def _user_profile() -> str | None:
     return None if name in HYPOTHESIS_OWN_PROFILES else name
 
 
-def device_name(device: str) -> str:
+def header_lines(run: Run) -> list[str]:
     import torch
 
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return device
-
-
-def header_lines(ctx: SuiteContext) -> list[str]:
-    import torch
-
-    from .results import versions
-
-    found = versions()
+    found = run.versions
     libs = " ".join(f"{name} {found[name]}" for name in ("diffusers", "transformers", "xformers", "flash-attn",
                                                           "sageattention", "triton") if name in found)
     cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA build"
+    ctx = run.suite
     prof = ctx.user_profile
     prof_text = f"user profile {prof!r}" if prof is not None else (
         f"attnparity ({ctx.hypothesis_settings.max_examples} examples, derandomize={ctx.hypothesis_settings.derandomize})")
     return [
-        f"attnparity: torch {torch.__version__} ({cuda}), device {device_name(ctx.device)}; {libs or 'no optional libraries'}",
+        f"attnparity: torch {torch.__version__} ({cuda}), device {run.device.name}; {libs or 'no optional libraries'}",
         f"attnparity: {len(ctx.backends)} backends, dtypes {','.join(ctx.dtypes)}; hypothesis {prof_text}"
         + (f", seed {ctx.seed}" if ctx.seed is not None else ""),
     ]
 
 
-_versions_cache: dict[str, str] | None = None
-
-
-def stamp(ctx: SuiteContext, record: Any) -> None:
+def stamp(run: Run, record: Any) -> None:
     """Device and versions on every record: records travel alone (xdist, results.json)."""
-    global _versions_cache
-    from .results import versions
-
-    if _versions_cache is None:
-        _versions_cache = versions()
-    record.device = record.device or device_name(ctx.device)
-    record.versions = record.versions or dict(_versions_cache)
+    record.device = record.device or run.device.name
+    record.versions = record.versions or dict(run.versions)
 
 
-@dataclass
-class RunOutcome:
-    """What the end of a run produced on the controller: records, the gate, the files written."""
-
-    records: list[Any]
-    comparison: Any = None  # compare.Comparison when --attn-compare was given and readable
-    gate_error: str | None = None  # --attn-compare given but unusable: the gate fails, saying why
-    report_dir: Path | None = None
-    errors: list[str] = field(default_factory=list)  # report problems: shown, never raised
-
-    @property
-    def gate_failed(self) -> bool:
-        # An unreadable old results.json fails too: a gate that silently does nothing must not pass.
-        return self.gate_error is not None or bool(self.comparison is not None and self.comparison.failed)
-
-
-def finish_records(ctx: SuiteContext, records: list[dict[str, Any]]) -> RunOutcome:
+def finish_records(run: Run) -> RunOutcome:
     """The gate (--attn-compare) and the report files (--attn-report) for this run's records."""
-    from .matrix import as_records, sort_records
+    from attnparity.results.matrix import as_records, sort_records
 
-    outcome = RunOutcome(sort_records(as_records(records), [b.name for b in ctx.backends]))
-    old_path = ctx.options.get("attn_compare")
-    if old_path:
-        from .compare import Thresholds, compare_records
-        from .results import ResultsFileError, read_results
+    options = run.options
+    outcome = RunOutcome(sort_records(as_records(run.records), [b.name for b in run.suite.backends]))
+    if options.compare is not None:
+        from attnparity.results.gate import Thresholds, compare_records
+        from attnparity.results.record import ResultsFileError, read_results
 
         try:
-            old = read_results(Path(old_path))
-            thresholds = Thresholds(_opt_value(ctx.options, "attn_compare_ratio", 2.0),
-                                    _opt_value(ctx.options, "attn_compare_ssim", 0.01),
-                                    _opt_value(ctx.options, "attn_compare_slowdown", 0.25))
-            outcome.comparison = compare_records(old["records"], outcome.records, thresholds, old_source=str(old_path))
+            old = read_results(options.compare)
+            outcome.comparison = compare_records(old["records"], outcome.records, Thresholds.from_options(options),
+                                                 old_source=str(options.compare))
         except (ResultsFileError, ValueError) as exc:
             outcome.gate_error = f"upgrade gate failed: {exc}"
-    report_dir = ctx.options.get("attn_report")
-    if report_dir:
-        from .report_html import write_report
+    if options.report is not None:
+        from attnparity.report.html import write_report
 
-        target = Path(report_dir)
         try:
-            outcome.report_dir = write_report(target, outcome.records, device=device_name(ctx.device),
-                                              comparison=outcome.comparison, base=ctx.rootdir)
+            outcome.report_dir = write_report(options.report, outcome.records, device=run.device.name,
+                                              comparison=outcome.comparison, base=run.suite.rootdir)
         except OSError as exc:
-            outcome.errors.append(f"report not written to {target}: {exc}")
+            outcome.errors.append(f"report not written to {options.report}: {exc}")
+    run.outcome = outcome
     return outcome
 
 
-def finish_run(ctx: SuiteContext, outcome: RunOutcome, terminal: Any) -> None:
-    from .report import summarize, write_comparison
+def finish_run(run: Run, terminal: Any) -> None:
+    from attnparity.report.terminal import summarize, write_comparison
 
-    summarize(ctx, outcome.records, terminal)
+    outcome = run.outcome
+    if outcome is None:
+        return
+    summarize(run.suite, outcome.records, terminal)
     if outcome.comparison is not None:
         write_comparison(outcome.comparison, terminal)
     if outcome.gate_error:

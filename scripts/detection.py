@@ -25,16 +25,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def context(backends, dtypes, examples: int, seed: int | None):
-    from attnparity.session import hypothesis_settings
-    from attnparity.suite import SuiteContext
-    from attnparity.tolerance import Tolerances
-
     from hypothesis import settings
 
+    from attnparity.check.tolerance import Tolerances
+    from attnparity.options import Options
+    from attnparity.session import hypothesis_settings
+    from attnparity.suite import SuiteContext
+
+    options = Options(dtypes=tuple(dtypes), examples=examples, seed=seed, artifacts=ROOT / ".attnparity" / "artifacts")
     # No example database: replayed failures of an earlier run would flatter "examples to find".
-    return SuiteContext(backends=backends, device="cpu", dtypes=dtypes, tolerances=Tolerances(),
-                        hypothesis_settings=settings(hypothesis_settings(examples), database=None), seed=seed, rootdir=ROOT,
-                        artifacts_dir=ROOT / ".attnparity" / "artifacts")
+    return SuiteContext(backends=backends, device="cpu", options=options, tolerances=Tolerances(),
+                        hypothesis_settings=settings(hypothesis_settings(examples), database=None), rootdir=ROOT)
 
 
 def _one_thread() -> None:
@@ -52,7 +53,7 @@ def catches(name: str, examples: int, dtypes: list[str], seed: int) -> dict[str,
     """dtype -> [(check, example it first failed at, shrunk case)] for one mutant, every op-level check."""
     from mutants import mutant
 
-    from attnparity.cases import AttnCase
+    from attnparity.check.cases import AttnCase
     from attnparity.suite.op import OP_CHECKS, run_op
 
     backend = mutant(name)
@@ -125,7 +126,7 @@ def margins_for_seed(seed: int, examples: int, names: list[str], dtypes: list[st
     from known import known_finding, scoped
 
     from attnparity.backends.registry import get_backend
-    from attnparity.cases import AttnCase
+    from attnparity.check.cases import AttnCase
     from attnparity.suite.op import OP_CHECKS, run_op
 
     out = []
@@ -165,7 +166,7 @@ def margins_for_seed(seed: int, examples: int, names: list[str], dtypes: list[st
 def margin_rows(pool: ProcessPoolExecutor, seeds: list[int], examples: int, names: list[str],
                 dtypes: list[str]) -> tuple[list[str], dict]:
     from attnparity.suite.op import NUMERIC_CHECKS
-    from attnparity.tolerance import Tolerances
+    from attnparity.check.tolerance import Tolerances
 
     margins: dict[tuple[str, str, str], Margin] = {}
     futures = [pool.submit(margins_for_seed, seed, examples, names, dtypes) for seed in seeds]

@@ -6,8 +6,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from attnparity.cases import AttnCase
-from attnparity.reference import reference_forward
+from attnparity.check.cases import AttnCase
+from attnparity.check.reference import reference_forward
 
 STANDINS = Path(__file__).parent / "standins"
 STANDIN_PACKAGES = ("_math", "flash_attn", "flash_attn_interface", "sageattention", "xformers")

@@ -11,11 +11,11 @@ import pytest
 # imported twice in one process, so everything heavy is imported here, in the outer process, first.
 import torch  # noqa: F401
 import attnparity.backends.registry  # noqa: F401
-import attnparity.guard  # noqa: F401
-import attnparity.report_html  # noqa: F401
+import attnparity.suite.guard  # noqa: F401
+import attnparity.report.html  # noqa: F401
 import attnparity.session  # noqa: F401
-import attnparity.tolerance  # noqa: F401
-import attnparity.reference  # noqa: F401
+import attnparity.check.tolerance  # noqa: F401
+import attnparity.check.reference  # noqa: F401
 import attnparity.backends.naive  # noqa: F401
 
 MINISUITE = (Path(__file__).parent / "minisuite.py").read_text()
@@ -73,10 +73,21 @@ def pytest_unconfigure(config):
 '''
 
 
+def records_of(reprec: pytest.HookRecorder) -> list[dict]:
+    """The result records an in-process run's items produced, from their reports, as the plugin
+    gathers them."""
+    import json
+
+    from attnparity.results.record import USER_PROPERTY
+
+    return [json.loads(value) for rep in reprec.getreports("pytest_runtest_logreport")
+            if rep.when == "call" or (rep.when == "setup" and rep.skipped)
+            for key, value in rep.user_properties if key == USER_PROPERTY]
+
+
 @pytest.fixture
 def matrix_project(pytester: pytest.Pytester):
     """A pytester project with the mini suite and the misbehaving vendor backends."""
-    from attnparity import guard
     from attnparity.backends import registry
 
     pytester.makepyfile(minisuite=MINISUITE)
@@ -84,4 +95,3 @@ def matrix_project(pytester: pytest.Pytester):
     pytester.syspathinsert()
     yield pytester
     registry.reset_registry()
-    guard.reset()

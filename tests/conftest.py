@@ -12,7 +12,7 @@ def _load_what_flex_loads() -> None:
     register an operator ... multiple times"). Naming the modules is whack-a-mole across torch
     releases, so make the calls the backend makes, once, before any snapshot."""
     from attnparity.backends.registry import get_backend
-    from attnparity.cases import AttnCase
+    from attnparity.check.cases import AttnCase
 
     flex = get_backend("flex-eager")
     if flex.unavailable_reason():

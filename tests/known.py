@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 
 from attnparity import Backend
-from attnparity.cases import AttnCase
-from attnparity.parity import dead_rows
+from attnparity.check.cases import AttnCase
+from attnparity.check.parity import dead_rows
 
 #: Correct CPU backends. diffusers:flex is not among them: it drops is_causal (a real diffusers
 #: bug, a strict xfail in test_backends_flex_diffusers.py), so it would fail every seed.

@@ -7,8 +7,8 @@ tested with records shaped like the real ones, in a fraction of a second per cel
 
 from __future__ import annotations
 
-from attnparity.cases import AttnCase
-from attnparity.results import ResultRecord
+from attnparity.check.cases import AttnCase
+from attnparity.results.record import ResultRecord
 from attnparity.suite import Check, SuiteContext
 
 CASES = (dict(batch=1, heads=2, sq=16, skv=16, head_dim=32),
@@ -29,10 +29,10 @@ def checks(ctx: SuiteContext) -> list[Check]:
 
 def run_forward(ctx: SuiteContext, backend, dtype: str) -> ResultRecord:
     from attnparity.backends.naive import naive_attention
-    from attnparity.reference import reference_forward
-    from attnparity.tolerance import errors, verdict
+    from attnparity.check.reference import reference_forward
+    from attnparity.check.tolerance import errors, verdict
 
-    n = int(ctx.options.get("attn_examples") or 3)
+    n = ctx.options.examples
     worst = None
     r_max = r_mean = 0.0
     examples = 0

@@ -13,7 +13,7 @@ import math
 import torch
 
 from attnparity import Backend, Capabilities
-from attnparity.reference import causal_keep, expand_kv
+from attnparity.backends.naive import causal_keep, expand_kv
 
 
 def _math(q, k, v, attn_mask=None, causal=None, scale=None, *, softmax_dtype=torch.float32,

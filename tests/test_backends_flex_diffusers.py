@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _backend_checks import assert_matches_reference
-from attnparity.cases import AttnCase
+from attnparity.check.cases import AttnCase
 
 
 def _flex(name):
@@ -170,7 +170,7 @@ def test_attn_list_shows_reasons(pytester):
 
 
 def test_bridge_gradients_where_claimed(bridge):
-    from attnparity.reference import reference_grads
+    from attnparity.check.reference import reference_grads
 
     backend = bridge["diffusers:_native_math"]
     assert backend.capabilities.backward and not bridge["diffusers:flex"].capabilities.backward

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from _backend_checks import STANDINS, assert_matches_reference, forget_standins
-from attnparity.cases import AttnCase
+from attnparity.check.cases import AttnCase
 
 
 @pytest.fixture

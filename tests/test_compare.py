@@ -9,8 +9,8 @@ import pytest
 
 from attn_pytester import matrix_project  # noqa: F401  (fixture)
 from attnparity.cli import main as cli_main
-from attnparity.compare import Thresholds, compare_records
-from attnparity.results import ResultRecord, write_results
+from attnparity.results.gate import Thresholds, compare_records
+from attnparity.results.record import ResultRecord, write_results
 
 
 def op(backend, dtype="fp32", verdict="pass", ratio=1.0, message=""):

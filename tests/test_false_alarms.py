@@ -16,7 +16,7 @@ import pytest
 from known import CORRECT, CORRECT_CI, FALSE_ALARM_SEEDS, known_finding
 
 from attnparity.backends.registry import all_backends
-from attnparity.results import USER_PROPERTY
+from attnparity.results.record import USER_PROPERTY
 
 
 def available(names: tuple[str, ...]) -> list[str]:
@@ -61,8 +61,8 @@ def test_known_upstream_finding(case: dict) -> None:
     from known import known_finding
 
     from attnparity.backends.registry import get_backend
-    from attnparity.cases import AttnCase
-    from attnparity.parity import check_grads
+    from attnparity.check.cases import AttnCase
+    from attnparity.check.parity import check_grads
 
     case = AttnCase(dtype="fp32", mask="dead-rows", mask_type="float", **case)
     flash = check_grads(get_backend("sdpa-flash"), case)
@@ -77,8 +77,8 @@ def test_one_hot_softmax_over_many_queries_is_no_false_alarm() -> None:
     # dK of a one-hot softmax is exactly 0, and torch's flash kernel adds Sq roundings of its terms:
     # a floor of a few roundings of one term (the rule before) failed it from Sq ~ 2048 (bound use 1.01).
     from attnparity.backends.registry import get_backend
-    from attnparity.cases import AttnCase
-    from attnparity.parity import check_grads
+    from attnparity.check.cases import AttnCase
+    from attnparity.check.parity import check_grads
 
     case = AttnCase(batch=1, heads=2, sq=2048, skv=2, head_dim=128, dtype="fp32", mask="padding", mask_type="float",
                     masked_value="min", magnitude=6.0, scale=1.0, seed=1)

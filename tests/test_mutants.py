@@ -61,10 +61,10 @@ def test_bound_use_crosses_one_exactly_where_the_verdict_flips() -> None:
 
     from attnparity import Backend, Capabilities
     from attnparity.backends.registry import get_backend
-    from attnparity.cases import AttnCase
-    from attnparity.parity import check_parity
-    from attnparity.semantics import run_semantic
-    from attnparity.tolerance import Tolerances
+    from attnparity.check.cases import AttnCase
+    from attnparity.check.parity import check_parity
+    from attnparity.check.semantics import run_semantic
+    from attnparity.check.tolerance import Tolerances
 
     calls = itertools.count()
 

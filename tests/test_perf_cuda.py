@@ -24,7 +24,7 @@ def sdpa_call():
 def test_cuda_timer_agrees_with_triton_do_bench() -> None:
     import triton.testing
 
-    from attnparity import perf
+    from attnparity.perf import timer as perf
 
     fn = sdpa_call()
     ours = perf.time_cuda(fn, settings=perf.settings_for("cuda", "quick"))
@@ -35,9 +35,10 @@ def test_cuda_timer_agrees_with_triton_do_bench() -> None:
 
 
 def test_cuda_matmul_peak_is_physically_possible() -> None:
-    from attnparity import perf
+    from attnparity.perf.peak import matmul_peak
+    from attnparity.perf.timer import settings_for
 
-    peak = perf.matmul_peak("cuda", "fp16", perf.settings_for("cuda", "quick"))
+    peak = matmul_peak("cuda", "fp16", settings_for("cuda", "quick"))
     # dense fp16 tensor-core peaks of current GPUs lie between ~10 and ~2500 TFLOP/s; a timing
     # that forgot to synchronise reports far more
     assert 5 < peak.tflops < 5000, peak.describe()

@@ -25,7 +25,7 @@ register_backend(Backend("sluggish", sluggish), replace=True)
 """
 #: Three interleaved runs each, no time budget: the test is about the arithmetic and the routing.
 PATCH_SETTINGS = """
-from attnparity.perf import TimerSettings
+from attnparity.perf.timer import TimerSettings
 from attnparity.suite import perf_pipelines
 perf_pipelines.pipeline_settings = lambda device, mode: TimerSettings(0, 0, 3, 3)
 """

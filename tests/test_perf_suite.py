@@ -8,8 +8,9 @@ import pytest
 import torch  # noqa: F401  (imported before any inline run: pytester's sys.modules snapshot must keep it)
 import torch.nn.functional  # noqa: F401
 
-from attnparity import perf_shapes
-from attnparity.perf_shapes import PerfShape
+from attn_pytester import records_of
+from attnparity.perf import shapes as perf_shapes
+from attnparity.perf.shapes import PerfShape
 
 #: A backend whose speed the test sets: it sleeps ATTN_TEST_SLEEP_S seconds (and computes nothing:
 #: only its time matters here, and a sleep is steadier than arithmetic on a shared CPU).
@@ -38,16 +39,14 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     return pytester
 
 
-def perf_records() -> list[dict]:
-    from attnparity.plugin import collected_records
-
-    return [r for r in collected_records() if r["kind"] == "perf"]
+def perf_records(reprec: pytest.HookRecorder) -> list[dict]:
+    return [r for r in records_of(reprec) if r["kind"] == "perf"]
 
 
-def write_baseline(path) -> None:
-    from attnparity.results import ResultRecord, write_results
+def write_baseline(path, reprec: pytest.HookRecorder) -> None:
+    from attnparity.results.record import ResultRecord, write_results
 
-    records = [ResultRecord.from_json(r) for r in perf_records()]
+    records = [ResultRecord.from_json(r) for r in perf_records(reprec)]
     write_results(path, records, records[0].device, records[0].versions)
 
 
@@ -55,11 +54,11 @@ ARGS = ("--attn-backends=sleepy", "--attn-dtypes=fp32", "-p", "no:cacheprovider"
 
 
 def test_perf_items_selected_by_marker_and_record_metrics(suite: pytest.Pytester) -> None:
-    result = suite.inline_run(*ARGS, "-m", "attn_perf")
+    reprec = result = suite.inline_run(*ARGS, "-m", "attn_perf")
     passed, skipped, failed = result.listoutcomes()
     assert [r.nodeid.split("::", 1)[-1] if r.nodeid.startswith("::") else r.nodeid for r in passed] == [
         "attnparity::perf:tiny-self-64-2x16-b1[sleepy-fp32]"]
-    (rec,) = perf_records()
+    (rec,) = perf_records(reprec)
     assert set(rec["metrics"]) >= {"ms", "ms_cv", "tflops", "pct_peak", "speedup_math", "speedup_naive"}
     assert rec["metrics"]["ms"] >= 20  # the 20 ms sleep, in milliseconds
     # the speed-ups are the references' medians over ours, from the same interleaved runs
@@ -79,31 +78,34 @@ def test_not_attn_perf_deselects_them(suite: pytest.Pytester) -> None:
 
 
 def test_baseline_equal_timing_passes_and_slowdown_fails(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    suite.inline_run(*ARGS, "-m", "attn_perf").assertoutcome(passed=1)
+    reprec = suite.inline_run(*ARGS, "-m", "attn_perf")
+    reprec.assertoutcome(passed=1)
     baseline = suite.path / "old.json"
-    write_baseline(baseline)
+    write_baseline(baseline, reprec)
     gate = ("-m", "attn_perf", f"--attn-perf-baseline={baseline}", "--attn-perf-margin=0.5")
 
-    suite.inline_run(*ARGS, *gate).assertoutcome(passed=1)  # same sleep: within the margin
-    (rec,) = perf_records()
+    reprec = suite.inline_run(*ARGS, *gate)
+    reprec.assertoutcome(passed=1)  # same sleep: within the margin
+    (rec,) = perf_records(reprec)
     assert 0.6 < rec["metrics"]["vs_baseline"] < 1.5
 
     monkeypatch.setenv("ATTN_TEST_SLEEP_S", "0.08")  # the backend got 4x slower
     result = suite.runpytest_inprocess(*ARGS, *gate)
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*SLOWER than baseline*margin 50%*", "*repro: pytest --attn-backends=sleepy*"])
+    result.stdout.fnmatch_lines(["*SLOWER than baseline*allowed +50%*", "*repro: pytest --attn-backends=sleepy*"])
 
 
 def test_baseline_from_another_device_is_not_compared(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    suite.inline_run(*ARGS, "-m", "attn_perf")
+    reprec = suite.inline_run(*ARGS, "-m", "attn_perf")
     baseline = suite.path / "old.json"
-    write_baseline(baseline)
+    write_baseline(baseline, reprec)
     data = json.loads(baseline.read_text())
     data["records"][0]["extra"]["device_label"] = "NVIDIA H100 80GB HBM3"
     baseline.write_text(json.dumps(data))
     monkeypatch.setenv("ATTN_TEST_SLEEP_S", "0.08")
-    suite.inline_run(*ARGS, "-m", "attn_perf", f"--attn-perf-baseline={baseline}").assertoutcome(passed=1)
-    (rec,) = perf_records()
+    reprec = suite.inline_run(*ARGS, "-m", "attn_perf", f"--attn-perf-baseline={baseline}")
+    reprec.assertoutcome(passed=1)
+    (rec,) = perf_records(reprec)
     assert "not compared" in rec["message"]
 
 
@@ -126,8 +128,9 @@ def test_xdist_workers_other_than_gw0_refuse(suite: pytest.Pytester, monkeypatch
     suite.inline_run(*ARGS, "-m", "attn_perf").assertoutcome(skipped=1)
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
     assert xdist_refusal("cuda") is None
-    suite.inline_run(*ARGS, "-m", "attn_perf").assertoutcome(passed=1)
-    (rec,) = perf_records()
+    reprec = suite.inline_run(*ARGS, "-m", "attn_perf")
+    reprec.assertoutcome(passed=1)
+    (rec,) = perf_records(reprec)
     assert "2 workers" in rec["extra"]["contended"]
 
 

@@ -7,7 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from attnparity import perf
+from attnparity.perf import flops, peak
+from attnparity.perf import timer as perf
+from attnparity.report import markdown
 from attnparity.backends.base import Unsupported
 
 FAST = perf.TimerSettings(warmup_ms=0, rep_ms=30, min_reps=5, max_reps=50)
@@ -24,21 +26,21 @@ def test_attention_flops_equal_torch_flop_counter_of_the_two_matmuls():
     q, k, v = torch.randn(b, h, sq, d), torch.randn(b, h, skv, d), torch.randn(b, h, skv, d)
     with FlopCounterMode(display=False) as counter:
         naive_attention(q, k, v)
-    assert perf.attention_flops(b, h, sq, skv, d) == counter.get_total_flops()
+    assert flops.attention_flops(b, h, sq, skv, d) == counter.get_total_flops()
 
 
 def test_causal_attention_counts_half():
-    full = perf.attention_flops(2, 8, 4096, 4096, 40)
-    assert perf.attention_flops(2, 8, 4096, 4096, 40, causal=True) == full / 2
+    full = flops.attention_flops(2, 8, 4096, 4096, 40)
+    assert flops.attention_flops(2, 8, 4096, 4096, 40, causal=True) == full / 2
     assert full == 4 * 2 * 8 * 4096 * 4096 * 40
 
 
 def test_tflops_units():
-    assert perf.tflops(1e12, 1000.0) == pytest.approx(1.0)  # 1 TFLOP in 1 s
-    assert perf.tflops(3e12, 500.0) == pytest.approx(6.0)
+    assert flops.tflops(1e12, 1000.0) == pytest.approx(1.0)  # 1 TFLOP in 1 s
+    assert flops.tflops(3e12, 500.0) == pytest.approx(6.0)
     with pytest.raises(ValueError):
-        perf.tflops(1e12, 0.0)
-    assert perf.speedup(30.0, 10.0) == pytest.approx(3.0)
+        flops.tflops(1e12, 0.0)
+    assert flops.speedup(30.0, 10.0) == pytest.approx(3.0)
 
 
 def test_median_and_cv_match_numpy():
@@ -74,7 +76,7 @@ def test_cpu_timer_matmul_tflops_consistent_with_wall_clock():
     timed = sum(timing.times_ms) + timing.first_call_ms
     assert timed <= wall_ms
     assert timed >= 0.1 * wall_ms
-    rate = perf.tflops(2 * n ** 3, timing.median_ms)
+    rate = flops.tflops(2 * n ** 3, timing.median_ms)
     assert rate == pytest.approx(2 * n ** 3 / (timing.median_ms / 1e3) / 1e12)
     assert 1e-5 < rate < 50  # any CPU
 
@@ -103,15 +105,15 @@ def test_time_many_leaves_out_a_refusing_function():
 def test_interleaved_ratio_recovers_a_known_speedup():
     # 4x by construction; wake-up latency on a busy machine adds the same few ms to both
     result = perf.time_many({"fast": lambda: time.sleep(0.005), "slow": lambda: time.sleep(0.020)}, "cpu", FAST)
-    ratio = perf.speedup(result["slow"].median_ms, result["fast"].median_ms)
+    ratio = flops.speedup(result["slow"].median_ms, result["fast"].median_ms)
     assert 1.8 < ratio < 5
 
 
 def test_matmul_peak_is_cached_per_dtype():
     settings = perf.TimerSettings(warmup_ms=0, rep_ms=10, min_reps=2, max_reps=5)
-    first = perf.matmul_peak("cpu", "fp32", settings)
-    assert perf.matmul_peak("cpu", "fp32", settings) is first
-    assert first.tflops == pytest.approx(perf.tflops(2 * first.n ** 3, min(first.timing.times_ms)))
+    first = peak.matmul_peak("cpu", "fp32", settings)
+    assert peak.matmul_peak("cpu", "fp32", settings) is first
+    assert first.tflops == pytest.approx(flops.tflops(2 * first.n ** 3, min(first.timing.times_ms)))
 
 
 def test_table_rows_show_metrics_and_skips():
@@ -122,11 +124,11 @@ def test_table_rows_show_metrics_and_skips():
          "message": "needs CUDA"},
         {"kind": "op", "check": "forward", "backend": "b", "dtype": "fp32", "verdict": "pass", "metrics": {}},
     ]
-    rows = perf.table_rows(records)
+    rows = markdown.table_rows(records)
     assert rows[0] == ("x", "b", "fp32", "2", "5%", "1.5", "30", "3.00", "–")
     assert rows[1][3] == "skip: needs CUDA"
     assert len(rows) == 2
-    assert perf.markdown_table(records).count("\n") == 3
+    assert markdown.markdown_table(records).count("\n") == 3
 
 
 class FakeCuda:
@@ -167,6 +169,7 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
         monkeypatch.setattr(torch.cuda, "device", lambda dev: contextlib.nullcontext())
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Fake GPU")
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (9, 0))
         monkeypatch.setattr(perf, "l2_flush_buffer", lambda device: flush_buffer)
 
 
@@ -217,4 +220,4 @@ def test_cuda_timer_interleaves_several_functions(monkeypatch: pytest.MonkeyPatc
                             tolerate=(Unsupported,))
     assert isinstance(result["no"], Unsupported)
     assert result["fast"].reps == result["slow"].reps >= 3
-    assert 1.3 < perf.speedup(result["slow"].median_ms, result["fast"].median_ms) < 7
+    assert 1.3 < flops.speedup(result["slow"].median_ms, result["fast"].median_ms) < 7

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from attnparity.perf_shapes import quick_cpu
+from attnparity.perf.shapes import quick_cpu
 
 FAST = ["--attn-examples=2", "-p", "no:cacheprovider"]
 #: pipeline items per (backend, dtype): the seeded pipelines of suite/pipelines.py

@@ -13,9 +13,9 @@ import pytest
 from _pytest.terminal import TerminalWriter
 
 from attn_pytester import matrix_project  # noqa: F401  (fixture)
-from attnparity.report import summarize
-from attnparity.report_html import heat_color, write_report
-from attnparity.results import ResultRecord, read_results
+from attnparity.report.terminal import summarize
+from attnparity.report.html import heat_color, write_report
+from attnparity.results.record import ResultRecord, read_results
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LONG = "diffusers:_native_efficient_with_a_long_name"

@@ -39,10 +39,6 @@ class UnknownBackend(LookupError):
         )
 
 
-class BackendLoadError(RuntimeError):
-    """A family module or a vendor entry point could not be loaded."""
-
-
 _registered: dict[str, Backend] = {}
 _load_errors: dict[str, str] = {}
 _loaded = False

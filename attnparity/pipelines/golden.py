@@ -38,15 +38,6 @@ SHIPPED = Path(__file__).resolve().parents[2] / "golden"
 TRACKED = ("torch", "diffusers", "transformers")
 
 
-def device_class(device: str) -> str:
-    """"cpu", or "cuda-sm<major><minor>" (kernels, hence images, differ by architecture)."""
-    if not device.startswith("cuda"):
-        return device.split(":")[0]
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(torch.device(device))
-    return f"cuda-sm{major}{minor}"
-
 
 @dataclass(frozen=True)
 class GoldenPaths:
@@ -75,7 +66,7 @@ def find(golden_dir: Path, pipeline: str, device_cls: str, dtype: str, shipped: 
 def write(golden_dir: Path, pipeline: str, device_cls: str, dtype: str, image: np.ndarray,
           manifest: dict[str, Any]) -> GoldenPaths:
     """Store ``image`` (the reference-attention image) and its manifest; returns where."""
-    from ..results import versions
+    from attnparity.machine import versions
 
     paths = GoldenPaths.under(golden_dir, pipeline, device_cls, dtype)
     found = versions()
@@ -83,7 +74,7 @@ def write(golden_dir: Path, pipeline: str, device_cls: str, dtype: str, image: n
         **manifest,
         "dtype": dtype,
         "device_class": device_cls,
-        "attention": "fp64 reference (attnparity.reference.reference_forward, cast back)",
+        "attention": "fp64 reference (attnparity.check.reference.reference_forward, cast back)",
         "versions": {name: found[name] for name in (*TRACKED, "attnparity") if name in found},
         "made_by": {"tool": "attnparity --attn-golden-update", "user": _user(), "host": platform.node(),
                     "python": platform.python_version()},
@@ -117,7 +108,7 @@ class GoldenComparison:
 
 def compare(paths: GoldenPaths, image: np.ndarray, config_hash: str) -> GoldenComparison:
     """SSIM of ``image`` (float [0, 1]) against the golden PNG, both as the 8-bit PNG would hold them."""
-    from ..results import versions
+    from attnparity.machine import versions
 
     expected = load_png(paths.image)
     actual = to_uint8(image)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from ..backends.base import Backend
+    from attnparity.backends.base import Backend
 
 
 @dataclass
@@ -74,13 +74,13 @@ class RouteStats:
 
 def reference_attention(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
     """fp64 reference math, cast back to the call's dtype (what the comparisons are made against)."""
-    from ..reference import reference_forward
+    from attnparity.check.reference import reference_forward
 
     return reference_forward(q, k, v, attn_mask, "top-left" if is_causal else None, scale).to(q.dtype)
 
 
 def _shape(q: "torch.Tensor", k: "torch.Tensor", mask: Any, is_causal: bool) -> str:
-    from ..backends.base import dtype_name
+    from attnparity.backends.base import dtype_name
 
     b, h, sq, d = q.shape
     text = f"B{b} H{h}" + (f"/kv{k.shape[1]}" if k.shape[1] != h else "") + f" Sq{sq} Skv{k.shape[2]} D{d} {dtype_name(q.dtype)}"
@@ -93,8 +93,8 @@ def _case(q: "torch.Tensor", k: "torch.Tensor", mask: Any, is_causal: bool, scal
     """The call as an AttnCase, so the op-level capability test (``AttnCase.outside``) applies."""
     import torch
 
-    from ..backends.base import dtype_name
-    from ..cases import AttnCase
+    from attnparity.backends.base import dtype_name
+    from attnparity.check.cases import AttnCase
 
     return AttnCase(
         batch=q.shape[0], heads=q.shape[1], kv_heads=k.shape[1], sq=q.shape[2], skv=k.shape[2],
@@ -140,7 +140,7 @@ def _mode_class() -> type:
     import torch.nn.functional as F
     from torch.overrides import TorchFunctionMode
 
-    from ..backends.base import Unsupported
+    from attnparity.backends.base import Unsupported
 
     sdpa = F.scaled_dot_product_attention
 

@@ -320,7 +320,7 @@ def load_pipeline(spec: PipelineSpec, dtype: str, device: str = "cpu") -> Any:
     arithmetic only."""
     import torch
 
-    from ..backends.base import torch_dtype
+    from attnparity.backends.base import torch_dtype
 
     key = (spec.name, spec.source, dtype, device)
     if key in _PIPELINES:

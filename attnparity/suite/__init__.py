@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
-    from ..results import ResultRecord
-    from ..tolerance import Tolerances
+    from attnparity.backends.base import Backend
+    from attnparity.results.record import ResultRecord
+    from attnparity.check.tolerance import Tolerances
+    from attnparity.options import Options
 
 SUITE_MODULES = (
     "attnparity.suite.op",
@@ -26,22 +27,33 @@ SUITE_MODULES = (
 
 @dataclass
 class SuiteContext:
-    """Everything a suite module needs from the run, already resolved (CLI over ini over default)."""
+    """Everything a suite module needs from the run, already resolved and validated."""
 
     backends: list["Backend"]
+    #: the device cells run on, resolved ("auto" is never left here)
     device: str
-    dtypes: list[str]
+    options: "Options"
     tolerances: "Tolerances"
     #: hypothesis.settings for the suite's @given tests (the user's profile when one is loaded)
     hypothesis_settings: Any
-    #: fixed hypothesis seed (--attn-seed), or None for hypothesis' own choice
-    seed: int | None
     rootdir: Path
-    artifacts_dir: Path
     #: the hypothesis profile the user loaded (it then governs example counts), or None
     user_profile: str | None = None
-    #: every attnparity option by its ini name (attn_backends, attn_examples, ...), resolved
-    options: dict[str, Any] = field(default_factory=dict)
+    #: (pipeline, device class, dtype) of goldens written in this run: each is written once
+    goldens_written: set[tuple[str, str, str]] = field(default_factory=set)
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        return self.options.dtypes
+
+    @property
+    def seed(self) -> int | None:
+        """fixed hypothesis seed (--attn-seed), or None for hypothesis' own choice"""
+        return self.options.seed
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.options.artifacts
 
     def unavailable(self, backend: "Backend") -> str | None:
         """Why ``backend`` cannot run in this run (package, device, arch), or None."""

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..backends.base import Backend
-from ..parity import check_grads, check_parity
-from ..results import ResultRecord
-from ..semantics import SEMANTIC_CHECKS, run_semantic
+from attnparity.backends.base import Backend
+from attnparity.check.parity import check_grads, check_parity
+from attnparity.results.record import ResultRecord
+from attnparity.check.semantics import SEMANTIC_CHECKS, run_semantic
 from . import Check, SuiteContext
 
 NUMERIC_CHECKS = ("forward", "backward")
@@ -31,8 +31,8 @@ def _check_fn(name: str):
 
 
 def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str) -> ResultRecord:
-    from ..search import search
-    from ..strategies import attn_cases, edge_corpus
+    from attnparity.check.search import search
+    from attnparity.check.strategies import attn_cases, edge_corpus
 
     caps = backend.capabilities
     settings = ctx.hypothesis_settings

@@ -31,24 +31,23 @@ from typing import TYPE_CHECKING, Any
 from . import Check, SuiteContext
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
-    from ..cases import AttnCase
-    from ..perf import Timing, TimerSettings
-    from ..perf_shapes import PerfShape
-    from ..results import ResultRecord
+    from attnparity.backends.base import Backend
+    from attnparity.check.cases import AttnCase
+    from attnparity.perf.timer import Timing, TimerSettings
+    from attnparity.perf.shapes import PerfShape
+    from attnparity.results.record import ResultRecord
 
 #: The rows every speed-up is relative to: (backend, metric name).
 REFERENCES = (("sdpa-math", "speedup_math"), ("naive", "speedup_naive"))
-DEFAULT_MARGIN = 0.10
 
 
 def checks(ctx: SuiteContext) -> list[Check]:
-    from .. import perf_shapes
+    from attnparity.perf import shapes as perf_shapes
 
-    mode = str(ctx.options.get("attn_perf") or "quick")
+    mode = ctx.options.perf
     shapes = perf_shapes.select(mode, ctx.device)
-    margin = parse_margin(ctx.options.get("attn_perf_margin"))
-    baseline = load_baseline(ctx.options.get("attn_perf_baseline"))
+    margin = ctx.options.perf_margin
+    baseline = load_baseline(ctx.options.perf_baseline)
     refused = xdist_refusal(ctx.device)
     out: list[Check] = []
     for backend in ctx.backends:
@@ -69,19 +68,7 @@ def _not_claimed(backend: "Backend", case: "AttnCase") -> str | None:
     return f"{backend.name} does not claim this shape ({why})" if why else None
 
 
-# -- options ---------------------------------------------------------------------------------------
-def parse_margin(value: Any) -> float:
-    if value in (None, ""):
-        return DEFAULT_MARGIN
-    try:
-        margin = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"--attn-perf-margin={value!r}: expected a fraction such as 0.1 (= 10% slower allowed)") from None
-    if margin < 0:
-        raise ValueError(f"--attn-perf-margin={value}: must be >= 0")
-    return margin
-
-
+# -- the baseline -------------------------------------------------------------------------------
 @dataclass
 class Baseline:
     path: str
@@ -92,7 +79,7 @@ def load_baseline(path: Any) -> Baseline | None:
     """The perf records of an earlier results.json, by cell; a bad file is a clear usage error."""
     if not path:
         return None
-    from ..results import ResultsFileError, read_results
+    from attnparity.results.record import ResultsFileError, read_results
 
     try:
         run = read_results(Path(path))
@@ -128,7 +115,7 @@ def xdist_note() -> str | None:
 # -- timing ---------------------------------------------------------------------------------------
 def reference_backends(ctx: SuiteContext, case: "AttnCase") -> tuple[dict[str, "Backend"], dict[str, str]]:
     """The speed-up references that can run ``case`` here, and why the others cannot."""
-    from ..backends.registry import get_backend
+    from attnparity.backends.registry import get_backend
 
     usable: dict[str, Backend] = {}
     missing: dict[str, str] = {}
@@ -151,8 +138,8 @@ def reference_backends(ctx: SuiteContext, case: "AttnCase") -> tuple[dict[str, "
 def time_with_references(ctx: SuiteContext, backend: "Backend", case: "AttnCase", settings: "TimerSettings"
                          ) -> tuple[dict[str, "Timing | BaseException"], dict[str, str]]:
     """The backend and its references timed interleaved on the same inputs (perf.time_many)."""
-    from ..backends.base import Unsupported
-    from ..perf import time_many
+    from attnparity.backends.base import Unsupported
+    from attnparity.perf.timer import time_many
 
     refs, missing = reference_backends(ctx, case)
     group = {backend.name: backend, **{n: b for n, b in refs.items() if n != backend.name}}
@@ -163,8 +150,10 @@ def time_with_references(ctx: SuiteContext, backend: "Backend", case: "AttnCase"
 
 def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShape", mode: str,
              baseline: Baseline | None, margin: float) -> "ResultRecord":
-    from ..perf import FLOPS_CONVENTION, Timing, cpu_contention, matmul_peak, settings_for, speedup, tflops
-    from ..results import ResultRecord
+    from attnparity.perf.flops import FLOPS_CONVENTION, speedup, tflops
+    from attnparity.perf.peak import matmul_peak
+    from attnparity.perf.timer import Timing, cpu_contention, settings_for
+    from attnparity.results.record import ResultRecord
 
     settings = settings_for(ctx.device, mode)
     case = shape.case(dtype, ctx.device)
@@ -213,25 +202,25 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
 
 def compare_to_baseline(baseline: Baseline | None, margin: float, cell: tuple[Any, ...], timing: "Timing",
                         metrics: dict[str, float]) -> tuple[str, str]:
-    """("pass" | "fail", what the comparison found). Only a slowdown beyond ``margin`` on the same
-    device label fails; metrics gains baseline_ms and vs_baseline (new / old time) when compared."""
+    """("pass" | "fail", what the gate found) for one timing against the baseline run's cell; metrics
+    gains baseline_ms and vs_baseline (new / old time) when compared."""
+    from attnparity.results.gate import compare_timing, timing_label
+
     if baseline is None:
         return "pass", ""
     old = baseline.cells.get(cell)
     if old is None:
         return "pass", f"baseline {baseline.path}: no such cell; not compared"
-    old_label = old.extra.get("device_label") or old.device
-    if old_label != timing.device_label:
-        return "pass", f"baseline timed on {old_label}, this run on {timing.device_label}: not compared"
     if old.verdict not in ("pass", "fail") or not old.metrics.get("ms"):
         return "pass", f"baseline cell has no timing ({old.verdict}: {old.message.splitlines()[0] if old.message else ''})"
-    ratio = metrics["ms"] / old.metrics["ms"]
+    change = compare_timing(old.metrics["ms"], timing_label(old), metrics["ms"], timing.device_label, margin)
+    if not change.compared:
+        return "pass", f"baseline {baseline.path}: {change.text}"
     metrics["baseline_ms"] = old.metrics["ms"]
-    metrics["vs_baseline"] = ratio
-    text = (f"{metrics['ms']:.3g} ms against {old.metrics['ms']:.3g} ms in {baseline.path} "
-            f"({ratio:.2f}x the baseline time; margin {100 * margin:.0f}%; cv now {100 * metrics['ms_cv']:.0f}%, "
+    metrics["vs_baseline"] = change.ratio or 0.0
+    text = (f"{change.text} against {baseline.path} (cv now {100 * metrics['ms_cv']:.0f}%, "
             f"then {100 * old.metrics.get('ms_cv', 0.0):.0f}%)")
-    if ratio > 1 + margin:
+    if change.worse:
         return "fail", "SLOWER than baseline: " + text
     return "pass", "within baseline: " + text
 

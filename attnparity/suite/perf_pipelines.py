@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 from . import Check, SuiteContext
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
-    from ..pipelines.specs import PipelineSpec
-    from ..results import ResultRecord
+    from attnparity.backends.base import Backend
+    from attnparity.pipelines.specs import PipelineSpec
+    from attnparity.results.record import ResultRecord
     from .perf import Baseline
 
 #: The backend a pipeline's default attention amounts to (diffusers' processors call SDPA).
@@ -42,10 +42,10 @@ def wanted(ctx: SuiteContext, mode: str) -> bool:
 def checks(ctx: SuiteContext, mode: str, baseline: "Baseline | None", margin: float, refused: str | None) -> list[Check]:
     if not wanted(ctx, mode):
         return []
-    from ..pipelines.specs import specs_for
+    from attnparity.pipelines.specs import specs_for
 
     out: list[Check] = []
-    for spec in specs_for(ctx.options.get("attn_pipeline"), ctx.rootdir):
+    for spec in specs_for(list(ctx.options.pipeline), ctx.rootdir):
         for backend in ctx.backends:
             for dtype in ctx.dtypes:
                 skip = ctx.unavailable(backend) or refused
@@ -58,7 +58,7 @@ def checks(ctx: SuiteContext, mode: str, baseline: "Baseline | None", margin: fl
 
 
 def pipeline_settings(device: str, mode: str) -> Any:
-    from ..perf import TimerSettings
+    from attnparity.perf.timer import TimerSettings
 
     if device.startswith("cuda"):
         return TimerSettings(warmup_ms=100, rep_ms=300 if mode == "quick" else 2000, min_reps=3 if mode == "quick" else 5,
@@ -83,11 +83,11 @@ def _one_cpu_thread(device: str) -> Iterator[None]:
 
 def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str, mode: str,
                       baseline: "Baseline | None", margin: float) -> "ResultRecord":
-    from ..backends.registry import get_backend
-    from ..perf import Timing, cpu_contention, time_many
-    from ..pipelines import routing, specs
-    from ..pipelines.specs import PipelineSpecError
-    from ..results import ResultRecord
+    from attnparity.backends.registry import get_backend
+    from attnparity.perf.timer import Timing, cpu_contention, time_many
+    from attnparity.pipelines import routing, specs
+    from attnparity.pipelines.specs import PipelineSpecError
+    from attnparity.results.record import ResultRecord
     from .perf import compare_to_baseline, xdist_note
 
     check = f"perf-pipeline:{spec.name}"

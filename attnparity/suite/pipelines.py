@@ -27,38 +27,23 @@ from typing import TYPE_CHECKING, Any
 from . import Check, SuiteContext
 
 if TYPE_CHECKING:
-    from ..backends.base import Backend
-    from ..pipelines.specs import PipelineSpec
-    from ..results import ResultRecord
+    from attnparity.backends.base import Backend
+    from attnparity.pipelines.specs import PipelineSpec
+    from attnparity.options import Rule
+    from attnparity.results.record import ResultRecord
 
 #: dtype -> (attention-isolated threshold, golden threshold), minimum SSIM to pass.
 DEFAULT_SSIM = {"fp32": (0.999, 0.995), "fp16": (0.995, 0.99), "bf16": (0.97, 0.95)}
 
 
-def thresholds(lines: list[str] | None) -> dict[str, tuple[float, float]]:
-    """DEFAULT_SSIM with the ``attn_pipeline_ssim`` rules applied."""
+def thresholds(rules: "tuple[Rule, ...]") -> dict[str, tuple[float, float]]:
+    """DEFAULT_SSIM with the ``attn_pipeline_ssim`` rules (already parsed by options) applied."""
     table = dict(DEFAULT_SSIM)
-    for line in lines or []:
-        parts = line.split()
-        if not parts or parts[0].startswith("#"):
-            continue
-        dtype, values = parts[0], {}
-        if dtype != "*" and dtype not in table:
-            raise ValueError(f"attn_pipeline_ssim rule {line!r}: dtype must be one of {', '.join(table)} or *")
-        for item in parts[1:]:
-            key, _, raw = item.partition("=")
-            try:
-                value = float(raw)
-            except ValueError:
-                value = -1.0
-            if key not in ("ref", "golden") or not 0.0 <= value <= 1.0:
-                raise ValueError(f"attn_pipeline_ssim rule {line!r}: {item!r} is not ref=<0..1> or golden=<0..1>")
-            values[key] = value
-        if not values:
-            raise ValueError(f"attn_pipeline_ssim rule {line!r}: expected '<dtype|*> ref=<ssim> golden=<ssim>'")
-        for name in table if dtype == "*" else [dtype]:
-            ref, gold = table[name]
-            table[name] = (values.get("ref", ref), values.get("golden", gold))
+    for rule in rules:  # later rules win, as in an ini file read top to bottom
+        for name in table:
+            if rule.matches(name):
+                ref, gold = table[name]
+                table[name] = (rule.values.get("ref", ref), rule.values.get("golden", gold))
     return table
 
 
@@ -75,19 +60,14 @@ def missing_packages() -> str | None:
 
 
 def golden_dir(ctx: SuiteContext) -> Path:
-    raw = ctx.options.get("attn_golden_dir")
-    if not raw:
-        return ctx.rootdir / "golden"
-    path = Path(str(raw)).expanduser()
-    return path if path.is_absolute() else ctx.rootdir / path
+    return ctx.options.golden_dir or ctx.rootdir / "golden"
 
 
 def checks(ctx: SuiteContext) -> list[Check]:
-    from ..pipelines.specs import specs_for
+    from attnparity.pipelines.specs import specs_for
 
-    _written.clear()  # a new session may write again (in-process runs share this module)
-    table = thresholds(ctx.options.get("attn_pipeline_ssim"))
-    specs = specs_for(ctx.options.get("attn_pipeline"), ctx.rootdir)
+    table = thresholds(ctx.options.pipeline_ssim)
+    specs = specs_for(list(ctx.options.pipeline), ctx.rootdir)
     missing = missing_packages()
     out: list[Check] = []
     for spec in specs:
@@ -107,7 +87,7 @@ _references: dict[tuple[str, str, str, str], tuple[Any, dict[str, Any]]] = {}
 
 def reference_image(spec: "PipelineSpec", dtype: str, device: str) -> tuple[Any, dict[str, Any]]:
     """The fp64-reference-attention image of a pipeline and its routing stats, once per process."""
-    from ..pipelines import routing, specs
+    from attnparity.pipelines import routing, specs
 
     key = (spec.name, spec.source, dtype, device)
     if key not in _references:
@@ -118,16 +98,15 @@ def reference_image(spec: "PipelineSpec", dtype: str, device: str) -> tuple[Any,
     return _references[key]
 
 
-_written: set[tuple[str, str, str]] = set()
 
 
 def golden_command(ctx: SuiteContext, spec: "PipelineSpec", backend: str, dtype: str) -> str:
     """The exact command line that (re)creates this golden, run from the rootdir."""
     parts = ["pytest", f"--attn-backends={backend}", f"--attn-dtypes={dtype}"]
-    if ctx.options.get("attn_device") not in (None, "", "auto"):
-        parts.append(f"--attn-device={ctx.options['attn_device']}")
-    if ctx.options.get("attn_golden_dir"):
-        parts.append(f"--attn-golden-dir={ctx.options['attn_golden_dir']}")
+    if ctx.options.device != "auto":
+        parts.append(f"--attn-device={ctx.options.device}")
+    if ctx.options.golden_dir:
+        parts.append(f"--attn-golden-dir={ctx.options.golden_dir}")
     if not spec.builtin:
         parts.append(f"--attn-pipeline={spec.source}")
     parts += ["-m", "attn_pipeline", "-k", f"'pipeline:{spec.name}'", "--attn-golden-update"]
@@ -138,10 +117,10 @@ def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype
               limits: tuple[float, float]) -> "ResultRecord":
     import numpy as np
 
-    from ..pipelines import routing, specs
-    from ..pipelines.specs import PipelineSpecError
-    from ..pipelines.ssim import ssim
-    from ..results import ResultRecord
+    from attnparity.pipelines import routing, specs
+    from attnparity.pipelines.specs import PipelineSpecError
+    from attnparity.pipelines.ssim import ssim
+    from attnparity.results.record import ResultRecord
 
     record = ResultRecord("pipeline", f"pipeline:{spec.name}", backend.name, dtype, "pass")
     try:
@@ -202,22 +181,23 @@ def _golden_check(ctx: SuiteContext, spec: "PipelineSpec", backend: str, dtype: 
                   reference: Any, limit: float, *, attention_ok: bool, record: "ResultRecord",
                   problems: list[str], lines: list[str], artifacts_for: list[tuple[str, Any, Any]]) -> None:
     """The golden half of an item: write the golden when asked, find it, compare, explain."""
-    from ..pipelines import golden, specs
-    from ..session import device_name
+    from attnparity.pipelines import golden, specs
+    from attnparity.machine import identify
 
-    cls = golden.device_class(ctx.device)
+    device = identify(ctx.device)
+    cls = device.golden_class
     store = golden_dir(ctx)
     config_hash = specs.config_hash(pipe, spec)
-    if ctx.options.get("attn_golden_update"):
-        key = (str(store), spec.name, cls, dtype)
-        if key not in _written:  # once per session; the image is the reference one, whatever the backend
+    if ctx.options.golden_update:
+        key = (spec.name, cls, dtype)
+        if key not in ctx.goldens_written:  # once per session; the image is the reference one, whatever the backend
             paths = golden.write(store, spec.name, cls, dtype, reference,
-                                 {**spec.describe(), "config_hash": config_hash, "device": device_name(ctx.device)})
-            _written.add(key)
+                                 {**spec.describe(), "config_hash": config_hash, "device": device.name})
+            ctx.goldens_written.add(key)
             record.extra["golden_written"] = str(paths.image)
             lines.append(f"golden written: {paths.image}")
     # The shipped goldens stand in only for built-in pipelines and only when no directory was named.
-    found = golden.find(store, spec.name, cls, dtype, spec.builtin and not ctx.options.get("attn_golden_dir"))
+    found = golden.find(store, spec.name, cls, dtype, spec.builtin and not ctx.options.golden_dir)
     if found is None:
         expected = golden.GoldenPaths.under(store, spec.name, cls, dtype).image
         problems.append(f"no golden image {expected}. Create it (fp64 reference attention, this machine) with:\n"
@@ -245,7 +225,7 @@ def _golden_check(ctx: SuiteContext, spec: "PipelineSpec", backend: str, dtype: 
 
 def _write_artifacts(ctx: SuiteContext, pipeline: str, backend: str, dtype: str, image: Any,
                      against: list[tuple[str, Any, Any]]) -> dict[str, str]:
-    from ..pipelines.ssim import diff_image, save_png
+    from attnparity.pipelines.ssim import diff_image, save_png
 
     base = ctx.artifacts_dir / "pipelines"
     stem = f"{pipeline}-{backend.replace(':', '_')}-{dtype}"

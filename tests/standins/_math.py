@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from attnparity.reference import attention_math
+from attnparity.backends.naive import attention_math
 
 
 def attend(q_bhsd, k_bhsd, v_bhsd, *, scale=None, causal=None, bias=None, out_dtype=None):

@@ -9,7 +9,7 @@ def example_attention(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
     """The contract's call, in torch SDPA's (B, H, S, D) layout; the kernel wants (B, S, H, D)."""
     import torch
 
-    from .kernel import blocked_attention
+    from examples.vendor_backend.src.attnparity_example_vendor.kernel import blocked_attention
 
     heads, sq, skv = q.shape[1], q.shape[2], k.shape[2]
     if k.shape[1] != heads:  # GQA/MQA: the kernel wants one K/V head per query head

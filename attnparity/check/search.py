@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .backends.base import Backend
+from attnparity.backends.base import Backend
 from .cases import AttnCase
 from .parity import ParityResult
 from .tolerance import Tolerances

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, Unsupported, torch_dtype
+from attnparity.backends.base import Backend, Unsupported, torch_dtype
 from .cases import AttnCase
 from .tolerance import Errors, Tolerances, errors, verdict
 
@@ -49,7 +49,7 @@ class ContractViolation(AssertionError):
 
 def repro_line(check: str, backend: str, case: AttnCase) -> str:
     payload = json.dumps(case.as_dict(), separators=(",", ":"))
-    return f"python -m attnparity.repro {check} {backend} '{payload}'"
+    return f"python -m attnparity.check.repro {check} {backend} '{payload}'"
 
 
 def call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor",
@@ -78,14 +78,14 @@ def baseline_forward(case: AttnCase, q, k, v, mask) -> "torch.Tensor":
     """Naive math in the case dtype (softmax in fp32), with the case's own causal alignment."""
     import torch
 
-    from .reference import attention_math
+    from attnparity.backends.naive import attention_math
 
     return attention_math(q, k, v, mask, case.causal, case.scale, compute_dtype=q.dtype, softmax_dtype=torch.float32)
 
 
 def dead_rows(case: AttnCase) -> "torch.Tensor | None":
     """Bool (B, 1|H, Sq, 1): query rows with no key left after mask and causal, or None if none."""
-    from .reference import causal_keep
+    from attnparity.backends.naive import causal_keep
 
     if case.mask_type == "float" and case.masked_value != "-inf":
         return None  # a finite "masked" logit still gets weight: no row is dead in the math
@@ -215,7 +215,7 @@ def _grad_term_scale(case: AttnCase, q, k, v, mask, grad_out) -> float:
     summed over the query heads that share a kv head, at their largest element."""
     import torch
 
-    from .reference import attention_probs, expand_kv
+    from attnparity.backends.naive import attention_probs, expand_kv
 
     heads, kv_heads = case.heads, k.shape[1]
     if not (q.numel() and k.numel()):

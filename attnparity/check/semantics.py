@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .backends.base import Backend
+from attnparity.backends.base import Backend
 from .cases import AttnCase
 from .parity import ContractViolation, ParityResult, call_backend, dead_rows, repro_line
 from .tolerance import EPS, Tolerances

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
-from . import matrix as mx
-from .results import ResultRecord
+from attnparity.results import matrix as mx
+from attnparity.results.record import ResultRecord
 
 WIDTH = 100
 NAME_WIDTH = 26
@@ -136,7 +136,7 @@ def write_repros(failed: list[ResultRecord], terminal: Terminal, limit: int = 20
 
 
 def write_comparison(comparison: Any, terminal: Terminal) -> None:
-    from .compare import format_comparison
+    from attnparity.results.gate import format_comparison
 
     title = "attnparity upgrade gate: " + ("FAILED" if comparison.failed else "passed")
     terminal.write_sep("=", title, red=comparison.failed, green=not comparison.failed)

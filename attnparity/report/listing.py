@@ -7,8 +7,8 @@ from typing import TextIO
 
 def backend_rows(device: str = "auto") -> list[tuple[str, str, str, str]]:
     """(name, status, origin, capabilities) per registered backend."""
-    from .backends.registry import all_backends, load_errors
-    from .session import resolve_device
+    from attnparity.backends.registry import all_backends, load_errors
+    from attnparity.machine import resolve_device
 
     dev = resolve_device(device)
     rows = []

@@ -1,6 +1,6 @@
 """Re-run one failing case from its reproduce line:
 
-    python -m attnparity.repro <check> <backend> '<case JSON>'
+    python -m attnparity.check.repro <check> <backend> '<case JSON>'
 
 Vendor backends registered in a conftest.py are not visible here; register them in the entry point
 group (or import your module with ``--import``) to reproduce theirs.
@@ -15,13 +15,13 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .backends.registry import UnknownBackend, get_backend
+    from attnparity.backends.registry import UnknownBackend, get_backend
     from .cases import AttnCase
     from .parity import check_grads, check_parity
     from .semantics import SEMANTIC_CHECKS, run_semantic
     from .tolerance import Tolerances
 
-    parser = argparse.ArgumentParser(prog="python -m attnparity.repro", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m attnparity.check.repro", description=__doc__.split("\n\n")[0])
     parser.add_argument("check", choices=["forward", "backward", *SEMANTIC_CHECKS])
     parser.add_argument("backend")
     parser.add_argument("case", help="the case as JSON, as printed in the failure")
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         backend = get_backend(args.backend)
         case = AttnCase.from_dict(json.loads(args.case))
     except (UnknownBackend, json.JSONDecodeError, TypeError) as exc:
-        print(f"attnparity.repro: {exc}", file=sys.stderr)
+        print(f"attnparity.check.repro: {exc}", file=sys.stderr)
         return 2
     tolerances = Tolerances.from_lines(args.tolerance)
     if args.check == "forward":

@@ -15,10 +15,11 @@ dtype with the ``attn_tolerance`` ini key, one rule per line: ``sage* bf16 k=8 f
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from attnparity.options import TOLERANCE_RULES, Rule
 
 if TYPE_CHECKING:
     import torch
@@ -48,46 +49,21 @@ class Bound:
 
 
 @dataclass(frozen=True)
-class Rule:
-    backend_glob: str
-    dtype: str  # a dtype name or "*"
-    k: float | None = None
-    floor: float | None = None
-
-    @classmethod
-    def parse(cls, line: str) -> "Rule":
-        parts = line.split()
-        if len(parts) < 3:
-            raise ValueError(f"attn_tolerance rule {line!r}: expected '<backend-glob> <dtype|*> k=<k> floor=<floor>'")
-        values: dict[str, float] = {}
-        for item in parts[2:]:
-            key, _, raw = item.partition("=")
-            if key not in ("k", "floor") or not raw:
-                raise ValueError(f"attn_tolerance rule {line!r}: {item!r} is not k=<number> or floor=<number>")
-            try:
-                values[key] = float(raw)
-            except ValueError:
-                raise ValueError(f"attn_tolerance rule {line!r}: {raw!r} is not a number") from None
-        if parts[1] != "*" and parts[1] not in DEFAULT_K:
-            raise ValueError(f"attn_tolerance rule {line!r}: dtype must be one of {', '.join(DEFAULT_K)} or *")
-        return cls(parts[0], parts[1], values.get("k"), values.get("floor"))
-
-
-@dataclass(frozen=True)
 class Tolerances:
+    #: attn_tolerance rules (options.TOLERANCE_RULES): selectors (backend glob, dtype), values k / floor
     rules: tuple[Rule, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_lines(cls, lines: list[str] | None) -> "Tolerances":
-        return cls(tuple(Rule.parse(line) for line in (lines or []) if line.strip() and not line.strip().startswith("#")))
+        return cls(TOLERANCE_RULES.parse(lines or []))
 
     def bound(self, backend: str, dtype: str, *, grad: bool = False) -> Bound:
         k = (DEFAULT_GRAD_K if grad else DEFAULT_K)[dtype]
         floor = DEFAULT_FLOOR[dtype]
         for rule in self.rules:  # later rules win, as in an ini file read top to bottom
-            if fnmatch.fnmatchcase(backend, rule.backend_glob) and rule.dtype in ("*", dtype):
-                k = rule.k if rule.k is not None else k
-                floor = rule.floor if rule.floor is not None else floor
+            if rule.matches(backend, dtype):
+                k = rule.values.get("k", k)
+                floor = rule.values.get("floor", floor)
         return Bound(k, floor)
 
 

@@ -12,6 +12,10 @@ time. A cell got **worse** when
 - it ran before and does not now: the backend disappeared, is unavailable, or the cell was not run;
 - on the same device, its time (ms) grew by more than ``slowdown`` (a fraction).
 
+Timings go through ``compare_timing`` alone, here and for ``--attn-perf-baseline`` (suite/perf.py):
+two timings compare only when their ``timing_label`` is the same (the GPU's name, or the CPU with
+its torch thread count).
+
 Better cells (fail -> pass, faster, new cells) are listed too, for the record; they never fail.
 """
 
@@ -22,8 +26,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from attnparity.options import Options
+
 from .matrix import VERDICT_RANK, error_ratio, worse_verdict
-from .results import ResultRecord
+from .record import ResultRecord
 
 RATIO_NOISE = 0.1
 SSIM_METRICS = ("ssim_ref", "ssim_golden")
@@ -33,9 +39,13 @@ Cell = tuple[str, str, "str | None", "str | None"]
 
 @dataclass(frozen=True)
 class Thresholds:
-    ratio_factor: float = 2.0
-    ssim_margin: float = 0.01
-    slowdown: float = 0.25
+    ratio_factor: float = Options.compare_ratio
+    ssim_margin: float = Options.compare_ssim
+    slowdown: float = Options.compare_slowdown
+
+    @classmethod
+    def from_options(cls, options: Options) -> "Thresholds":
+        return cls(options.compare_ratio, options.compare_ssim, options.compare_slowdown)
 
     def __post_init__(self) -> None:
         if not self.ratio_factor >= 1:
@@ -53,7 +63,7 @@ class FoldedCell:
     ratio: float | None = None
     ssim: dict[str, float] = field(default_factory=dict)
     ms: float | None = None
-    device: str = ""
+    timing_label: str = ""
     message: str = ""
     nodeid: str = ""
 
@@ -71,11 +81,40 @@ class FoldedCell:
         ms = r.metrics.get("ms")
         if ms is not None:
             self.ms = float(ms) if self.ms is None else max(self.ms, float(ms))
-        self.device = self.device or r.device
+            self.timing_label = self.timing_label or timing_label(r)
 
     @property
     def ran(self) -> bool:
         return self.verdict in ("pass", "fail", "error")
+
+
+def timing_label(record: ResultRecord) -> str:
+    """What a timing was taken on (perf records carry the timer's label; others the device)."""
+    return str(record.extra.get("device_label") or record.device)
+
+
+@dataclass(frozen=True)
+class TimingChange:
+    """One timing against an earlier one: compared only on the same device label."""
+
+    compared: bool
+    ratio: float | None  # new / old time
+    worse: bool
+    better: bool
+    text: str
+
+
+def compare_timing(old_ms: float, old_label: str, new_ms: float, new_label: str, slowdown: float) -> TimingChange:
+    """The one rule for timings: worse when ``new_ms`` exceeds ``old_ms`` by more than ``slowdown``
+    (a fraction) on the same device label; never compared across labels."""
+    if old_label != new_label:
+        return TimingChange(False, None, False, False, f"timed on {old_label} before, on {new_label} now: not compared")
+    if not old_ms > 0:
+        return TimingChange(False, None, False, False, "no earlier timing")
+    ratio = new_ms / old_ms
+    change = ratio - 1
+    text = f"{old_ms:.3g} ms -> {new_ms:.3g} ms ({change:+.0%}, allowed +{slowdown:.0%}) on {new_label}"
+    return TimingChange(True, ratio, change > slowdown, change < -slowdown, text)
 
 
 def fold(records: Iterable[ResultRecord]) -> dict[Cell, FoldedCell]:
@@ -185,19 +224,15 @@ def _cell_differences(cell: Cell, old: FoldedCell, new: FoldedCell, t: Threshold
             out.append(Difference(cell, name, old.ssim[name], new.ssim[name],
                                   f"{name} {old.ssim[name]:.4f} -> {new.ssim[name]:.4f} (dropped > {t.ssim_margin:g})",
                                   True))
-    if old.ms is not None and new.ms is not None and old.device == new.device and old.ms > 0:
-        change = new.ms / old.ms - 1
-        if change > t.slowdown:
-            out.append(Difference(cell, "time", old.ms, new.ms,
-                                  f"{old.ms:.3g} ms -> {new.ms:.3g} ms (+{change:.0%}, > {t.slowdown:.0%}) on {new.device}",
-                                  True))
-        elif change < -t.slowdown:
-            out.append(Difference(cell, "time", old.ms, new.ms, f"{old.ms:.3g} ms -> {new.ms:.3g} ms ({change:.0%})", False))
+    if old.ms is not None and new.ms is not None:
+        timing = compare_timing(old.ms, old.timing_label, new.ms, new.timing_label, t.slowdown)
+        if timing.worse or timing.better:
+            out.append(Difference(cell, "time", old.ms, new.ms, timing.text, timing.worse))
     return out
 
 
 def compare_files(old_path: str, new_path: str, thresholds: Thresholds | None = None) -> Comparison:
-    from .results import read_results
+    from .record import read_results
 
     old = read_results(old_path)  # type: ignore[arg-type]
     new = read_results(new_path)  # type: ignore[arg-type]

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import matrix as mx
-from .results import ResultRecord, versions as run_versions, write_results
+from attnparity.results import matrix as mx
+from attnparity.machine import versions as run_versions
+from attnparity.results.record import ResultRecord, write_results
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 #: Images above this are linked, not embedded, so one huge artifact cannot bloat the page.
@@ -117,9 +118,9 @@ def render_html(records: list[ResultRecord], *, device: str = "", versions: dict
         import jinja2
     except ImportError:
         raise RuntimeError("the HTML report needs jinja2: pip install 'attnparity[report]'") from None
-    from .report import fmt_num, fmt_ssim
+    from .terminal import fmt_num, fmt_ssim
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("attnparity", "templates"), autoescape=True,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("attnparity.report", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt_num
     env.filters["ssim"] = fmt_ssim

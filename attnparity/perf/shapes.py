@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .cases import AttnCase
+    from attnparity.check.cases import AttnCase
 
 MODES = ("quick", "full")
 
@@ -49,12 +49,12 @@ class PerfShape:
 
     @property
     def flops(self) -> float:
-        from .perf import attention_flops
+        from .flops import attention_flops
 
         return attention_flops(self.batch, self.heads, self.sq, self.skv, self.head_dim)
 
     def case(self, dtype: str, device: str) -> "AttnCase":
-        from .cases import AttnCase
+        from attnparity.check.cases import AttnCase
 
         return AttnCase(batch=self.batch, heads=self.heads, kv_heads=self.heads, sq=self.sq, skv=self.skv,
                         head_dim=self.head_dim, dtype=dtype, device=device)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from .backends.base import Capabilities, torch_dtype
+from attnparity.backends.base import Capabilities, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -46,11 +46,6 @@ class AttnCase:
     def work(self) -> int:
         """B·H·Sq·Skv·D, the bound the strategies keep small so the CPU suite stays fast."""
         return self.batch * self.heads * self.sq * self.skv * self.head_dim
-
-    @property
-    def flops(self) -> int:
-        """Forward FLOPs: 4·B·H·Sq·Skv·D, half for causal."""
-        return self.work * 4 // (2 if self.causal else 1)
 
     @property
     def mask_tensor_kind(self) -> str | None:

@@ -73,19 +73,6 @@ class ResultRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def versions() -> dict[str, str]:
-    """Versions of the libraries whose change moves results; absent packages are left out."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found: dict[str, str] = {}
-    for dist in ("torch", "diffusers", "transformers", "xformers", "flash-attn", "sageattention",
-                 "triton", "hypothesis", "attnparity"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return found
-
 
 def write_results(path: Path, records: list[ResultRecord], device: str, run_versions: dict[str, str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from .backends.base import Capabilities
+from attnparity.backends.base import Capabilities
 from .cases import AttnCase
 
 #: Default bound on B·H·Sq·Skv·D per example (the fp64 reference dominates the cost).

@@ -1,8 +1,8 @@
 """Timing attention backends: CUDA events with warm-up and an L2 flush, or perf_counter on CPU.
 
-Nothing here knows pytest. The suite (suite/perf.py) calls ``time_fn`` per backend × dtype × shape
-and turns the ``Timing`` into a record; the formulas (FLOPs, TFLOP/s, % of peak, speed-up) live
-here so the report and the self-tests use the very same arithmetic.
+Nothing here knows pytest. The suite (suite/perf.py) calls ``time_many`` per backend × dtype × shape
+and turns the ``Timing`` into a record; the formulas live in flops.py, the device's matmul peak in
+peak.py.
 
 How a figure is taken (``time_many`` times a backend together with its references):
 
@@ -28,31 +28,10 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-#: Forward-pass FLOPs are counted as two matmuls (Q·Kᵀ and P·V), 2 FLOPs per multiply-add each;
-#: softmax is not counted (the convention of the FlashAttention papers and their benchmarks).
-FLOPS_CONVENTION = "4·B·H·Sq·Skv·D (QKᵀ and PV, 2 FLOPs per MAC; softmax not counted), half for causal"
-
-
-# -- arithmetic ------------------------------------------------------------------------------------
-def attention_flops(batch: int, heads: int, sq: int, skv: int, head_dim: int, causal: bool = False) -> float:
-    """Forward FLOPs of one attention call: 4·B·H·Sq·Skv·D, half when causal."""
-    flops = 4.0 * batch * heads * sq * skv * head_dim
-    return flops / 2 if causal else flops
-
-
-def tflops(flops: float, ms: float) -> float:
-    """TFLOP/s of ``flops`` done in ``ms`` milliseconds."""
-    if ms <= 0:
-        raise ValueError(f"time must be positive, got {ms} ms")
-    return flops / (ms * 1e-3) / 1e12
-
-
-def speedup(reference_ms: float, ms: float) -> float:
-    """How many times faster than the reference: >1 is faster, <1 slower."""
-    return reference_ms / ms
+from attnparity.machine import identify
 
 
 def median(values: Sequence[float]) -> float:
@@ -119,16 +98,6 @@ SETTINGS = {
 def settings_for(device: str, mode: str) -> TimerSettings:
     return SETTINGS[("cuda" if device.startswith("cuda") else "cpu", mode)]
 
-
-def device_label(device: str) -> str:
-    """The GPU's name, or ``CPU (N torch threads)``: two timings compare only under one label
-    (a CPU figure depends on the thread count as much as on the chip)."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    threads = torch.get_num_threads()
-    return f"CPU ({threads} torch thread{'' if threads == 1 else 's'})"
 
 
 def time_fn(fn: Callable[[], Any], device: str, settings: TimerSettings) -> Timing:
@@ -206,7 +175,7 @@ def time_many_cpu(fns: Mapping[str, Callable[[], Any]], *, settings: TimerSettin
                 fns[name]()
                 times[name].append((time.perf_counter() - t0) * 1e3)
             rounds += 1
-    label = device_label("cpu")
+    label = identify("cpu").timing_label
     out: dict[str, Timing | BaseException] = dict(refused)
     for name in names:
         out[name] = Timing(tuple(times[name]), label, "perf_counter", first_ms[name], warmups)
@@ -281,7 +250,7 @@ def time_many_cuda(fns: Mapping[str, Callable[[], Any]], *, device: str = "cuda"
                 fns[name]()
                 ends[name][r].record()
         torch.cuda.synchronize()  # every event has completed before any elapsed time is read
-        label = device_label(device)
+        label = identify(device).timing_label
         method = "CUDA events" + (f", L2 flushed ({cache.numel() >> 20} MiB written) before each run"
                                   if cache is not None else ", no L2 flush")
         for name in names:
@@ -304,141 +273,3 @@ def cpu_contention() -> str | None:
         return None
     return (f"CPU busy: load average {load:.1f} on {cpus} CPUs while timing; absolute times are unreliable, "
             "speed-ups come from interleaved runs")
-
-
-# -- matmul peak -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Peak:
-    tflops: float
-    n: int
-    dtype: str
-    device_label: str
-    timing: Timing
-
-    def describe(self) -> str:
-        return f"{self.tflops:.3g} TFLOP/s ({self.n}x{self.n} {self.dtype} matmul, fastest of {self.timing.reps} runs)"
-
-
-_peaks: dict[tuple[str, str, str], Peak] = {}
-
-
-def matmul_size(device: str) -> int:
-    # Large enough to reach the dense peak: 8192³ on a GPU (~1 ms on an H100), 1024³ on a CPU.
-    return 8192 if device.startswith("cuda") else 1024
-
-
-def matmul_peak(device: str, dtype: str, settings: TimerSettings) -> Peak:
-    """This device's measured matmul throughput in ``dtype``, measured once per process and cached.
-
-    "Peak" means the fastest run of a large square torch matmul in that dtype here, not the datasheet
-    figure: the % of peak then says how close attention gets to the device's own dense-matmul speed.
-    On a CPU whose fp16 GEMM is slow while attention kernels compute in fp32 inside, fp16 rows can
-    exceed 100%.
-    """
-    from .backends.base import torch_dtype
-
-    key = (device, device_label(device), dtype)
-    if key not in _peaks:
-        import torch
-
-        n = matmul_size(device)
-        gen = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=gen).to(torch_dtype(dtype)).to(device)
-        b = torch.randn(n, n, generator=gen).to(torch_dtype(dtype)).to(device)
-        # at least 10 runs whatever the preset: the fastest of few runs on a busy machine is no peak
-        timing = time_fn(lambda: a @ b, device, replace(settings, min_reps=max(settings.min_reps, 10)))
-        # The fastest run, not the median: a peak is what the device reaches at best.
-        _peaks[key] = Peak(tflops(2.0 * n ** 3, min(timing.times_ms)), n, dtype, timing.device_label, timing)
-    return _peaks[key]
-
-
-# -- tables ---------------------------------------------------------------------------------------
-TABLE_COLUMNS = ("shape", "backend", "dtype", "ms", "cv", "TFLOP/s", "% peak", "× sdpa-math", "× naive")
-PIPELINE_COLUMNS = ("pipeline", "backend", "dtype", "images/s", "cv", "× default attention", "unrouted images/s",
-                    "fallback calls")
-
-
-def _num(value: Any, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
-
-
-def _pct(value: Any) -> str:
-    return "–" if value is None else f"{100 * value:.0f}%"
-
-
-def _skipped(rec: dict[str, Any]) -> bool:
-    return rec.get("verdict") in ("skip", "error") or "ms" not in (rec.get("metrics") or {})
-
-
-def _rows(records: Sequence[dict[str, Any]], prefix: str, cells: Any, width: int) -> list[tuple[str, ...]]:
-    """Rows of the perf records whose check starts with ``prefix``; skips show their reason."""
-    rows = []
-    for rec in records:
-        if rec.get("kind") != "perf" or not rec["check"].startswith(prefix):
-            continue
-        head = (rec["check"].removeprefix(prefix), rec.get("backend") or "", rec.get("dtype") or "")
-        if _skipped(rec):
-            reason = rec["message"].splitlines()[0] if rec.get("message") else ""
-            rows.append(head + (f"{rec.get('verdict')}: {reason}",) + ("",) * (width - 1))
-            continue
-        rows.append(head + cells(rec.get("metrics") or {}))
-    return rows
-
-
-def table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """One row per op-level perf record (dicts as in results.json)."""
-    return _rows(records, "perf:", lambda m: (
-        _num(m.get("ms"), ".3g"), _pct(m.get("ms_cv")), _num(m.get("tflops"), ".3g"),
-        _num(m.get("pct_peak"), ".0f"), _num(m.get("speedup_math"), ".2f"), _num(m.get("speedup_naive"), ".2f")), 6)
-
-
-def pipeline_table_rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
-    """One row per pipeline perf record."""
-    return _rows(records, "perf-pipeline:", lambda m: (
-        _num(m.get("images_per_s"), ".3g"), _pct(m.get("ms_cv")), _num(m.get("speedup_default"), ".2f"),
-        _num(m.get("default_images_per_s"), ".3g"), _num(m.get("fallback_calls"), ".0f")), 5)
-
-
-def _markdown(columns: Sequence[str], rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def grouped(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Records grouped by shape (or pipeline), then dtype, in the order each first appears; backends
-    keep their run order within a group, so each group reads as one comparison."""
-    checks = {c: i for i, c in enumerate(dict.fromkeys(r.get("check") for r in records))}
-    dtypes = {d: i for i, d in enumerate(dict.fromkeys(r.get("dtype") for r in records))}
-    return sorted(records, key=lambda r: (checks[r.get("check")], dtypes[r.get("dtype")]))
-
-
-def markdown_table(records: Sequence[dict[str, Any]]) -> str:
-    """The perf records as Markdown: the op-level table, then the pipeline table when there is one."""
-    records = grouped(records)
-    ops, pipelines = table_rows(records), pipeline_table_rows(records)
-    tables = [_markdown(TABLE_COLUMNS, ops)] if ops or not pipelines else []
-    if pipelines:
-        tables.append(_markdown(PIPELINE_COLUMNS, pipelines))
-    return "\n\n".join(tables)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m attnparity.perf results.json``: the perf records of a run as Markdown tables."""
-    import argparse
-    import json
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(prog="python -m attnparity.perf", description=main.__doc__)
-    parser.add_argument("results", type=Path, help="a results.json written with --attn-report=DIR")
-    args = parser.parse_args(argv)
-    try:
-        payload = json.loads(args.results.read_text())
-        records = payload["records"] if isinstance(payload, dict) else payload
-    except (OSError, ValueError, KeyError) as exc:
-        parser.error(f"{args.results}: not a readable attnparity results.json ({exc})")
-    print(markdown_table(records))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

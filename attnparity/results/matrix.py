@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .results import ResultRecord
+from .record import ResultRecord
 
 #: Which verdict a cell takes when its records disagree: the worst one.
 VERDICT_RANK = {"skip": 0, "pass": 1, "fail": 2, "error": 3}

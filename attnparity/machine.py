@@ -1,0 +1,68 @@
+"""What this run ran on: the device's identity and the versions of the libraries that move results.
+
+One function, ``identify``, names the device; every record, golden path and timing label takes
+its words from the ``DeviceIdentity`` it returns, so two runs can never disagree on whether they
+ran on "the same device" because two functions spelled it differently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICE_KINDS = ("cpu", "cuda", "xpu", "mps")
+#: Distributions whose version can move a result; absent ones are left out of ``versions()``.
+TRACKED_DISTRIBUTIONS = ("torch", "diffusers", "transformers", "xformers", "flash-attn", "sageattention",
+                         "triton", "hypothesis", "attnparity")
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    #: On every record: "cpu", or the GPU's name ("NVIDIA H100 80GB HBM3").
+    name: str
+    #: Goldens are kept per class: "cpu", or "cuda-sm<major><minor>" (kernels, hence images, differ
+    #: by architecture, not by card).
+    golden_class: str
+    #: Timings compare only under one label: the GPU's name, or "CPU (N torch threads)" (a CPU figure
+    #: depends on the thread count as much as on the chip).
+    timing_label: str
+
+
+def resolve_device(requested: str) -> str:
+    """The device of ``--attn-device`` ("auto", "cpu", "cuda", "cuda:1", ...) as torch sees it here."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.split(":")[0] not in DEVICE_KINDS:
+        raise ValueError(f"--attn-device={requested}: expected auto, cpu, cuda or cuda:N")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--attn-device={requested}: torch {torch.__version__} sees no CUDA device; use cpu or auto")
+    return requested
+
+
+def identify(device: str) -> DeviceIdentity:
+    """The identity of ``device`` ("cpu", "cuda", "cuda:1", ...) as this process sees it now."""
+    import torch
+
+    if device.startswith("cuda"):
+        dev = torch.device(device)
+        gpu = torch.cuda.get_device_name(dev)
+        major, minor = torch.cuda.get_device_capability(dev)
+        return DeviceIdentity(gpu, f"cuda-sm{major}{minor}", gpu)
+    kind = device.split(":")[0]
+    threads = torch.get_num_threads()
+    label = f"CPU ({threads} torch thread{'' if threads == 1 else 's'})" if kind == "cpu" else kind
+    return DeviceIdentity(device, kind, label)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries whose change moves results; absent packages are left out."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str] = {}
+    for dist in TRACKED_DISTRIBUTIONS:
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
