@@ -1,7 +1,8 @@
 """Thin pytest glue: options and ini keys, markers, the items of the suite, the result records.
 
 Without ``--attn-backends`` (or its ini key) nothing is collected and nothing heavy is imported.
-The work lives in modules that know nothing of pytest: backends/, parity.py, suite/, report.py.
+The work lives below, in modules that know nothing of pytest (import-linter keeps it so): options.py
+reads the options, session.py holds the run, suite/ makes the items' checks, report/ prints.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A tiny op-level suite for the report's own tests: "forward" per backend x dtype on a few seeded
-cases, scored with the project's tolerance rule (tolerance.py) against the fp64 reference.
+cases, scored with the project's tolerance rule (check/tolerance.py) against the fp64 reference.
 
 It stands in for attnparity.suite.op so the report, the gate, xdist and the vendor path can be
 tested with records shaped like the real ones, in a fraction of a second per cell.

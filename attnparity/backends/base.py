@@ -1,6 +1,7 @@
 """The public backend contract: ``Backend``, ``Capabilities``, ``Unsupported``.
 
-Vendors build on these names and fields; keep them stable (see DESIGN.md, "The backend contract").
+Vendors build on these names and fields; keep them stable (README.md and docs/vendor.md,
+"The backend contract").
 No torch import at module level: the plugin must cost nothing when ``--attn-backends`` is absent.
 """
 

@@ -6,11 +6,12 @@ Where goldens are looked up:
 
 1. ``attn_golden_dir`` (``--attn-golden-dir``; default ``<rootdir>/golden``). Updates are always
    written here.
-2. For the built-in pipelines only, when (1) has none and no ``attn_golden_dir`` was named: the ``golden/`` directory shipped beside the
-   attnparity package in a source checkout or editable install (this repository's golden/). So
-   ``pytest --attn-backends=all`` finds the committed goldens from a fresh clone's root, and from any
-   other directory too, as long as attnparity is installed from the checkout. The record says which
-   file was used.
+2. For the built-in pipelines only, when (1) has none and no ``attn_golden_dir`` was named: the
+   goldens shipped with attnparity (``shipped_golden_dir``): inside the installed package
+   (``attnparity/golden``, where the wheel puts this repository's top-level golden/), or golden/
+   beside the package in a source checkout or editable install. So ``pytest --attn-backends=all``
+   finds the committed goldens from any directory, however attnparity was installed. The record
+   says which file was used.
 
 The manifest says how and by what the image was made (seed, steps, size, config hash, torch /
 diffusers / transformers versions, device, attnparity version, user and host, time). A golden made
@@ -32,8 +33,17 @@ import numpy as np
 
 from .ssim import load_png, save_png, ssim, to_uint8
 
-#: This repository's golden/ (present in a source checkout or editable install).
-SHIPPED = Path(__file__).resolve().parents[2] / "golden"
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def shipped_golden_dir() -> Path | None:
+    """The goldens that came with attnparity: in the package (a wheel install) or beside it (a
+    checkout or editable install, where golden/ stays at the repository's top level)."""
+    for candidate in (_PACKAGE / "golden", _PACKAGE.parent / "golden"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
 #: Versions whose change may move an image; a golden made with others is reported.
 TRACKED = ("torch", "diffusers", "transformers")
 
@@ -54,8 +64,9 @@ def find(golden_dir: Path, pipeline: str, device_cls: str, dtype: str, shipped: 
     """The golden to compare against, or None when there is none. ``shipped``: fall back to the
     goldens shipped with attnparity (built-in pipelines, no golden dir named by the user)."""
     roots = [Path(golden_dir)]
-    if shipped and SHIPPED.is_dir() and SHIPPED.resolve() != Path(golden_dir).resolve():
-        roots.append(SHIPPED)
+    ship = shipped_golden_dir() if shipped else None
+    if ship is not None and ship.resolve() != Path(golden_dir).resolve():
+        roots.append(ship)
     for root in roots:
         paths = GoldenPaths.under(root, pipeline, device_cls, dtype)
         if paths.image.is_file():

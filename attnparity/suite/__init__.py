@@ -22,6 +22,7 @@ SUITE_MODULES = (
     "attnparity.suite.op",
     "attnparity.suite.pipelines",
     "attnparity.suite.perf",
+    "attnparity.suite.perf_pipelines",
 )
 
 

@@ -12,8 +12,8 @@ by more than ``--attn-perf-margin`` fails, and only when both were timed on the 
 (GPU name, or CPU with the same torch thread count); otherwise the record says why it was not
 compared.
 
-Pipeline-level timings (images/s per backend, speed-up over the default attention) are built by
-suite/perf_pipelines.py and collected here, after the op-level items.
+Pipeline-level timings (images/s per backend, speed-up over the default attention) are the items
+of suite/perf_pipelines.py, collected after these.
 
 pytest-xdist: perf items run on worker gw0 only; on other workers they are skipped with the reason.
 Workers share the device (one GPU, or the CPU's cores), so concurrent timings would contaminate each
@@ -58,9 +58,7 @@ def checks(ctx: SuiteContext) -> list[Check]:
                 run = functools.partial(run_perf, ctx, backend, dtype, shape, mode, baseline, margin)
                 out.append(Check("perf", f"perf:{shape.name}", backend.name, dtype, run,
                                  marks=("attn_perf",), skip=skip))
-    from . import perf_pipelines
-
-    return out + perf_pipelines.checks(ctx, mode, baseline, margin, refused)
+    return out
 
 
 def _not_claimed(backend: "Backend", case: "AttnCase") -> str | None:

@@ -39,10 +39,16 @@ def wanted(ctx: SuiteContext, mode: str) -> bool:
     return mode == "full" or ctx.device.startswith("cuda")
 
 
-def checks(ctx: SuiteContext, mode: str, baseline: "Baseline | None", margin: float, refused: str | None) -> list[Check]:
+def checks(ctx: SuiteContext) -> list[Check]:
+    from .perf import load_baseline, xdist_refusal
+
+    mode, margin = ctx.options.perf, ctx.options.perf_margin
     if not wanted(ctx, mode):
         return []
     from attnparity.pipelines.specs import specs_for
+
+    baseline = load_baseline(ctx.options.perf_baseline)
+    refused = xdist_refusal(ctx.device)
 
     out: list[Check] = []
     for spec in specs_for(list(ctx.options.pipeline), ctx.rootdir):
