@@ -117,6 +117,7 @@ class Options:
     timeout: float = _opt("seconds one cell may run before it fails as timed out (0: no limit)", 0.0, "float", low=0.0)
     report: Path | None = _opt("directory to write results.json and a self-contained index.html into", None, "path")
     compare: Path | None = _opt("results.json of an earlier run: fail this run where a cell got worse (the upgrade gate)", None, "path")
+    known: tuple[str, ...] = _opt("known-findings ledgers (TOML, repeatable; ini: one per line) added to attnparity's built-in one; 'none' turns the built-in one off", (), "lines")
     compare_ratio: float = _opt("gate: an error ratio may grow by this factor before it counts as worse", 2.0, "float", low=1.0)
     compare_ssim: float = _opt("gate: an SSIM may drop by this much before it counts as worse", 0.01, "float", low=0.0)
     compare_slowdown: float = _opt("gate: a timing on the same device may grow by this fraction (0.25 = 25%)", 0.25, "float", low=0.0)

@@ -48,6 +48,19 @@ class Run:
     #: controller, every worker's)
     records: list[dict[str, Any]] = field(default_factory=list)
     outcome: RunOutcome | None = None
+    #: --attn-compare's run, folded by cell (results.gate.fold), read once at the start
+    baseline: dict[Any, Any] | None = None
+
+    def unchanged_failure(self, record: Any) -> str | None:
+        """With --attn-compare: why a failing cell is no news (it failed in the baseline too), or None.
+        The record keeps its verdict; only the item's outcome says the gate does not count it."""
+        if self.baseline is None or record.verdict not in ("fail", "error"):
+            return None
+        old = self.baseline.get(record.cell)
+        if old is None or old.verdict not in ("fail", "error"):
+            return None
+        return (f"unchanged failure: this cell failed in {self.options.compare} too, so the upgrade gate does "
+                f"not count it as worse (it still fails; fix it or record it in a known-findings ledger)")
 
 
 def hypothesis_settings(examples: int) -> Any:
@@ -88,23 +101,29 @@ def share_cpu_threads(device: str) -> int | None:
     return share
 
 
-def start_run(options: Options, rootdir: Path) -> Run:
+def start_run(options: Options, rootdir: Path, invocation_dir: Path) -> Run:
     """The run for ``options``; bad input (an unknown backend, an unreadable gate file) raises a
     ValueError or LookupError that says what to do."""
     from attnparity.backends.registry import select_backends
     from attnparity.check.tolerance import Tolerances
+    from attnparity.results.known import load_ledger
 
     backends = select_backends(options.backends or "")
+    ledger = load_ledger(options.known, invocation_dir=invocation_dir)  # raises LedgerError saying why
+    baseline = None
     if options.compare is not None:
+        from attnparity.results.gate import fold
         from attnparity.results.record import read_results
 
-        read_results(options.compare)  # raises ResultsFileError (a ValueError) saying why
+        baseline = fold(read_results(options.compare)["records"])  # raises ResultsFileError saying why
     device = resolve_device(options.device)
     share_cpu_threads(device)
+    found = versions()
     suite = SuiteContext(backends=backends, device=device, options=options, tolerances=Tolerances(options.tolerance),
                          hypothesis_settings=hypothesis_settings(options.examples), rootdir=rootdir,
-                         user_profile=_user_profile())
-    return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), versions=versions())
+                         user_profile=_user_profile(), ledger=ledger, versions=found)
+    return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), versions=found,
+               baseline=baseline)
 
 
 def _user_profile() -> str | None:
@@ -129,6 +148,7 @@ def header_lines(run: Run) -> list[str]:
         f"attnparity: torch {torch.__version__} ({cuda}), device {run.device.name}; {libs or 'no optional libraries'}",
         f"attnparity: {len(ctx.backends)} backends, dtypes {','.join(ctx.dtypes)}; hypothesis {prof_text}"
         + (f", seed {ctx.seed}" if ctx.seed is not None else ""),
+        f"attnparity: {ctx.ledger.describe()}",
     ]
 
 

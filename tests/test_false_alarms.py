@@ -3,7 +3,8 @@ after seed. The short version runs in CI; the 20-seed version is marked slow.
 
 One known upstream finding is kept apart rather than hidden: torch's CPU flash kernel returns
 wrong gradients when a whole row of an additive mask is finfo.min (docs/findings.md). A failure
-counts as that finding only when its shrunk case is such a row (tests/known.py), and
+counts as that finding only when its shrunk case is such a row (the built-in ledger, read by
+tests/known.py; a run applies it too, so those cells are xfails), and
 test_known_upstream_finding asserts it still fails that way, so a torch that fixes it shows.
 """
 
@@ -68,7 +69,7 @@ def test_known_upstream_finding(case: dict) -> None:
     flash = check_grads(get_backend("sdpa-flash"), case)
     math_kernel = check_grads(get_backend("sdpa-math"), case)
     assert math_kernel.passed, math_kernel.message
-    assert not flash.passed, f"torch's CPU flash backward now handles {case.masked_value} rows: update tests/known.py"
+    assert not flash.passed, f"torch's CPU flash backward now handles {case.masked_value} rows: update the built-in ledger"
     assert known_finding("backward", "sdpa-flash", case.as_dict()) is not None
     assert check_grads(get_backend("sdpa-flash"), case.with_(masked_value="-inf")).passed
 

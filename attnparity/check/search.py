@@ -5,7 +5,7 @@ shrunk failure. Knows nothing of pytest; the suite turns its outcome into a Resu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from attnparity.backends.base import Backend
@@ -14,6 +14,8 @@ from .parity import ParityResult
 from .tolerance import Tolerances
 
 CheckFn = Callable[[Backend, AttnCase, Tolerances], ParityResult]
+#: Says which known finding (its id) a failing case is, or None for a failure nobody explained.
+ExplainFn = Callable[[AttnCase], "str | None"]
 
 
 class _Failed(Exception):
@@ -36,15 +38,21 @@ class SearchOutcome:
     rejected: int
     #: the passing result with the highest bound use (value / limit): how close the backend came to failing
     closest: ParityResult | None = None
+    #: failing examples a known finding explains, by finding id: (count, the first such result)
+    explained: dict[str, tuple[int, ParityResult]] = field(default_factory=dict)
 
 
 def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, tolerances: Tolerances,
-           corpus: Iterable[AttnCase] = (), seed: int | None = None, label: str = "") -> SearchOutcome:
+           corpus: Iterable[AttnCase] = (), seed: int | None = None, label: str = "",
+           explain: ExplainFn | None = None) -> SearchOutcome:
+    """``explain``: failures it names a known finding for are counted, not raised, so the search
+    goes on and a second, unexplained bug in the same cell is still found and shrunk."""
     import hypothesis
     import hypothesis.errors
     from hypothesis import assume, given, target
 
     state: dict[str, Any] = {"n": 0, "found_at": None, "worst": None, "rejected": 0, "shrinking": False, "closest": None}
+    explained: dict[str, tuple[int, ParityResult]] = {}
 
     def body(case: AttnCase) -> None:
         result = check(backend, case, tolerances)
@@ -61,6 +69,12 @@ def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, to
                 state["closest"] = result
             if state["worst"] is None or ratio > state["worst"].ratio:
                 state["worst"] = result
+            return
+        known = explain(case) if explain is not None else None
+        if known is not None:
+            if not state["shrinking"]:
+                count, first = explained.get(known, (0, result))
+                explained[known] = (count + 1, first)
             return
         if state["found_at"] is None:
             state["found_at"] = state["n"]
@@ -81,5 +95,6 @@ def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, to
     except hypothesis.errors.Unsatisfiable:
         pass  # every case drawn was outside the claims: reported as a skip by the caller
     except _Failed as failed:
-        return SearchOutcome(state["n"], state["found_at"], failed.result, state["worst"], state["rejected"], state["closest"])
-    return SearchOutcome(state["n"], None, None, state["worst"], state["rejected"], state["closest"])
+        return SearchOutcome(state["n"], state["found_at"], failed.result, state["worst"], state["rejected"],
+                             state["closest"], explained)
+    return SearchOutcome(state["n"], None, None, state["worst"], state["rejected"], state["closest"], explained)

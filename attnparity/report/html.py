@@ -29,6 +29,8 @@ def heat_color(verdict: str | None, ratio: float | None) -> str:
     """Background of a matrix cell: red for fail/error, grey for skip, green -> orange by log2(ratio)."""
     if verdict in ("fail", "error"):
         return "#e0564b"
+    if verdict == "xfail":  # a known finding of the ledger
+        return "#b48ade"
     if verdict in (None, "skip") or ratio is None:
         return "#d9d9d9"
     if math.isinf(ratio):

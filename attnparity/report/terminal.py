@@ -15,7 +15,7 @@ from attnparity.results.record import ResultRecord
 WIDTH = 100
 NAME_WIDTH = 26
 VERDICT_MARKUP = {"pass": {"green": True}, "fail": {"red": True, "bold": True},
-                  "error": {"red": True, "bold": True}, "skip": {"yellow": True}}
+                  "error": {"red": True, "bold": True}, "skip": {"yellow": True}, "xfail": {"purple": True}}
 
 
 class Terminal(Protocol):

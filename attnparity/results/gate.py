@@ -32,6 +32,9 @@ from .matrix import VERDICT_RANK, error_ratio, worse_verdict
 from .record import ResultRecord
 
 RATIO_NOISE = 0.1
+#: Verdict order for the gate: fail and error are one class (a failing cell that now raises, or the
+#: reverse, is an unchanged failure), a known finding sits between pass and fail.
+_GATE_RANK = {**VERDICT_RANK, "error": VERDICT_RANK["fail"]}
 SSIM_METRICS = ("ssim_ref", "ssim_golden")
 
 Cell = tuple[str, str, "str | None", "str | None"]
@@ -85,7 +88,7 @@ class FoldedCell:
 
     @property
     def ran(self) -> bool:
-        return self.verdict in ("pass", "fail", "error")
+        return self.verdict in ("pass", "xfail", "fail", "error")
 
 
 def timing_label(record: ResultRecord) -> str:
@@ -209,11 +212,14 @@ def compare_records(old: Iterable[ResultRecord], new: Iterable[ResultRecord], th
 
 def _cell_differences(cell: Cell, old: FoldedCell, new: FoldedCell, t: Thresholds) -> list[Difference]:
     out: list[Difference] = []
-    if old.verdict == "pass" and new.verdict in ("fail", "error"):
-        first = (new.message.strip().splitlines() or [""])[0]
-        out.append(Difference(cell, "verdict", old.verdict, new.verdict, f"pass -> {new.verdict}" + (f": {first}" if first else ""), True))
-    elif old.verdict in ("fail", "error") and new.verdict == "pass":
-        out.append(Difference(cell, "verdict", old.verdict, new.verdict, f"{old.verdict} -> pass", False))
+    if old.verdict != new.verdict and old.verdict is not None and new.verdict is not None:
+        # A known finding that appears is worse (the cell lost its pass, even if the bug is known
+        # upstream); one that went away, or a failure that became known, is better.
+        worse = _GATE_RANK[new.verdict] > _GATE_RANK[old.verdict]
+        first = (new.message.strip().splitlines() or [""])[0] if worse else ""
+        if _GATE_RANK[new.verdict] != _GATE_RANK[old.verdict]:
+            out.append(Difference(cell, "verdict", old.verdict, new.verdict,
+                                  f"{old.verdict} -> {new.verdict}" + (f": {first}" if first else ""), worse))
     if old.ratio is not None and new.ratio is not None:
         allowed = t.ratio_factor * max(old.ratio, RATIO_NOISE)
         if new.ratio > allowed:

@@ -14,7 +14,8 @@ from typing import Any
 from .record import ResultRecord
 
 #: Which verdict a cell takes when its records disagree: the worst one.
-VERDICT_RANK = {"skip": 0, "pass": 1, "fail": 2, "error": 3}
+#: Worse verdicts rank higher; a known finding (xfail) is worse than a pass, better than a failure.
+VERDICT_RANK = {"skip": 0, "pass": 1, "xfail": 2, "fail": 3, "error": 4}
 #: Record kinds shown in the backend x dtype matrix.
 MATRIX_KINDS = ("op", "semantic")
 DTYPE_ORDER = ("fp32", "fp16", "bf16", "fp64")

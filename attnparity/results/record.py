@@ -6,7 +6,7 @@ Schema (version SCHEMA_VERSION), a JSON object:
     check       what was checked: "forward", "backward", "masked-rows", "pipeline:sd15", "perf:sdxl-4096"...
     backend     backend name, or null for backend-free items
     dtype       "fp32" | "fp16" | "bf16" | null
-    verdict     "pass" | "fail" | "skip" | "error"
+    verdict     "pass" | "fail" | "skip" | "error" | "xfail" (a known finding; schema 2)
     nodeid      pytest node id of the item that produced it
     metrics     flat {name: number}: err_max, err_mean, base_max, base_mean, ratio_max, ratio_mean,
                 ssim_ref, ssim_golden, ms, tflops, speedup_math, ...
@@ -31,8 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
-VERDICTS = ("pass", "fail", "skip", "error")
+SCHEMA_VERSION = 2
+#: Schemas this attnparity reads: 2 added the "xfail" verdict; a schema-1 run is still a valid baseline.
+READABLE_SCHEMAS = (1, 2)
+#: "xfail": the cell met a finding of the known-findings ledger (results/known.py) and nothing else
+VERDICTS = ("pass", "fail", "skip", "error", "xfail")
 #: user_properties key under which items carry their record, so xdist workers ship it to the controller.
 USER_PROPERTY = "attnparity_record"
 
@@ -103,7 +106,8 @@ def read_results(path: Path) -> dict[str, Any]:
         raise ResultsFileError(f"{path}: not JSON ({exc}); expected an attnparity results.json") from None
     if not isinstance(payload, dict) or "records" not in payload:
         raise ResultsFileError(f"{path}: not an attnparity results.json (no 'records')")
-    if payload.get("schema") != SCHEMA_VERSION:
-        raise ResultsFileError(f"{path}: results schema {payload.get('schema')!r}, this attnparity reads {SCHEMA_VERSION}")
+    if payload.get("schema") not in READABLE_SCHEMAS:
+        raise ResultsFileError(f"{path}: results schema {payload.get('schema')!r}, this attnparity reads "
+                               f"{', '.join(map(str, READABLE_SCHEMAS))}")
     payload["records"] = [ResultRecord.from_json(r) for r in payload["records"]]
     return payload

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from attnparity.results.record import ResultRecord
     from attnparity.check.tolerance import Tolerances
     from attnparity.options import Options
+    from attnparity.results.known import Ledger
 
 SUITE_MODULES = (
     "attnparity.suite.op",
@@ -24,6 +25,12 @@ SUITE_MODULES = (
     "attnparity.suite.perf",
     "attnparity.suite.perf_pipelines",
 )
+
+
+def _empty_ledger() -> "Ledger":
+    from attnparity.results.known import Ledger
+
+    return Ledger()
 
 
 @dataclass
@@ -40,6 +47,10 @@ class SuiteContext:
     rootdir: Path
     #: the hypothesis profile the user loaded (it then governs example counts), or None
     user_profile: str | None = None
+    #: the known-findings ledger (--attn-known); its findings about a cell make it a strict xfail
+    ledger: "Ledger" = field(default_factory=lambda: _empty_ledger())
+    #: installed versions of the libraries that move results (findings are scoped by them)
+    versions: dict[str, str] = field(default_factory=dict)
     #: (pipeline, device class, dtype) of goldens written in this run: each is written once
     goldens_written: set[tuple[str, str, str]] = field(default_factory=set)
 

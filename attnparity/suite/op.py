@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from functools import partial
 
+from typing import TYPE_CHECKING
+
 from attnparity.backends.base import Backend
-from attnparity.check.parity import check_grads, check_parity
+from attnparity.check.cases import AttnCase
+from attnparity.check.parity import ParityResult, check_grads, check_parity
 from attnparity.results.record import ResultRecord
 from attnparity.check.semantics import SEMANTIC_CHECKS, run_semantic
 from . import Check, SuiteContext
+
+if TYPE_CHECKING:
+    from attnparity.results.known import Finding
 
 NUMERIC_CHECKS = ("forward", "backward")
 OP_CHECKS = NUMERIC_CHECKS + tuple(SEMANTIC_CHECKS)
@@ -30,9 +36,26 @@ def _check_fn(name: str):
     return partial(run_semantic, name)
 
 
-def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str) -> ResultRecord:
+def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
+           known: "tuple[Finding, ...]" = ()) -> ResultRecord:
+    """One op cell; ``known``: the ledger's findings about this cell (results/known.py)."""
     from attnparity.check.search import search
     from attnparity.check.strategies import attn_cases, edge_corpus
+
+    check_fn = _check_fn(name)
+    # Each finding's repro cases run first, apart from the search: whether it still reproduces here
+    # must not depend on what hypothesis happens to draw.
+    reproduced: dict[str, ParityResult] = {}
+    repro_passed: dict[str, ParityResult] = {}
+    for finding in known:
+        for case in finding.repro_cases(dtype, ctx.device):
+            result = check_fn(backend, case, ctx.tolerances)
+            if result.skipped:
+                continue
+            (repro_passed if result.passed else reproduced).setdefault(finding.id, result)
+
+    def explain(case: AttnCase) -> str | None:
+        return next((f.id for f in known if f.explains(case)), None)
 
     caps = backend.capabilities
     settings = ctx.hypothesis_settings
@@ -43,8 +66,9 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str) -> Result
         corpus = [c for c in corpus if c.work <= GRAD_CORPUS_WORK]
     elif name != "forward":
         corpus = corpus[:: max(1, len(corpus) // 8)]  # a spread of the corpus: masks, layouts, shapes
-    outcome = search(_check_fn(name), backend, attn_cases(caps, dtype, ctx.device), settings,
-                     tolerances=ctx.tolerances, corpus=corpus, seed=ctx.seed, label=f"{name}:{dtype}")
+    outcome = search(check_fn, backend, attn_cases(caps, dtype, ctx.device), settings,
+                     tolerances=ctx.tolerances, corpus=corpus, seed=ctx.seed, label=f"{name}:{dtype}",
+                     explain=explain if known else None)
     kind = "op" if name in NUMERIC_CHECKS else "semantic"
     shown = outcome.failure or outcome.worst
     metrics = dict(shown.metrics) if shown else {}
@@ -52,18 +76,44 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str) -> Result
     if outcome.closest is not None:  # how close a pass came, and on what (the margin studies read it)
         metrics["bound_use_max"] = outcome.closest.bound_use
         extra["closest_case"] = outcome.closest.case.as_dict()
-    if outcome.failure is None:
-        if outcome.examples == 0:
-            return ResultRecord(kind, name, backend.name, dtype, "skip", examples=0,
-                                message=f"no case inside {backend.name}'s claims for {name} in {dtype}")
-        return ResultRecord(kind, name, backend.name, dtype, "pass", metrics=metrics, examples=outcome.examples,
-                            case=outcome.worst.case.as_dict() if outcome.worst else None, extra=extra)
-    failure = outcome.failure
-    extra["found_at"] = outcome.found_at
-    message = (f"{failure.message}\n(found at example {outcome.found_at} of {outcome.examples}; "
-               f"case shrunk by hypothesis; Python: {failure.case.literal()})")
-    return ResultRecord(kind, name, backend.name, dtype, "fail", metrics=metrics, examples=outcome.examples,
-                        case=failure.case.as_dict(), repro=failure.repro(), message=message, extra=extra)
+    met = {fid: (count, first) for fid, (count, first) in outcome.explained.items()}
+    for fid, result in reproduced.items():
+        count, first = met.get(fid, (0, result))
+        met[fid] = (count + 1, result)  # the repro case is the line a reader should run
+    if met:
+        extra["known"] = {f.id: {"met": met[f.id][0], "reason": f.reason, "link": f.link, "source": f.source,
+                                 "repro": met[f.id][1].repro()} for f in known if f.id in met}
+    known_text = [f"known finding {f.id}, met in {met[f.id][0]} case(s): {f.cite}\n    {met[f.id][1].repro()}"
+                  for f in known if f.id in met]
+    stale = [f for f in known if f.id in repro_passed and f.id not in met]
+    if outcome.failure is not None:
+        failure = outcome.failure
+        extra["found_at"] = outcome.found_at
+        message = (f"{failure.message}\n(found at example {outcome.found_at} of {outcome.examples}; "
+                   f"case shrunk by hypothesis; Python: {failure.case.literal()})")
+        if known_text:
+            message += "\nThe ledger explains other failures of this cell, not this one:\n" + "\n".join(known_text)
+        return ResultRecord(kind, name, backend.name, dtype, "fail", metrics=metrics, examples=outcome.examples,
+                            case=failure.case.as_dict(), repro=failure.repro(), message=message, extra=extra)
+    if stale:
+        extra["stale_known"] = [f.id for f in stale]
+        message = "\n".join(
+            f"known finding {f.id} no longer reproduces: its repro case passes now "
+            f"({repro_passed[f.id].repro()}) and no drawn case met it. Remove it from the ledger "
+            f"{f.source}, or narrow its versions ({', '.join(f'{k} {v}' for k, v in f.versions.items()) or 'any'})."
+            for f in stale)
+        return ResultRecord(kind, name, backend.name, dtype, "fail", metrics=metrics, examples=outcome.examples,
+                            message=message, extra=extra)
+    if outcome.examples == 0 and not met:
+        return ResultRecord(kind, name, backend.name, dtype, "skip", examples=0,
+                            message=f"no case inside {backend.name}'s claims for {name} in {dtype}")
+    worst_case = outcome.worst.case.as_dict() if outcome.worst else None
+    if met:
+        message = "\n".join(known_text) + (f"\nevery other case passed ({outcome.examples} examples)")
+        return ResultRecord(kind, name, backend.name, dtype, "xfail", metrics=metrics, examples=outcome.examples,
+                            case=worst_case, message=message, extra=extra)
+    return ResultRecord(kind, name, backend.name, dtype, "pass", metrics=metrics, examples=outcome.examples,
+                        case=worst_case, extra=extra)
 
 
 def checks(ctx: SuiteContext) -> list[Check]:
@@ -78,7 +128,8 @@ def checks(ctx: SuiteContext) -> list[Check]:
                     skip = f"{backend.name} does not claim {dtype}"
                 if skip is None and name == "backward" and not caps.backward:
                     skip = f"{backend.name} does not claim backward"
+                known = ctx.ledger.for_cell(backend.name, name, dtype, ctx.device, ctx.versions)
                 items.append(Check(kind="op" if name in NUMERIC_CHECKS else "semantic", check=name,
                                    backend=backend.name, dtype=dtype, marks=("attn_op",), skip=skip,
-                                   run=partial(run_op, ctx, backend, dtype, name)))
+                                   run=partial(run_op, ctx, backend, dtype, name, known)))
     return items

@@ -1,0 +1,197 @@
+"""The known-findings ledger: a ledgered bug is a strict xfail that shows its reason, a second,
+unledgered bug in the same cell still fails it, a finding that stopped reproducing fails with
+"no longer reproduces", and findings are scoped by version. Plus --attn-compare: the run fails only
+where the gate finds a cell worse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from attn_pytester import matrix_project  # noqa: F401  (fixture)
+from attn_pytester import records_of
+from attnparity.check.cases import AttnCase
+from attnparity.results.known import BUILTIN, LedgerError, load_ledger, read_ledger
+
+CONFTEST = '''
+from attnparity import Backend, Capabilities, register_backend
+from attnparity.backends import registry as _registry
+from attnparity.backends.naive import naive_attention
+
+def one_bug(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # the ledgered bug: is_causal is dropped when no mask is given
+    return naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal and attn_mask is not None, scale=scale)
+
+def two_bugs(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # the same, and an unledgered one: additive float masks are ignored
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        attn_mask = None
+    return one_bug(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+
+import torch
+NAMES = {"one-bug": one_bug, "two-bugs": two_bugs, "fixed": naive_attention}
+for _name, _fn in NAMES.items():
+    register_backend(Backend(_name, _fn, Capabilities(devices={"cpu"})), replace=True)
+
+def pytest_unconfigure(config):
+    for name in NAMES:
+        _registry.unregister_backend(name)
+'''
+
+LEDGER = '''
+[[finding]]
+id = "drops-causal"
+reason = "drops is_causal when no mask is given"
+link = "https://example.org/issue/1"
+backends = ["one-bug", "two-bugs", "fixed"]
+checks = ["forward"]
+versions = { torch = "%s" }
+when = { causal = ["top-left", "bottom-right"], mask = "none" }
+repro = [{ heads = 2, sq = 8, skv = 8, head_dim = 16, causal = "top-left", seed = 1 }]
+'''
+
+ARGS = ("--attn-dtypes=fp32", "--attn-examples=4", "-m", "attn_op", "-k", "forward", "-p", "no:cacheprovider",
+        "--attn-known=none", "--attn-known=ledger.toml")
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makeconftest(CONFTEST)
+    pytester.path.joinpath("ledger.toml").write_text(LEDGER % ">=2.5")
+    return pytester
+
+
+def _by_backend(reprec: pytest.HookRecorder) -> dict[str, dict]:
+    return {r["backend"]: r for r in records_of(reprec) if r["check"] == "forward"}
+
+
+def test_ledgered_bug_is_a_strict_xfail_and_a_second_bug_still_fails(project: pytest.Pytester) -> None:
+    reprec = project.inline_run("--attn-backends=one-bug,two-bugs,fixed", *ARGS)
+    got = _by_backend(reprec)
+    one, two, fixed = got["one-bug"], got["two-bugs"], got["fixed"]
+
+    assert one["verdict"] == "xfail", one["message"]
+    assert "known finding drops-causal" in one["message"] and "https://example.org/issue/1" in one["message"]
+    assert one["extra"]["known"]["drops-causal"]["met"] >= 1
+
+    # The ledger explains the causal failures, not the float-mask one: the search went on and found it.
+    assert two["verdict"] == "fail", two["message"]
+    case = AttnCase.from_dict(two["case"])
+    assert case.mask != "none" and case.mask_type == "float", two["case"]
+    assert "The ledger explains other failures of this cell, not this one" in two["message"]
+
+    # A correct backend under the finding: its repro passes, so the entry is stale.
+    assert fixed["verdict"] == "fail"
+    assert "known finding drops-causal no longer reproduces" in fixed["message"]
+    assert "Remove it from the ledger" in fixed["message"]
+
+    passed, skipped, failed = reprec.listoutcomes()
+    xfailed = [r for r in skipped if hasattr(r, "wasxfail")]
+    assert [r.nodeid.split("::")[-1] for r in xfailed] == ["forward[one-bug-fp32]"]
+    assert sorted(r.nodeid.split("::")[-1] for r in failed) == ["forward[fixed-fp32]", "forward[two-bugs-fp32]"]
+
+
+def test_a_finding_outside_its_versions_explains_nothing(project: pytest.Pytester) -> None:
+    project.path.joinpath("ledger.toml").write_text(LEDGER % "<1.0")
+    reprec = project.inline_run("--attn-backends=one-bug,fixed", *ARGS)
+    got = _by_backend(reprec)
+    assert got["one-bug"]["verdict"] == "fail" and "known" not in got["one-bug"]["extra"]
+    assert got["fixed"]["verdict"] == "pass"  # a finding that does not apply cannot go stale either
+
+
+def test_without_the_ledger_the_bug_fails(project: pytest.Pytester) -> None:
+    reprec = project.inline_run("--attn-backends=one-bug", *ARGS[:-2], "--attn-known=none")
+    assert _by_backend(reprec)["one-bug"]["verdict"] == "fail"
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[[finding]]\nid = 'x'\n", "missing reason, backends, checks"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\ncolour='red'\n", "unknown keys colour"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nversions={torch='>>2'}\n",
+     "not a PEP 440 specifier"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={colour='red'}\n",
+     "neither AttnCase fields"),
+    ("[[finding]\n", "not valid TOML"),
+])
+def test_a_bad_ledger_is_a_usage_error_that_says_why(pytester: pytest.Pytester, text: str, says: str) -> None:
+    pytester.path.joinpath("bad.toml").write_text(text)
+    result = pytester.runpytest("--attn-backends=naive", "--attn-known=bad.toml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*{says}*"])
+
+
+def test_missing_ledger_file_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--attn-backends=naive", "--attn-known=nope.toml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*nope.toml: no such ledger file*"])
+
+
+def test_builtin_ledger_findings_reproduce_here() -> None:
+    """Each built-in finding's repro cases fail on this machine where its versions apply: the
+    ledger is about bugs that exist, not remembered ones (the test fails when upstream fixes one)."""
+    from attnparity.backends.registry import get_backend
+    from attnparity.check.tolerance import Tolerances
+    from attnparity.machine import versions
+    from attnparity.suite.op import _check_fn
+
+    installed = versions()
+    ledger = load_ledger([], invocation_dir=Path("."))
+    assert {f.id for f in ledger.findings} >= {"torch-cpu-flash-backward-finite-masked-rows",
+                                                "diffusers-flex-drops-is-causal"}
+    ran = 0
+    for finding in ledger.findings:
+        for pattern in finding.backends:
+            try:
+                backend = get_backend(pattern)
+            except LookupError:
+                continue
+            if backend.unavailable_reason():
+                continue
+            for check in finding.checks:
+                for dtype in ("fp32", "fp16", "bf16"):
+                    if not finding.applies(backend.name, check, dtype, "cpu", installed):
+                        continue
+                    for case in finding.repro_cases(dtype, "cpu"):
+                        result = _check_fn(check)(backend, case, Tolerances())
+                        if result.skipped:
+                            continue
+                        ran += 1
+                        assert not result.passed, f"{finding.id}: {backend.name} {check} {dtype} repro passes now"
+                        assert finding.explains(case), f"{finding.id}: its own repro case is outside its `when`"
+    assert ran >= 6, "the built-in findings' repro cases did not run here"
+
+
+def test_builtin_ledger_parses_and_names_its_links() -> None:
+    findings = read_ledger(BUILTIN)
+    assert findings and all(f.link and f.versions and f.repro for f in findings)
+
+
+def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(BUILTIN.read_text())
+    with pytest.raises(LedgerError, match="also in"):
+        load_ledger([str(tmp_path / "a.toml")], invocation_dir=tmp_path)
+
+
+def test_compare_fails_only_where_the_gate_finds_worse(matrix_project, tmp_path, monkeypatch) -> None:  # noqa: F811
+    """--attn-compare: a cell failing in the baseline too is an unchanged failure (xfail, exit 0);
+    a cell that newly fails makes the run exit 1."""
+    args = ("--attn-backends=naive,vendor-scale,vendor-degradable", "--attn-dtypes=fp32", "--attn-examples=2",
+            "-p", "no:cacheprovider")
+    before = matrix_project.runpytest(*args, f"--attn-report={tmp_path / 'before'}")
+    assert before.ret == 1  # vendor-scale has a real bug
+    baseline = tmp_path / "before" / "results.json"
+
+    same = matrix_project.runpytest(*args, f"--attn-compare={baseline}", "-rx")
+    assert same.ret == 0, same.stdout.str()[-3000:]
+    same.stdout.fnmatch_lines(["*attnparity upgrade gate: passed*",
+                               "*XFAIL*forward[[]vendor-scale-fp32[]]*unchanged failure*"])
+
+    monkeypatch.setenv("ATTN_DEGRADE", "1")
+    worse = matrix_project.runpytest(*args, f"--attn-compare={baseline}", f"--attn-report={tmp_path / 'after'}")
+    assert worse.ret == 1
+    worse.stdout.fnmatch_lines(["*WORSE forward vendor-degradable fp32: pass -> fail*"])
+    records = json.loads((tmp_path / "after" / "results.json").read_text())["records"]
+    scale = next(r for r in records if r["backend"] == "vendor-scale")
+    assert scale["verdict"] == "fail"  # the record keeps the truth; only the item's outcome is xfail
