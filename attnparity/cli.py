@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                          help=f"an SSIM may drop by this much ({defaults.compare_ssim:g})")
     compare.add_argument("--slowdown", type=float, default=defaults.compare_slowdown,
                          help=f"a time may grow by this fraction ({defaults.compare_slowdown:g})")
+    compare.add_argument("--noise", type=float, default=defaults.perf_noise,
+                         help=f"... and by this many times its measured noise ({defaults.perf_noise:g})")
     table = sub.add_parser("perf-table", help="the perf records of a results.json as Markdown tables")
     table.add_argument("results", help="a results.json written with --attn-report=DIR")
     args = parser.parse_args(argv)
@@ -49,7 +51,7 @@ def _compare(args: argparse.Namespace) -> int:
     from attnparity.results.record import ResultsFileError
 
     try:
-        comparison = compare_files(args.old, args.new, Thresholds(args.ratio, args.ssim, args.slowdown))
+        comparison = compare_files(args.old, args.new, Thresholds(args.ratio, args.ssim, args.slowdown, args.noise))
     except (ResultsFileError, ValueError) as exc:
         print(f"attnparity compare: {exc}", file=sys.stderr)
         return 2

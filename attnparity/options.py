@@ -120,15 +120,16 @@ class Options:
     known: tuple[str, ...] = _opt("known-findings ledgers (TOML, repeatable; ini: one per line) added to attnparity's built-in one; 'none' turns the built-in one off", (), "lines")
     compare_ratio: float = _opt("gate: an error ratio may grow by this factor before it counts as worse", 2.0, "float", low=1.0)
     compare_ssim: float = _opt("gate: an SSIM may drop by this much before it counts as worse", 0.01, "float", low=0.0)
-    compare_slowdown: float = _opt("gate: a timing on the same device may grow by this fraction (0.25 = 25%)", 0.25, "float", low=0.0)
+    compare_slowdown: float = _opt("gate: a timing on the same device may grow by this fraction (0.25 = 25%), relative to the reference kernel timed in the same item (absolute ms where there is none)", 0.25, "float", low=0.0)
     pipeline: tuple[str, ...] = _opt("a local diffusers checkpoint directory to add to the pipeline checks (repeatable; ini: one per line)", (), "lines")
     golden_dir: Path | None = _opt("where golden images are read and written (default <rootdir>/golden; built-in pipelines fall back to the goldens shipped with attnparity)", None, "rootpath")
     golden_update: bool = _opt("write the golden images of the pipelines that run (made with fp64 reference attention); never done otherwise", False, "bool")
     pipeline_ssim: tuple[Rule, ...] = _opt("pipeline SSIM thresholds, one per line: '<dtype|*> ref=<ssim> golden=<ssim>'",
                                            (), "rules", grammar=PIPELINE_SSIM_RULES)
     perf: str = _opt("perf shape set: 'quick' (a few real diffusion shapes; fewer tokens on CPU) or 'full' (every catalogued shape; meant for GPUs, hours on a small CPU)", "quick", "choice", choices=PERF_MODES)
-    perf_baseline: Path | None = _opt("results.json of an earlier run: a perf cell slower than it beyond --attn-perf-margin fails (same device only)", None, "path")
+    perf_baseline: Path | None = _opt("results.json of an earlier run: a perf cell slower than it beyond --attn-perf-margin and --attn-perf-noise fails (same device only; relative to the reference kernel timed in the same item)", None, "path")
     perf_margin: float = _opt("slowdown allowed against --attn-perf-baseline, as a fraction (0.1 = 10%)", 0.1, "float", low=0.0)
+    perf_noise: float = _opt("both timing gates: a time counts as slower only beyond this many times its measured noise too (the standard error of the time relative to the reference kernel; the cv for an absolute time)", 3.0, "float", low=0.0)
 
     @classmethod
     def resolve(cls, cli: Callable[[str], Any], ini: Callable[[str], Any], *, rootdir: Path,

@@ -85,6 +85,15 @@ class TimerSettings:
     max_reps: int
 
 
+def ratio_cv(timing: Timing, reference: Timing) -> float:
+    """The cv of the round-by-round ratios ``timing`` / ``reference`` (runs of the same rounds of
+    time_many): load that changes between rounds cancels in them, so this is the noise of the
+    relative time, which the perf gate allows for."""
+    if len(timing.times_ms) != len(reference.times_ms):
+        raise ValueError(f"{len(timing.times_ms)} runs against {len(reference.times_ms)}: not from the same rounds")
+    return coefficient_of_variation([t / r for t, r in zip(timing.times_ms, reference.times_ms) if r > 0])
+
+
 #: CUDA presets follow do_bench's defaults (25 ms warm-up, 100 ms of runs); CPU ones keep a quick
 #: run of the whole perf set within a minute or two on a small machine.
 SETTINGS = {

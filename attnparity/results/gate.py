@@ -10,11 +10,21 @@ time. A cell got **worse** when
   noise, not a regression);
 - an SSIM (ssim_ref, ssim_golden) dropped by more than ``ssim_margin``;
 - it ran before and does not now: the backend disappeared, is unavailable, or the cell was not run;
-- on the same device, its time (ms) grew by more than ``slowdown`` (a fraction).
+- on the same device, its time grew beyond both ``slowdown`` (a fraction) and its measured noise
+  (``compare_timing``).
 
 Timings go through ``compare_timing`` alone, here and for ``--attn-perf-baseline`` (suite/perf.py):
 two timings compare only when their ``timing_label`` is the same (the GPU's name, or the CPU with
-its torch thread count).
+its torch thread count). What is compared is the **relative time**, the backend's median over a
+reference kernel's median timed interleaved in the same item (1 / ``speedup_math``, or
+1 / ``speedup_naive`` for the sdpa-math row itself, 1 / ``speedup_default`` for pipelines): load
+on a shared machine slows both alike, so two runs of one setup agree on it while their absolute
+ms swing by half. Only a cell without a common reference (the ``sdpa`` row of the pipeline
+timings, records written before the references existed) falls back to absolute ms, with an
+allowance widened by both cells' spread; a machine that is steadily busier can still fail such a
+cell. Limitation: the relative basis cannot see a change that slows the reference as much as the
+backend (a slower CPU, or a torch upgrade that slows every matmul); such a change is invisible
+here by design, and the absolute ms in the message are what show it.
 
 Better cells (fail -> pass, faster, new cells) are listed too, for the record; they never fail.
 """
@@ -22,7 +32,7 @@ Better cells (fail -> pass, faster, new cells) are listed too, for the record; t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +46,8 @@ RATIO_NOISE = 0.1
 #: reverse, is an unchanged failure), a known finding sits between pass and fail.
 _GATE_RANK = {**VERDICT_RANK, "error": VERDICT_RANK["fail"]}
 SSIM_METRICS = ("ssim_ref", "ssim_golden")
+#: The standard error of a median of n runs is about sqrt(pi / 2) = 1.25 times that of their mean.
+MEDIAN_SE = math.sqrt(math.pi / 2)
 
 Cell = tuple[str, str, "str | None", "str | None"]
 
@@ -45,10 +57,11 @@ class Thresholds:
     ratio_factor: float = Options.compare_ratio
     ssim_margin: float = Options.compare_ssim
     slowdown: float = Options.compare_slowdown
+    noise: float = Options.perf_noise
 
     @classmethod
     def from_options(cls, options: Options) -> "Thresholds":
-        return cls(options.compare_ratio, options.compare_ssim, options.compare_slowdown)
+        return cls(options.compare_ratio, options.compare_ssim, options.compare_slowdown, options.perf_noise)
 
     def __post_init__(self) -> None:
         if not self.ratio_factor >= 1:
@@ -57,6 +70,12 @@ class Thresholds:
             raise ValueError(f"attn_compare_ssim={self.ssim_margin}: must be >= 0 (0.01 = may drop by 0.01)")
         if not self.slowdown >= 0:
             raise ValueError(f"attn_compare_slowdown={self.slowdown}: must be >= 0 (0.25 = 25% slower allowed)")
+        check_noise(self.noise)
+
+
+def check_noise(noise: float) -> None:
+    if not noise >= 0:
+        raise ValueError(f"attn_perf_noise={noise}: must be >= 0 (3 = three times the measured noise allowed)")
 
 
 @dataclass
@@ -65,8 +84,7 @@ class FoldedCell:
     verdict: str | None = None
     ratio: float | None = None
     ssim: dict[str, float] = field(default_factory=dict)
-    ms: float | None = None
-    timing_label: str = ""
+    timing: "TimingSample | None" = None
     message: str = ""
     nodeid: str = ""
 
@@ -81,14 +99,95 @@ class FoldedCell:
             value = r.metrics.get(name)
             if value is not None:
                 self.ssim[name] = min(self.ssim.get(name, math.inf), float(value))
-        ms = r.metrics.get("ms")
-        if ms is not None:
-            self.ms = float(ms) if self.ms is None else max(self.ms, float(ms))
-            self.timing_label = self.timing_label or timing_label(r)
+        sample = TimingSample.from_record(r)
+        if sample is not None:
+            self.timing = sample if self.timing is None else self.timing.worst(sample)
 
     @property
     def ran(self) -> bool:
         return self.verdict in ("pass", "xfail", "fail", "error")
+
+
+#: The in-run references a perf record's time can be taken relative to, in order of preference:
+#: (metric = reference median / backend median, the reference's backend, the extra key of its cv,
+#: the extra key of the cv of the round-by-round ratios backend / reference). suite/perf.py and
+#: suite/perf_pipelines.py write them; a row is never relative to itself.
+REFERENCES: tuple[tuple[str, str, str, str], ...] = (
+    ("speedup_math", "sdpa-math", "sdpa-math_cv", "sdpa-math_ratio_cv"),
+    ("speedup_naive", "naive", "naive_cv", "naive_ratio_cv"),
+    ("speedup_default", "sdpa", "default_routed_cv", "default_routed_ratio_cv"),
+)
+
+
+@dataclass(frozen=True)
+class TimingSample:
+    """One cell's timing as the gate sees it: median ms, spread, and its time relative to a
+    reference kernel timed interleaved in the same item, when there was one."""
+
+    ms: float
+    label: str
+    cv: float = 0.0
+    reps: int = 0
+    #: backend median / reference median, from the same interleaved rounds
+    relative: float | None = None
+    reference: str | None = None
+    reference_cv: float = 0.0
+    #: cv of the per-round ratios backend / reference, when recorded: load that drifts between
+    #: rounds cancels in them, so they measure the relative time's own noise best
+    ratio_cv: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.ms > 0 and math.isfinite(self.ms)):
+            raise ValueError(f"a timing needs a positive finite ms, not {self.ms!r}")
+        if self.relative is not None and not (self.relative > 0 and math.isfinite(self.relative)):
+            raise ValueError(f"a relative time must be positive and finite, not {self.relative!r}")
+
+    @classmethod
+    def of(cls, backend: str | None, metrics: Mapping[str, Any], extra: Mapping[str, Any],
+           label: str) -> "TimingSample | None":
+        """The sample of a perf record's fields (None without a usable ms); the relative time is
+        taken from the first reference of REFERENCES that is not the backend itself."""
+        ms = _number(metrics.get("ms"))
+        if ms is None or ms <= 0:
+            return None
+        relative, reference, reference_cv, ratio_cv = None, None, 0.0, None
+        for metric, ref_backend, cv_key, ratio_cv_key in REFERENCES:
+            speedup = _number(metrics.get(metric))
+            if ref_backend != backend and speedup is not None and speedup > 0:
+                relative, reference = 1 / speedup, ref_backend
+                reference_cv, ratio_cv = _number(extra.get(cv_key)) or 0.0, _number(extra.get(ratio_cv_key))
+                break
+        return cls(ms, label, _number(metrics.get("ms_cv")) or 0.0, int(_number(metrics.get("reps")) or 0),
+                   relative, reference, reference_cv, ratio_cv)
+
+    @classmethod
+    def from_record(cls, record: ResultRecord) -> "TimingSample | None":
+        return cls.of(record.backend, record.metrics, record.extra, timing_label(record))
+
+    def worst(self, other: "TimingSample") -> "TimingSample":
+        """Two records of one cell folded: the slower of each figure, the noisier spread."""
+        same_ref = self.reference == other.reference and self.relative is not None and other.relative is not None
+        return TimingSample(max(self.ms, other.ms), self.label, max(self.cv, other.cv), min(self.reps, other.reps),
+                            max(self.relative, other.relative) if same_ref else None,  # type: ignore[type-var]
+                            self.reference if same_ref else None, max(self.reference_cv, other.reference_cv),
+                            max(self.ratio_cv or 0.0, other.ratio_cv or 0.0) if same_ref else None)
+
+    @property
+    def relative_noise(self) -> float:
+        """The relative standard error of the relative time: the sampling error of a median of
+        per-round ratios (``ratio_cv``), or, in records without it, of two independent medians
+        (the hypot of both cvs, an overestimate: interleaving correlates them). With reps
+        unknown (0) the spread itself stands in."""
+        spread = self.ratio_cv if self.ratio_cv is not None else math.hypot(self.cv, self.reference_cv)
+        return MEDIAN_SE * spread / math.sqrt(self.reps) if self.reps > 0 else spread
+
+
+def _number(value: Any) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def timing_label(record: ResultRecord) -> str:
@@ -101,23 +200,50 @@ class TimingChange:
     """One timing against an earlier one: compared only on the same device label."""
 
     compared: bool
-    ratio: float | None  # new / old time
+    ratio: float | None  # new / old, on ``basis``
     worse: bool
     better: bool
     text: str
+    #: "relative to <reference>" or "absolute"; "" when not compared
+    basis: str = ""
+    #: the slowdown allowed (a fraction): the threshold or the noise allowance, whichever is larger
+    allowed: float = 0.0
 
 
-def compare_timing(old_ms: float, old_label: str, new_ms: float, new_label: str, slowdown: float) -> TimingChange:
-    """The one rule for timings: worse when ``new_ms`` exceeds ``old_ms`` by more than ``slowdown``
-    (a fraction) on the same device label; never compared across labels."""
-    if old_label != new_label:
-        return TimingChange(False, None, False, False, f"timed on {old_label} before, on {new_label} now: not compared")
-    if not old_ms > 0:
-        return TimingChange(False, None, False, False, "no earlier timing")
-    ratio = new_ms / old_ms
+def compare_timing(old: TimingSample, new: TimingSample, slowdown: float, noise: float) -> TimingChange:
+    """The one rule for timings (``--attn-compare``, ``attnparity compare``, ``--attn-perf-baseline``).
+
+    Never across device labels. When both samples are relative to the same reference, the relative
+    times are compared: worse when the new one exceeds the old by more than
+    ``max(slowdown, noise * hypot(old.relative_noise, new.relative_noise))``. Otherwise the absolute
+    ms, allowed ``max(slowdown, noise * hypot(old.cv, new.cv))``: an absolute time also carries the
+    machine's load, whose only trace in a cell is its spread, so the allowance scales with the
+    spread itself rather than its standard error. Faster beyond the same allowance is "better".
+    """
+    if slowdown < 0:
+        raise ValueError(f"slowdown={slowdown}: must be >= 0 (0.25 = 25% slower allowed)")
+    check_noise(noise)
+    if old.label != new.label:
+        return TimingChange(False, None, False, False, f"timed on {old.label} before, on {new.label} now: not compared")
+    ms_text = f"{old.ms:.3g} ms -> {new.ms:.3g} ms ({new.ms / old.ms - 1:+.0%})"
+    if old.relative is not None and new.relative is not None and old.reference == new.reference:
+        basis = f"relative to {new.reference}"
+        ratio = new.relative / old.relative
+        spread = math.hypot(old.relative_noise, new.relative_noise)
+        allowed = max(slowdown, noise * spread)
+        text = (f"{basis}: {old.relative:.3g} -> {new.relative:.3g} ({ratio - 1:+.0%}, allowed +{allowed:.0%}"
+                f"{' by its noise' if allowed > slowdown else ''}); absolute {ms_text} on {new.label}")
+    else:
+        basis = "absolute"
+        ratio = new.ms / old.ms
+        spread = math.hypot(old.cv, new.cv)
+        allowed = max(slowdown, noise * spread)
+        why = "no common reference" if old.reference != new.reference else "no reference timed"
+        text = (f"{basis} ({why}): {ms_text}, allowed +{allowed:.0%}"
+                f"{f' by cv {old.cv:.0%} / {new.cv:.0%}' if allowed > slowdown else ''} on {new.label}")
     change = ratio - 1
-    text = f"{old_ms:.3g} ms -> {new_ms:.3g} ms ({change:+.0%}, allowed +{slowdown:.0%}) on {new_label}"
-    return TimingChange(True, ratio, change > slowdown, change < -slowdown, text)
+    # faster: the same allowance, in the same units (1 / (1 + allowed) is the mirror of a slowdown)
+    return TimingChange(True, ratio, change > allowed, ratio < 1 / (1 + allowed), text, basis, allowed)
 
 
 def fold(records: Iterable[ResultRecord]) -> dict[Cell, FoldedCell]:
@@ -230,10 +356,10 @@ def _cell_differences(cell: Cell, old: FoldedCell, new: FoldedCell, t: Threshold
             out.append(Difference(cell, name, old.ssim[name], new.ssim[name],
                                   f"{name} {old.ssim[name]:.4f} -> {new.ssim[name]:.4f} (dropped > {t.ssim_margin:g})",
                                   True))
-    if old.ms is not None and new.ms is not None:
-        timing = compare_timing(old.ms, old.timing_label, new.ms, new.timing_label, t.slowdown)
+    if old.timing is not None and new.timing is not None:
+        timing = compare_timing(old.timing, new.timing, t.slowdown, t.noise)
         if timing.worse or timing.better:
-            out.append(Difference(cell, "time", old.ms, new.ms, timing.text, timing.worse))
+            out.append(Difference(cell, "time", old.timing.ms, new.timing.ms, timing.text, timing.worse))
     return out
 
 

@@ -7,10 +7,12 @@ measured matmul peak in that dtype) and the speed-ups over sdpa-math and naive, 
 item on the same inputs, interleaved run by run with the backend (perf.time_many), so the ratios
 hold on a shared machine even when absolute times wander.
 
-Timings never fail a run. With ``--attn-perf-baseline=old.json`` a cell slower than the old run's
-by more than ``--attn-perf-margin`` fails, and only when both were timed on the same device label
-(GPU name, or CPU with the same torch thread count); otherwise the record says why it was not
-compared.
+Timings never fail a run. With ``--attn-perf-baseline=old.json`` a cell fails when its time
+relative to the reference timed in the same item (1 / speedup_math; 1 / speedup_naive for the
+sdpa-math row) grew by more than ``--attn-perf-margin`` and by more than ``--attn-perf-noise``
+times its measured noise, and only when both were timed on the same device label (GPU name, or
+CPU with the same torch thread count); otherwise the record says why it was not compared. The
+rule is results.gate.compare_timing, the same as ``--attn-compare``'s.
 
 Pipeline-level timings (images/s per backend, speed-up over the default attention) are the items
 of suite/perf_pipelines.py, collected after these.
@@ -33,11 +35,13 @@ from . import Check, SuiteContext
 if TYPE_CHECKING:
     from attnparity.backends.base import Backend
     from attnparity.check.cases import AttnCase
+    from attnparity.options import Options
     from attnparity.perf.timer import Timing, TimerSettings
     from attnparity.perf.shapes import PerfShape
     from attnparity.results.record import ResultRecord
 
-#: The rows every speed-up is relative to: (backend, metric name).
+#: The rows every speed-up is relative to: (backend, metric name). results.gate.REFERENCES reads
+#: them back (with the cv kept as extra["<backend>_cv"]); a test keeps the two in step.
 REFERENCES = (("sdpa-math", "speedup_math"), ("naive", "speedup_naive"))
 
 
@@ -46,7 +50,7 @@ def checks(ctx: SuiteContext) -> list[Check]:
 
     mode = ctx.options.perf
     shapes = perf_shapes.select(mode, ctx.device)
-    margin = ctx.options.perf_margin
+    gate = GateSettings.from_options(ctx.options)
     baseline = load_baseline(ctx.options.perf_baseline)
     refused = xdist_refusal(ctx.device)
     out: list[Check] = []
@@ -55,7 +59,7 @@ def checks(ctx: SuiteContext) -> list[Check]:
         for dtype in ctx.dtypes:
             for shape in shapes:
                 skip = unavailable or refused or _not_claimed(backend, shape.case(dtype, ctx.device))
-                run = functools.partial(run_perf, ctx, backend, dtype, shape, mode, baseline, margin)
+                run = functools.partial(run_perf, ctx, backend, dtype, shape, mode, baseline, gate)
                 out.append(Check("perf", f"perf:{shape.name}", backend.name, dtype, run,
                                  marks=("attn_perf",), skip=skip))
     return out
@@ -71,6 +75,18 @@ def _not_claimed(backend: "Backend", case: "AttnCase") -> str | None:
 class Baseline:
     path: str
     cells: dict[tuple[Any, ...], "ResultRecord"] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """--attn-perf-margin and --attn-perf-noise, as the baseline gate uses them."""
+
+    margin: float
+    noise: float
+
+    @classmethod
+    def from_options(cls, options: "Options") -> "GateSettings":
+        return cls(options.perf_margin, options.perf_noise)
 
 
 def load_baseline(path: Any) -> Baseline | None:
@@ -147,10 +163,10 @@ def time_with_references(ctx: SuiteContext, backend: "Backend", case: "AttnCase"
 
 
 def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShape", mode: str,
-             baseline: Baseline | None, margin: float) -> "ResultRecord":
+             baseline: Baseline | None, gate: "GateSettings") -> "ResultRecord":
     from attnparity.perf.flops import FLOPS_CONVENTION, speedup, tflops
     from attnparity.perf.peak import matmul_peak
-    from attnparity.perf.timer import Timing, cpu_contention, settings_for
+    from attnparity.perf.timer import Timing, cpu_contention, ratio_cv, settings_for
     from attnparity.results.record import ResultRecord
 
     settings = settings_for(ctx.device, mode)
@@ -175,6 +191,7 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
             metrics[metric] = speedup(ref.median_ms, ms)
             extra[f"{ref_name}_ms"] = ref.median_ms
             extra[f"{ref_name}_cv"] = ref.cv
+            extra[f"{ref_name}_ratio_cv"] = ratio_cv(timing, ref)
         else:
             notes.append(f"no {metric}: {ref}")
     extra.update(device_label=timing.device_label, method=timing.method, first_call_ms=timing.first_call_ms,
@@ -189,40 +206,49 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
                f"{metrics['pct_peak']:.0f}% of matmul peak"
                + "".join(f", {metrics[m]:.2f}x {r}" for r, m in REFERENCES if m in metrics)
                + f" [{timing.device_label}, {timing.method}] {shape.describe()}")
-    verdict, verdict_text = compare_to_baseline(baseline, margin, ("perf", check, backend.name, dtype),
-                                                timing, metrics)
+    verdict, verdict_text = compare_to_baseline(baseline, gate, ("perf", check, backend.name, dtype),
+                                                timing.device_label, metrics, extra)
     message = "\n".join([summary, *notes, *([verdict_text] if verdict_text else [])])
     if verdict == "fail":
         message = verdict_text + "\n" + summary + "".join("\n" + n for n in notes) + "\nrepro: " + _repro(
-            backend.name, dtype, shape.name, mode, baseline, margin)
+            backend.name, dtype, shape.name, mode, baseline, gate)
     return ResultRecord("perf", check, backend.name, dtype, verdict, metrics=metrics, message=message, extra=extra)
 
 
-def compare_to_baseline(baseline: Baseline | None, margin: float, cell: tuple[Any, ...], timing: "Timing",
-                        metrics: dict[str, float]) -> tuple[str, str]:
-    """("pass" | "fail", what the gate found) for one timing against the baseline run's cell; metrics
-    gains baseline_ms and vs_baseline (new / old time) when compared."""
-    from attnparity.results.gate import compare_timing, timing_label
+def compare_to_baseline(baseline: Baseline | None, gate: "GateSettings", cell: tuple[Any, ...], label: str,
+                        metrics: dict[str, float], extra: dict[str, Any]) -> tuple[str, str]:
+    """("pass" | "fail", what the gate found) for one timing against the baseline run's cell, by
+    results.gate.compare_timing (relative to the in-item reference when both cells have one);
+    metrics gains baseline_ms, vs_baseline (new / old ms) and, on the relative basis,
+    vs_baseline_relative (new / old relative time) when compared."""
+    from attnparity.results.gate import TimingSample, compare_timing
 
     if baseline is None:
         return "pass", ""
     old = baseline.cells.get(cell)
     if old is None:
         return "pass", f"baseline {baseline.path}: no such cell; not compared"
-    if old.verdict not in ("pass", "fail") or not old.metrics.get("ms"):
+    old_sample = TimingSample.from_record(old)
+    if old.verdict not in ("pass", "fail") or old_sample is None:
         return "pass", f"baseline cell has no timing ({old.verdict}: {old.message.splitlines()[0] if old.message else ''})"
-    change = compare_timing(old.metrics["ms"], timing_label(old), metrics["ms"], timing.device_label, margin)
+    new_sample = TimingSample.of(cell[2], metrics, extra, label)
+    assert new_sample is not None, "a perf record always has a positive ms"
+    change = compare_timing(old_sample, new_sample, gate.margin, gate.noise)
     if not change.compared:
         return "pass", f"baseline {baseline.path}: {change.text}"
-    metrics["baseline_ms"] = old.metrics["ms"]
-    metrics["vs_baseline"] = change.ratio or 0.0
-    text = (f"{change.text} against {baseline.path} (cv now {100 * metrics['ms_cv']:.0f}%, "
-            f"then {100 * old.metrics.get('ms_cv', 0.0):.0f}%)")
+    metrics["baseline_ms"] = old_sample.ms
+    metrics["vs_baseline"] = new_sample.ms / old_sample.ms
+    if change.basis != "absolute":
+        metrics["vs_baseline_relative"] = change.ratio or 0.0
+    extra["baseline_basis"] = change.basis
+    text = (f"{change.text} against {baseline.path} (cv now {100 * new_sample.cv:.0f}%, "
+            f"then {100 * old_sample.cv:.0f}%)")
     if change.worse:
         return "fail", "SLOWER than baseline: " + text
     return "pass", "within baseline: " + text
 
 
-def _repro(backend: str, dtype: str, shape: str, mode: str, baseline: Baseline | None, margin: float) -> str:
+def _repro(backend: str, dtype: str, shape: str, mode: str, baseline: Baseline | None, gate: GateSettings) -> str:
     return (f"pytest --attn-backends={backend} --attn-dtypes={dtype} -m attn_perf -k '{shape}' --attn-perf={mode}"
-            + (f" --attn-perf-baseline={baseline.path} --attn-perf-margin={margin:g}" if baseline else ""))
+            + (f" --attn-perf-baseline={baseline.path} --attn-perf-margin={gate.margin:g}"
+               f" --attn-perf-noise={gate.noise:g}" if baseline else ""))

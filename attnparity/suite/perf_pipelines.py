@@ -10,6 +10,11 @@ interleaved run by run (perf.time_many), one image per run from the same seed an
   on both sides (a TorchFunctionMode sees every torch call), so the ratio isolates attention;
 * the pipeline untouched: its images/s (``default_images_per_s``) shows what routing itself costs.
 
+``--attn-perf-baseline`` and ``--attn-compare`` judge these cells by their time relative to the
+routed ``sdpa`` run (1 / ``speedup_default``, results.gate.compare_timing). The ``sdpa`` row is its
+own reference, so it falls back to absolute ms with an allowance widened by both runs' cv: unlike
+every other row, it is not load-proof.
+
 A tiny pipeline takes about a second per image on a 2-core CPU, so on CPU these items belong to
 ``--attn-perf=full``; on CUDA they are part of the quick set too. On CPU ``specs.run_pipeline`` runs
 single-threaded (image determinism across machines), so the timing is taken, and labelled, with one
@@ -29,7 +34,7 @@ if TYPE_CHECKING:
     from attnparity.backends.base import Backend
     from attnparity.pipelines.specs import PipelineSpec
     from attnparity.results.record import ResultRecord
-    from .perf import Baseline
+    from .perf import Baseline, GateSettings
 
 #: The backend a pipeline's default attention amounts to (diffusers' processors call SDPA).
 DEFAULT_ATTENTION = "sdpa"
@@ -40,9 +45,9 @@ def wanted(ctx: SuiteContext, mode: str) -> bool:
 
 
 def checks(ctx: SuiteContext) -> list[Check]:
-    from .perf import load_baseline, xdist_refusal
+    from .perf import GateSettings, load_baseline, xdist_refusal
 
-    mode, margin = ctx.options.perf, ctx.options.perf_margin
+    mode, gate = ctx.options.perf, GateSettings.from_options(ctx.options)
     if not wanted(ctx, mode):
         return []
     from attnparity.pipelines.specs import specs_for
@@ -57,7 +62,7 @@ def checks(ctx: SuiteContext) -> list[Check]:
                 skip = ctx.unavailable(backend) or refused
                 if skip is None and dtype not in backend.capabilities.dtype_names:
                     skip = f"{backend.name} does not claim {dtype}"
-                run = functools.partial(run_pipeline_perf, ctx, spec, backend, dtype, mode, baseline, margin)
+                run = functools.partial(run_pipeline_perf, ctx, spec, backend, dtype, mode, baseline, gate)
                 out.append(Check("perf", f"perf-pipeline:{spec.name}", backend.name, dtype, run,
                                  marks=("attn_perf",), skip=skip))
     return out
@@ -88,9 +93,9 @@ def _one_cpu_thread(device: str) -> Iterator[None]:
 
 
 def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str, mode: str,
-                      baseline: "Baseline | None", margin: float) -> "ResultRecord":
+                      baseline: "Baseline | None", gate: "GateSettings") -> "ResultRecord":
     from attnparity.backends.registry import get_backend
-    from attnparity.perf.timer import Timing, cpu_contention, time_many
+    from attnparity.perf.timer import Timing, cpu_contention, ratio_cv, time_many
     from attnparity.pipelines import routing, specs
     from attnparity.pipelines.specs import PipelineSpecError
     from attnparity.results.record import ResultRecord
@@ -133,6 +138,7 @@ def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend
     extra: dict[str, Any] = {**spec.describe(), **route_stats.to_extra(), "device_label": mine.device_label,
                              "method": mine.method, "first_call_ms": mine.first_call_ms, "mode": mode,
                              "default_attention": DEFAULT_ATTENTION, "default_routed_ms": ref.median_ms,
+                             "default_routed_cv": ref.cv, "default_routed_ratio_cv": ratio_cv(mine, ref),
                              "default_unrouted_ms": plain.median_ms}
     notes: list[str] = []
     if route_stats.routed == 0:
@@ -147,7 +153,8 @@ def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend
                f"{spec.steps} steps; cv {100 * mine.cv:.0f}%, {mine.reps} runs), {metrics['speedup_default']:.2f}x "
                f"the default attention ({DEFAULT_ATTENTION}, routed alike); unrouted pipeline "
                f"{metrics['default_images_per_s']:.3g} images/s [{mine.device_label}, {mine.method}]")
-    verdict, verdict_text = compare_to_baseline(baseline, margin, ("perf", check, backend.name, dtype), mine, metrics)
+    verdict, verdict_text = compare_to_baseline(baseline, gate, ("perf", check, backend.name, dtype),
+                                                mine.device_label, metrics, extra)
     message = "\n".join([summary, *notes, *([verdict_text] if verdict_text else [])])
     if verdict == "fail":
         message = verdict_text + "\n" + summary
