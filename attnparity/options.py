@@ -18,6 +18,7 @@ from attnparity.backends.base import DTYPE_NAMES, dtype_name
 from attnparity.machine import DEVICE_KINDS
 
 PERF_MODES = ("quick", "full")
+SUMMARY_MODES = ("short", "full")
 
 
 class OptionError(ValueError):
@@ -128,6 +129,7 @@ class Options:
     perf: str = _opt("perf shape set: 'quick' (a few real diffusion shapes; fewer tokens on CPU) or 'full' (every catalogued shape; meant for GPUs, hours on a small CPU)", "quick", "choice", choices=PERF_MODES)
     perf_baseline: Path | None = _opt("results.json of an earlier run: a perf cell slower than it beyond --attn-perf-margin fails (same device only)", None, "path")
     perf_margin: float = _opt("slowdown allowed against --attn-perf-baseline, as a fraction (0.1 = 10%)", 0.1, "float", low=0.0)
+    summary: str = _opt("terminal summary: 'short' (failures first, only rows that ran, unavailable backends one line per reason; fits a screen) or 'full' (every row, skips included)", "short", "choice", choices=SUMMARY_MODES)
 
     @classmethod
     def resolve(cls, cli: Callable[[str], Any], ini: Callable[[str], Any], *, rootdir: Path,

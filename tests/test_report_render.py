@@ -46,7 +46,7 @@ def sample_records(tmp_path: Path) -> list[ResultRecord]:
     return recs
 
 
-def render_terminal(records, markup: bool) -> str:
+def render_terminal(records, markup: bool, full: bool = False) -> str:
     class Term:  # the TerminalReporter methods summarize uses, on a real TerminalWriter
         def __init__(self):
             self.out = io.StringIO()
@@ -64,7 +64,7 @@ def render_terminal(records, markup: bool) -> str:
             self.tw.line(line, **kw)
 
     term = Term()
-    summarize(None, records, term)
+    summarize(None, records, term, full=full)
     return term.out.getvalue()
 
 
@@ -79,10 +79,22 @@ def test_terminal_summary_fits_100_columns_and_shows_every_section(tmp_path):
     assert header.split() == ["backend", "fp32", "fp16", "bf16"]
     flash = next(line for line in lines if line.startswith("sdpa-flash "))
     assert flash.split() == ["sdpa-flash", "pass", "0.90", "30", "pass", "1.70", "30", "fail", "40.00", "37"]
+    failures = next(i for i, line in enumerate(lines) if line.startswith("failures (1)"))
+    assert "masked-rows[sdpa-flash-bf16]  fully masked row gives NaN" in lines[failures + 1]
+    assert failures < lines.index(header)  # failures before the matrix
+    pipeline = next(line for line in lines if "pipelines (1)" in line)
+    assert lines[lines.index(pipeline) + 2].split() == ["sdpa-math", "pass", "1/1", "0.9997", "0.9981"]
+    assert any(line.startswith("sdpa-flash ") and "3.43x" in line for line in lines)
+    assert "  xformers: xformers not installed" in lines
+    assert "pytest 'attnparity::masked-rows[sdpa-flash-bf16]' --attn-seed=3" in text
+
+
+def test_full_terminal_summary_shows_every_row(tmp_path):
+    lines = render_terminal(sample_records(tmp_path), markup=False, full=True).splitlines()
     assert any(line.startswith("pipeline:sd15") and "0.9997" in line and "0.9981" in line for line in lines)
     assert any(line.startswith("perf:sd15-4096x40") and "sdpa-flash" in line and "3.43x" in line for line in lines)
     assert any("xformers" in line and "xformers not installed (1 cell)" in line for line in lines)
-    assert "pytest 'attnparity::masked-rows[sdpa-flash-bf16]' --attn-seed=3" in text
+    assert any(line.startswith("xformers ") and "skip" in line for line in lines)  # skipped rows too
 
 
 def test_terminal_colours_only_with_markup(tmp_path):
@@ -153,3 +165,39 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert colours is not None and len(colours) > 20, "the screenshot is blank"
     print(f"report {(out / 'index.html').stat().st_size} bytes, written in {render_s:.3f} s, "
           f"chromium load+dump {load_s:.2f} s; screenshot {shot}")
+
+
+def test_summary_of_a_real_cpu_run_fits_a_screen(tmp_path):
+    # The real run's 43 backends and 2193 cells (34 backends unavailable): the old summary was 883 lines.
+    from realistic import CELLS, cpu_run_records
+
+    text = render_terminal(cpu_run_records(), markup=False)
+    lines = text.splitlines()
+    assert len(lines) <= 100, f"{len(lines)} lines"
+    start = next(i for i, line in enumerate(lines) if line.startswith("unavailable here: 34 backends"))
+    entries: list[str] = []
+    for line in lines[start + 1:lines.index("", start)]:
+        if line.startswith("    "):
+            entries[-1] += " " + line.strip()
+        else:
+            entries.append(line.strip())
+    listed = [name for entry in entries for name in entry.split(": ", 1)[0].split(", ")]
+    assert sorted(listed) == sorted(name for name, reason in CELLS["backends"].items() if reason)
+    # 30 distinct texts, 15 reasons: the same cause named per backend ('sage', 'sage_varlen') is one
+    assert len({reason for reason in CELLS["backends"].values() if reason}) == 30 and len(entries) == 15
+    assert "xformers, xformers-cutlass, xformers-flash, xformers-flash3, xformers-ck: xformers not installed" in text
+    assert len([line for line in lines[start + 1:] if line.startswith("  ") and not line.startswith("    ")]) < 20
+    first_fail = next(i for i, line in enumerate(lines) if line.startswith("  fail "))
+    first_pass = next(i for i, line in enumerate(lines) if " pass " in line)
+    assert first_fail < first_pass
+    assert not any(line.startswith(("xformers ", "flash-attn2 ", "pipeline:")) for line in lines)  # rows that ran only
+
+
+def test_full_summary_of_a_real_cpu_run_shows_every_row():
+    from realistic import CELLS, cpu_run_records
+
+    lines = render_terminal(cpu_run_records(), markup=False, full=True).splitlines()
+    rows = [line for line in lines if line.startswith("pipeline:")]
+    assert len(rows) == 5 * 3 * len(CELLS["backends"])  # every pipeline x dtype x backend, skips included
+    matrix = lines.index(next(line for line in lines if line.startswith("op parity")))
+    assert len([line for line in lines[matrix + 2:matrix + 2 + len(CELLS["backends"])] if line.strip()]) == 43
