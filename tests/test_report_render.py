@@ -155,8 +155,9 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert 'data-loaded="ok"' in page, "images did not decode or the page did not finish loading"
     assert "data-errors" not in page
     matrix = page[page.index('id="matrix"'):page.index("</table>", page.index('id="matrix"'))]
-    for backend in ("naive", "sdpa-math", "sdpa-flash", LONG, "xformers"):
+    for backend in ("naive", "sdpa-math", "sdpa-flash", LONG):
         assert f"<th>{backend}</th>" in matrix
+    assert "xformers" not in matrix and "xformers</span>: xformers not installed" in page  # ran nothing: listed
     assert "40.00" in matrix and "5.50" in matrix
     from PIL import Image
 
@@ -200,3 +201,51 @@ def test_full_summary_of_a_real_cpu_run_shows_every_row():
     assert len(rows) == 5 * 3 * len(CELLS["backends"])  # every pipeline x dtype x backend, skips included
     matrix = lines.index(next(line for line in lines if line.startswith("op parity")))
     assert len([line for line in lines[matrix + 2:matrix + 2 + len(CELLS["backends"])] if line.strip()]) == 43
+
+
+def test_report_of_a_real_cpu_run(tmp_path):
+    from realistic import CELLS, cpu_run_records
+
+    from attnparity.report.html import render_html
+
+    html = render_html(cpu_run_records(tmp_path), device="cpu", base=tmp_path)
+    nav = html[html.index('<nav id="nav">'):html.index("</nav>")]
+    for anchor in ("#failures", "#matrix-section", "#pipelines", "#perf", "#skipped"):
+        assert f'href="{anchor}"' in nav and f'id="{anchor[1:]}"' in html
+    assert html.index('id="failures"') < html.index('id="matrix-section"') < html.index('id="perf"')
+    # pipelines: pipeline x backend rows that ran (9 backends x 5 pipelines), dtype columns
+    table = html[html.index('id="pipeline-matrix"'):html.index("</table>", html.index('id="pipeline-matrix"'))]
+    assert table.count("<tr>") == 1 + 5 * 9
+    assert "<th>fp32</th><th>fp16</th><th>bf16</th>" in table and "xformers" not in table
+    assert 'href="#pf-pipeline:sd15-diffusers:flex-fp16"' in table and 'id="pf-pipeline:sd15-diffusers:flex-fp16"' in html
+    # the failing SSIM map: as written, stretched, and a scale saying what black and white mean
+    assert "image-rendering: pixelated" in html and "figure img { width: 192px; }" in html
+    assert "contrast stretched" in html and html.count('class="scale ssim-scale"') == 2
+    assert "black = identical (SSIM 1)" in html and "white = SSIM ≤ 0" in html
+    assert re.search(r"white = the worst pixel, 1 - SSIM = 0\.\d{3}", html)
+    # unavailable backends: one line per reason, every name once
+    block = html[html.index('id="unavailable"'):html.index("</ul>", html.index('id="unavailable"'))]
+    assert block.count("<li>") == 15
+    names = [n for li in re.findall(r'<span class="names">([^<]*)</span>', block) for n in li.split(", ")]
+    assert sorted(names) == sorted(name for name, reason in CELLS["backends"].items() if reason)
+
+
+def test_stretched_ssim_map_keeps_its_shape_and_reaches_white(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from attnparity.report.html import stretched_map
+
+    path = tmp_path / "map.png"
+    values = np.zeros((8, 8), dtype=np.uint8)
+    values[2:4, 2:4] = 20  # a failing map: 1 - SSIM at most 0.08, near black as written
+    values[5, 5] = 10
+    Image.fromarray(values).save(path)
+    uri, peak = stretched_map(path)
+    assert abs(peak - 20 / 255) < 1e-9
+    import base64, io
+
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert out.max() == 255 and out[5, 5] == 128 and out[0, 0] == 0
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(path)
+    assert stretched_map(path) is None  # identical images: nothing to stretch

@@ -234,6 +234,8 @@ def pipeline_matrix(records: Iterable[ResultRecord], *, include_skipped: bool = 
             key = (r.check, r.backend or "-", r.dtype or "-")
             if r.kind == "pipeline" and r.verdict == "skip" and key[:2] in rows:
                 cells.setdefault(key, PipelineCell("skip", None, None, r))
+    backend_rank = {b: i for i, b in enumerate(dict.fromkeys(b for _, b in rows))}
+    rows.sort(key=lambda row: (row[0], backend_rank[row[1]]))
     return PipelineMatrix(rows, sorted(dtypes, key=_dtype_key), cells)
 
 
