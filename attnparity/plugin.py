@@ -8,7 +8,10 @@ reads the options, session.py holds the run, suite/ makes the items' checks, rep
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +92,32 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return header_lines(config.stash[RUN])
 
 
+@contextmanager
+def _own_channels_only() -> Iterator[None]:
+    """Detach pytest's log capture from non-propagating loggers while a cell runs.
+
+    pytest (>= 8.4) adds its capture handler to every logger that does not propagate, so that
+    their records reach the report. torch's ``torch.__trace`` is one: it never propagates, is
+    always at DEBUG, and torch emits its structured trace (a JSON payload per compile event) only
+    when that logger has a handler. With pytest's handler on it, a flex cell did torch's tracing
+    work while being timed and its failure text got hundreds of empty ``DEBUG torch.__trace``
+    lines. A logger that chose not to propagate has said where its records go; root-level
+    capture still sees everything that propagates."""
+    root = logging.getLogger()
+    captured = set(root.handlers)  # pytest attaches the same handler objects to root
+    detached: list[tuple[logging.Logger, logging.Handler]] = []
+    for logger in list(root.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger) and not logger.propagate:
+            for handler in [h for h in logger.handlers if h in captured]:
+                logger.removeHandler(handler)
+                detached.append((logger, handler))
+    try:
+        yield
+    finally:
+        for logger, handler in detached:
+            logger.addHandler(handler)
+
+
 class CheckFailed(Exception):
     """A cell's verdict is fail or error; the message is the whole explanation."""
 
@@ -118,7 +147,8 @@ class AttnItem(pytest.Item):
         try:
             if hung:
                 raise CellTimeout(hung)
-            record = guard.run(check.run, label=self.nodeid)
+            with _own_channels_only():
+                record = guard.run(check.run, label=self.nodeid)
         except (pytest.skip.Exception, KeyboardInterrupt):
             raise
         except CellTimeout as exc:  # a hung backend fails its own cells, nothing else

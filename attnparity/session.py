@@ -192,7 +192,7 @@ def finish_run(run: Run, terminal: Any) -> None:
     outcome = run.outcome
     if outcome is None:
         return
-    summarize(run.suite, outcome.records, terminal)
+    summarize(run.suite, outcome.records, terminal, full=run.options.summary == "full")
     if outcome.comparison is not None:
         write_comparison(outcome.comparison, terminal)
     if outcome.gate_error:

@@ -46,7 +46,7 @@ def sample_records(tmp_path: Path) -> list[ResultRecord]:
     return recs
 
 
-def render_terminal(records, markup: bool) -> str:
+def render_terminal(records, markup: bool, full: bool = False) -> str:
     class Term:  # the TerminalReporter methods summarize uses, on a real TerminalWriter
         def __init__(self):
             self.out = io.StringIO()
@@ -64,7 +64,7 @@ def render_terminal(records, markup: bool) -> str:
             self.tw.line(line, **kw)
 
     term = Term()
-    summarize(None, records, term)
+    summarize(None, records, term, full=full)
     return term.out.getvalue()
 
 
@@ -79,10 +79,22 @@ def test_terminal_summary_fits_100_columns_and_shows_every_section(tmp_path):
     assert header.split() == ["backend", "fp32", "fp16", "bf16"]
     flash = next(line for line in lines if line.startswith("sdpa-flash "))
     assert flash.split() == ["sdpa-flash", "pass", "0.90", "30", "pass", "1.70", "30", "fail", "40.00", "37"]
+    failures = next(i for i, line in enumerate(lines) if line.startswith("failures (1)"))
+    assert "masked-rows[sdpa-flash-bf16]  fully masked row gives NaN" in lines[failures + 1]
+    assert failures < lines.index(header)  # failures before the matrix
+    pipeline = next(line for line in lines if "pipelines (1)" in line)
+    assert lines[lines.index(pipeline) + 2].split() == ["sdpa-math", "pass", "1/1", "0.9997", "0.9981"]
+    assert any(line.startswith("sdpa-flash ") and "3.43x" in line for line in lines)
+    assert "  xformers: xformers not installed" in lines
+    assert "pytest 'attnparity::masked-rows[sdpa-flash-bf16]' --attn-seed=3" in text
+
+
+def test_full_terminal_summary_shows_every_row(tmp_path):
+    lines = render_terminal(sample_records(tmp_path), markup=False, full=True).splitlines()
     assert any(line.startswith("pipeline:sd15") and "0.9997" in line and "0.9981" in line for line in lines)
     assert any(line.startswith("perf:sd15-4096x40") and "sdpa-flash" in line and "3.43x" in line for line in lines)
     assert any("xformers" in line and "xformers not installed (1 cell)" in line for line in lines)
-    assert "pytest 'attnparity::masked-rows[sdpa-flash-bf16]' --attn-seed=3" in text
+    assert any(line.startswith("xformers ") and "skip" in line for line in lines)  # skipped rows too
 
 
 def test_terminal_colours_only_with_markup(tmp_path):
@@ -143,8 +155,9 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert 'data-loaded="ok"' in page, "images did not decode or the page did not finish loading"
     assert "data-errors" not in page
     matrix = page[page.index('id="matrix"'):page.index("</table>", page.index('id="matrix"'))]
-    for backend in ("naive", "sdpa-math", "sdpa-flash", LONG, "xformers"):
+    for backend in ("naive", "sdpa-math", "sdpa-flash", LONG):
         assert f"<th>{backend}</th>" in matrix
+    assert "xformers" not in matrix and "xformers</span>: xformers not installed" in page  # ran nothing: listed
     assert "40.00" in matrix and "5.50" in matrix
     from PIL import Image
 
@@ -153,3 +166,86 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert colours is not None and len(colours) > 20, "the screenshot is blank"
     print(f"report {(out / 'index.html').stat().st_size} bytes, written in {render_s:.3f} s, "
           f"chromium load+dump {load_s:.2f} s; screenshot {shot}")
+
+
+def test_summary_of_a_real_cpu_run_fits_a_screen(tmp_path):
+    # The real run's 43 backends and 2193 cells (34 backends unavailable): the old summary was 883 lines.
+    from realistic import CELLS, cpu_run_records
+
+    text = render_terminal(cpu_run_records(), markup=False)
+    lines = text.splitlines()
+    assert len(lines) <= 100, f"{len(lines)} lines"
+    start = next(i for i, line in enumerate(lines) if line.startswith("unavailable here: 34 backends"))
+    entries: list[str] = []
+    for line in lines[start + 1:lines.index("", start)]:
+        if line.startswith("    "):
+            entries[-1] += " " + line.strip()
+        else:
+            entries.append(line.strip())
+    listed = [name for entry in entries for name in entry.split(": ", 1)[0].split(", ")]
+    assert sorted(listed) == sorted(name for name, reason in CELLS["backends"].items() if reason)
+    # 30 distinct texts, 15 reasons: the same cause named per backend ('sage', 'sage_varlen') is one
+    assert len({reason for reason in CELLS["backends"].values() if reason}) == 30 and len(entries) == 15
+    assert "xformers, xformers-cutlass, xformers-flash, xformers-flash3, xformers-ck: xformers not installed" in text
+    first_fail = next(i for i, line in enumerate(lines) if line.startswith("  fail "))
+    first_pass = next(i for i, line in enumerate(lines) if " pass " in line)
+    assert first_fail < first_pass
+    assert not any(line.startswith(("xformers ", "flash-attn2 ", "pipeline:")) for line in lines)  # rows that ran only
+
+
+def test_full_summary_of_a_real_cpu_run_shows_every_row():
+    from realistic import CELLS, cpu_run_records
+
+    lines = render_terminal(cpu_run_records(), markup=False, full=True).splitlines()
+    rows = [line for line in lines if line.startswith("pipeline:")]
+    assert len(rows) == 5 * 3 * len(CELLS["backends"])  # every pipeline x dtype x backend, skips included
+    matrix = lines.index(next(line for line in lines if line.startswith("op parity")))
+    assert len([line for line in lines[matrix + 2:matrix + 2 + len(CELLS["backends"])] if line.strip()]) == 43
+
+
+def test_report_of_a_real_cpu_run(tmp_path):
+    from realistic import CELLS, cpu_run_records
+
+    from attnparity.report.html import render_html
+
+    html = render_html(cpu_run_records(tmp_path), device="cpu", base=tmp_path)
+    nav = html[html.index('<nav id="nav">'):html.index("</nav>")]
+    for anchor in ("#failures", "#matrix-section", "#pipelines", "#perf", "#skipped"):
+        assert f'href="{anchor}"' in nav and f'id="{anchor[1:]}"' in html
+    assert html.index('id="failures"') < html.index('id="matrix-section"') < html.index('id="perf"')
+    # pipelines: pipeline x backend rows that ran (9 backends x 5 pipelines), dtype columns
+    table = html[html.index('id="pipeline-matrix"'):html.index("</table>", html.index('id="pipeline-matrix"'))]
+    assert table.count("<tr>") == 1 + 5 * 9
+    assert "<th>fp32</th><th>fp16</th><th>bf16</th>" in table and "xformers" not in table
+    assert 'href="#pf-pipeline:sd15-diffusers:flex-fp16"' in table and 'id="pf-pipeline:sd15-diffusers:flex-fp16"' in html
+    # the failing SSIM map: as written, stretched, and a scale saying what black and white mean
+    assert "image-rendering: pixelated" in html and "figure img { width: 192px; }" in html
+    assert "contrast stretched" in html and html.count('class="scale ssim-scale"') == 2
+    assert "black = identical (SSIM 1)" in html and "white = SSIM ≤ 0" in html
+    assert re.search(r"white = the worst pixel, 1 - SSIM = 0\.\d{3}", html)
+    # unavailable backends: one line per reason, every name once
+    block = html[html.index('id="unavailable"'):html.index("</ul>", html.index('id="unavailable"'))]
+    assert block.count("<li>") == 15
+    names = [n for li in re.findall(r'<span class="names">([^<]*)</span>', block) for n in li.split(", ")]
+    assert sorted(names) == sorted(name for name, reason in CELLS["backends"].items() if reason)
+
+
+def test_stretched_ssim_map_keeps_its_shape_and_reaches_white(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from attnparity.report.html import stretched_map
+
+    path = tmp_path / "map.png"
+    values = np.zeros((8, 8), dtype=np.uint8)
+    values[2:4, 2:4] = 20  # a failing map: 1 - SSIM at most 0.08, near black as written
+    values[5, 5] = 10
+    Image.fromarray(values).save(path)
+    uri, peak = stretched_map(path)
+    assert abs(peak - 20 / 255) < 1e-9
+    import base64, io
+
+    out = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+    assert out.max() == 255 and out[5, 5] == 128 and out[0, 0] == 0
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8)).save(path)
+    assert stretched_map(path) is None  # identical images: nothing to stretch

@@ -42,6 +42,18 @@ def heat_color(verdict: str | None, ratio: float | None) -> str:
     return "#%02x%02x%02x" % tuple(round(x + (y - x) * u) for x, y in zip(a, b))
 
 
+def ssim_color(verdict: str | None, ssim: float | None) -> str:
+    """Background of a pipeline cell: red for fail/error, grey for skip, green fading to yellow as
+    SSIM against fp64 attention falls from 1 to 0.99."""
+    if verdict in ("fail", "error"):
+        return "#e0564b"
+    if verdict in (None, "skip") or ssim is None:
+        return "#d9d9d9"
+    t = min(max((1.0 - float(ssim)) / 0.01, 0.0), 1.0)
+    green, yellow = (102, 189, 99), (254, 224, 139)
+    return "#%02x%02x%02x" % tuple(round(a + (b - a) * t) for a, b in zip(green, yellow))
+
+
 def data_uri(path: Path) -> str | None:
     mime = IMAGE_TYPES.get(path.suffix.lower())
     if mime is None or not path.is_file() or path.stat().st_size > MAX_EMBED_BYTES:
@@ -49,11 +61,46 @@ def data_uri(path: Path) -> str | None:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
+#: Width, in CSS pixels, pipeline images and SSIM maps are drawn at (their files are 32-64 px).
+IMAGE_PX = 192
+
+
 @dataclass
 class Image:
     label: str
     src: str | None  # data URI, or None when it could not be embedded
     path: str
+    #: for an SSIM map: the same map stretched so its worst pixel is white, and that pixel's 1 - SSIM
+    stretched: str | None = None
+    peak: float | None = None
+
+    @property
+    def is_ssim_map(self) -> bool:
+        return self.label.lower().endswith("ssim_map")
+
+
+def stretched_map(path: Path) -> tuple[str, float] | None:
+    """An SSIM map (pipelines.ssim.diff_image: 0 where equal, 255 where SSIM <= 0) with its range
+    stretched to 0..255, as a data URI, and the map's peak 1 - SSIM. A failing pipeline's map
+    peaks around 0.1-0.4, so unstretched it looks black."""
+    try:
+        import numpy as np
+        from PIL import Image as PILImage
+    except ImportError:
+        return None
+    try:
+        with PILImage.open(path) as im:
+            values = np.asarray(im.convert("L"), dtype=np.float64)
+    except OSError:
+        return None
+    peak = float(values.max())
+    if peak <= 0:
+        return None
+    import io
+
+    out = io.BytesIO()
+    PILImage.fromarray(np.round(values * (255.0 / peak)).astype(np.uint8)).save(out, format="PNG")
+    return f"data:image/png;base64,{base64.b64encode(out.getvalue()).decode('ascii')}", peak / 255.0
 
 
 def images_of(record: ResultRecord, base: Path) -> list[Image]:
@@ -67,7 +114,10 @@ def images_of(record: ResultRecord, base: Path) -> list[Image]:
         path = Path(record.artifacts[label])
         path = path if path.is_absolute() else base / path
         if path.suffix.lower() in IMAGE_TYPES:
-            out.append(Image(label, data_uri(path), str(path)))
+            image = Image(label, data_uri(path), str(path))
+            if image.is_ssim_map and image.src is not None:
+                image.stretched, image.peak = stretched_map(path) or (None, None)
+            out.append(image)
     return out
 
 
@@ -127,20 +177,31 @@ def render_html(records: list[ResultRecord], *, device: str = "", versions: dict
     env.filters["num"] = fmt_num
     env.filters["ssim"] = fmt_ssim
     base = base or Path.cwd()
-    pipelines = mx.rows_of(records, "pipeline")
     perf = mx.rows_of(records, "perf")
+    matrix = mx.build_matrix(records)
+    unavailable, unclaimed = mx.skip_groups(records)
+    # failures first; a passing pipeline has images only when a run chose to keep them
+    pipeline_images = [(r, images) for r in sorted((r for r in records if r.kind == "pipeline"),
+                                                   key=lambda r: r.verdict not in ("fail", "error"))
+                       if (images := images_of(r, base))]
     return env.get_template("report.html.j2").render(
         device=device or next((r.device for r in records if r.device), ""),
         versions=versions if versions is not None else next((r.versions for r in records if r.versions), {}),
         created=created,
         totals=mx.totals(records),
-        matrix=mx.build_matrix(records),
+        matrix=matrix,
+        matrix_backends=mx.ran_backends(matrix),
         heat_color=heat_color,
+        ssim_color=ssim_color,
         failures=mx.failures(records),
-        pipelines=[(row, images_of(row.record, base)) for row in pipelines],
+        pipelines=mx.pipeline_matrix(records),
+        pipeline_images=pipeline_images,
+        with_images={(r.check, r.backend, r.dtype) for r, _ in pipeline_images},
+        image_px=IMAGE_PX,
         perf=perf,
         charts=perf_charts(perf),
-        unavailable=mx.unavailable(records),
+        unavailable=unavailable,
+        unclaimed=unclaimed,
         comparison=comparison,
     )
 

@@ -7,6 +7,7 @@ compares two runs' cells.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +139,105 @@ def unavailable(records: Iterable[ResultRecord]) -> list[Unavailable]:
             key = (r.backend or r.check, (r.message or "skipped").strip().splitlines()[0])
             grouped[key] = grouped.get(key, 0) + 1
     return [Unavailable(b, reason, n) for (b, reason), n in grouped.items()]
+
+
+@dataclass
+class SkipGroup:
+    """Skipped cells that share one reason, and the backends they belong to."""
+
+    reason: str  # with the backend's own name written as <backend>, so one line serves many
+    backends: list[str]
+    cells: int
+
+
+#: Backend-specific words in skip reasons: quoted identifiers ('sage', '_flash_3') and hub repos
+#: ((kernels-community/flash-attn2)). Without them one cause (a package not installed) gives one
+#: line per backend, which is what made the summary hundreds of lines long.
+_QUOTED = re.compile(r"'[^'\s]{1,60}'")
+_HUB_REPO = re.compile(r"\([\w.-]+/[\w.-]+\)")
+
+
+def skip_reason(record: ResultRecord, *, subject: bool = True) -> str:
+    """The first line of a skip's message with the backend's own names taken out: quoted
+    identifiers, hub repos and, with ``subject``, the backend's full name where it opens the
+    sentence ("sdpa-flash does not claim fp32")."""
+    reason = (record.message or "skipped").strip().splitlines()[0]
+    name = record.backend or ""
+    if subject and name and reason.startswith(name + " "):
+        reason = "<backend>" + reason[len(name):]
+    return _HUB_REPO.sub("(<hub repo>)", _QUOTED.sub("'<backend>'", reason))
+
+
+def skip_groups(records: Iterable[ResultRecord]) -> tuple[list[SkipGroup], list[SkipGroup]]:
+    """(backends none of whose cells ran, cells skipped in backends that did run), each grouped
+    by reason in first-seen order."""
+    records = list(records)
+    ran = {r.backend or r.check for r in records if r.verdict != "skip"}
+    whole: dict[str, SkipGroup] = {}
+    partial: dict[str, SkipGroup] = {}
+    for r in records:
+        if r.verdict != "skip":
+            continue
+        name = r.backend or r.check
+        # A wholly unavailable backend keeps its name in the text: "xformers not installed" names
+        # the package that four xformers-* backends share.
+        reason = skip_reason(r, subject=name in ran)
+        groups = partial if name in ran else whole
+        group = groups.setdefault(reason, SkipGroup(reason, [], 0))
+        group.cells += 1
+        if name not in group.backends:
+            group.backends.append(name)
+    return list(whole.values()), list(partial.values())
+
+
+def ran_backends(m: Matrix) -> list[str]:
+    """Matrix rows with at least one cell that was not skipped."""
+    return [b for b in m.backends if any(c.verdict not in (None, "skip") for d in m.dtypes
+                                         if (c := m.cell(b, d)) is not None)]
+
+
+@dataclass
+class PipelineCell:
+    verdict: str
+    ssim_ref: float | None
+    ssim_golden: float | None
+    record: ResultRecord
+
+
+@dataclass
+class PipelineMatrix:
+    """Pipeline x backend rows, dtype columns: the op matrix's shape for the pipeline records."""
+
+    rows: list[tuple[str, str]]  # (pipeline check, backend), only those with a cell that ran
+    dtypes: list[str]
+    cells: dict[tuple[str, str, str], PipelineCell]
+
+    def cell(self, pipeline: str, backend: str, dtype: str) -> PipelineCell | None:
+        return self.cells.get((pipeline, backend, dtype))
+
+
+def pipeline_matrix(records: Iterable[ResultRecord], *, include_skipped: bool = False) -> PipelineMatrix:
+    cells: dict[tuple[str, str, str], PipelineCell] = {}
+    rows: list[tuple[str, str]] = []
+    dtypes: set[str] = set()
+    for r in records:
+        if r.kind != "pipeline" or (r.verdict == "skip" and not include_skipped):
+            continue
+        row = (r.check, r.backend or "-")
+        if row not in rows:
+            rows.append(row)
+        dtypes.add(r.dtype or "-")
+        cells[(*row, r.dtype or "-")] = PipelineCell(r.verdict, r.metrics.get("ssim_ref"),
+                                                      r.metrics.get("ssim_golden"), r)
+    # a skipped dtype of a row that ran keeps its column, shown as skipped
+    if not include_skipped:
+        for r in records:
+            key = (r.check, r.backend or "-", r.dtype or "-")
+            if r.kind == "pipeline" and r.verdict == "skip" and key[:2] in rows:
+                cells.setdefault(key, PipelineCell("skip", None, None, r))
+    backend_rank = {b: i for i, b in enumerate(dict.fromkeys(b for _, b in rows))}
+    rows.sort(key=lambda row: (row[0], backend_rank[row[1]]))
+    return PipelineMatrix(rows, sorted(dtypes, key=_dtype_key), cells)
 
 
 def failures(records: Iterable[ResultRecord]) -> list[ResultRecord]:
