@@ -191,6 +191,14 @@ def test_summary_of_a_real_cpu_run_fits_a_screen(tmp_path):
     first_pass = next(i for i, line in enumerate(lines) if " pass " in line)
     assert first_fail < first_pass
     assert not any(line.startswith(("xformers ", "flash-attn2 ", "pipeline:")) for line in lines)  # rows that ran only
+    # known findings right after the failures: one entry per finding (two lines), every cell named
+    known = lines.index(next(line for line in lines if line.startswith("known findings (")))
+    assert first_fail < known < first_pass
+    assert "known findings (10 cells" in lines[known]  # flex forward and kwargs x 3, two flash backwards x 2
+    entries = [line for line in lines[known + 1:known + 7] if line.startswith("  xfail ")]
+    assert sorted(e.split()[1].rstrip(":") for e in entries) == [
+        "diffusers-flex-drops-is-causal", "diffusers-flex-drops-is-causal-kwarg",
+        "torch-cpu-flash-backward-finite-masked-rows"], entries
 
 
 def test_full_summary_of_a_real_cpu_run_shows_every_row():

@@ -194,6 +194,7 @@ def render_html(records: list[ResultRecord], *, device: str = "", versions: dict
         heat_color=heat_color,
         ssim_color=ssim_color,
         failures=mx.failures(records),
+        known=mx.known_findings(records),
         pipelines=mx.pipeline_matrix(records),
         pipeline_images=pipeline_images,
         with_images={(r.check, r.backend, r.dtype) for r, _ in pipeline_images},

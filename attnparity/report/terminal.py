@@ -70,6 +70,7 @@ def summarize(ctx: Any, records: list[ResultRecord | dict[str, Any]], terminal: 
     terminal.write_line("records: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     failed = mx.failures(recs)
     write_failures(failed, terminal, limit=None if full else SHORT_FAILURES)
+    write_known(mx.known_findings(recs), terminal)
     matrix = mx.build_matrix(recs)
     if full:
         write_matrix(matrix, terminal)
@@ -101,6 +102,22 @@ def write_failures(failed: list[ResultRecord], terminal: Terminal, limit: int | 
         terminal.write_line(clip(f"{where}  {first}", WIDTH - 8))
     if len(failed) > len(shown):
         terminal.write_line(f"  ... and {len(failed) - len(shown)} more (--attn-summary=full, results.json)")
+
+
+def write_known(known: list[mx.KnownFinding], terminal: Terminal) -> None:
+    """Known findings (the ledger) right after failures: two lines each, whatever the cell count."""
+    if not known:
+        return
+    terminal.write_line("")
+    terminal.write_line(f"known findings ({sum(len(k.cells) for k in known)} cells, xfail; --attn-known):")
+    for k in known:
+        dtypes: dict[tuple[str, str], list[str]] = {}
+        for r in k.cells:
+            dtypes.setdefault((r.check, r.backend or ""), []).append(r.dtype or "")
+        cells = "; ".join(f"{check} {backend} {','.join(d)}" for (check, backend), d in dtypes.items())
+        terminal.write("  xfail  ", **VERDICT_MARKUP["xfail"])
+        terminal.write_line(clip(f"{k.id}: {cells}", WIDTH - 9))
+        terminal.write_line(clip(f"         {k.reason}" + (f" ({k.link})" if k.link else ""), WIDTH))
 
 
 def write_matrix(m: mx.Matrix, terminal: Terminal, backends: list[str] | None = None) -> None:

@@ -244,6 +244,29 @@ def failures(records: Iterable[ResultRecord]) -> list[ResultRecord]:
     return [r for r in records if r.verdict in ("fail", "error")]
 
 
+@dataclass
+class KnownFinding:
+    """One ledger finding (results/known.py) and the cells where it was met in this run."""
+
+    id: str
+    reason: str
+    link: str
+    cells: list[ResultRecord] = field(default_factory=list)
+
+
+def known_findings(records: Iterable[ResultRecord]) -> list[KnownFinding]:
+    """The known findings this run met, each with its cells, in the order first met. A failing cell
+    may have met one too (its message says so); it is listed under failures, not here."""
+    found: dict[str, KnownFinding] = {}
+    for r in records:
+        if r.verdict != "xfail":
+            continue
+        for fid, info in (r.extra.get("known") or {}).items():
+            entry = found.setdefault(fid, KnownFinding(fid, str(info.get("reason", "")), str(info.get("link", ""))))
+            entry.cells.append(r)
+    return list(found.values())
+
+
 def totals(records: Iterable[ResultRecord]) -> dict[str, int]:
     counts = {v: 0 for v in VERDICT_RANK}
     for r in records:
