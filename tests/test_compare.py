@@ -142,3 +142,19 @@ def test_unreadable_baseline_is_a_usage_error(matrix_project, tmp_path):
     result = matrix_project.runpytest("--attn-backends=naive", f"--attn-compare={tmp_path / 'nope.json'}")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*nope.json: no such results file*"])
+
+
+@pytest.mark.parametrize("old, new, worse, listed", [
+    ("pass", "xfail", False, True),   # a known finding met: listed, accepted by its ledger entry
+    ("xfail", "xfail", False, False),  # the same known finding: nothing to say
+    ("xfail", "pass", False, True),   # fixed upstream
+    ("xfail", "fail", True, True),    # a known finding, and now something else too
+    ("fail", "xfail", False, True),   # the failure is now recorded in the ledger
+    ("fail", "error", False, False),  # one failure class: still failing, not worse
+    ("error", "fail", False, False),
+])
+def test_verdict_changes_through_the_known_findings(old, new, worse, listed):
+    comparison = compare_records([op("a", verdict=old)], [op("a", verdict=new, message="why\nmore")])
+    verdicts = [d for d in comparison.differences if d.what == "verdict"]
+    assert bool(verdicts) == listed
+    assert comparison.failed == worse

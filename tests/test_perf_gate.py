@@ -205,12 +205,10 @@ def one_thread() -> Iterator[None]:
     """One torch thread: with two on two cores that other processes also use, a descheduled OpenMP
     thread stalls its partner at every barrier, and single calls take up to 50x their time at
     random (measured while writing this test): that is noise no gate can see through, not load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from attnparity.suite.perf_pipelines import _one_cpu_thread
+
+    with _one_cpu_thread("cpu"):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture

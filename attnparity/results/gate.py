@@ -338,14 +338,14 @@ def compare_records(old: Iterable[ResultRecord], new: Iterable[ResultRecord], th
 
 def _cell_differences(cell: Cell, old: FoldedCell, new: FoldedCell, t: Thresholds) -> list[Difference]:
     out: list[Difference] = []
-    if old.verdict != new.verdict and old.verdict is not None and new.verdict is not None:
-        # A known finding that appears is worse (the cell lost its pass, even if the bug is known
-        # upstream); one that went away, or a failure that became known, is better.
-        worse = _GATE_RANK[new.verdict] > _GATE_RANK[old.verdict]
+    if old.verdict is not None and new.verdict is not None and _GATE_RANK[new.verdict] != _GATE_RANK[old.verdict]:
+        # A known finding is accepted where its ledger entry applies: meeting it is listed, never
+        # worse (a finding only drawn cases meet comes and goes with the draws); anything failing
+        # beyond it is worse.
+        worse = _GATE_RANK[new.verdict] > _GATE_RANK[old.verdict] and new.verdict != "xfail"
         first = (new.message.strip().splitlines() or [""])[0] if worse else ""
-        if _GATE_RANK[new.verdict] != _GATE_RANK[old.verdict]:
-            out.append(Difference(cell, "verdict", old.verdict, new.verdict,
-                                  f"{old.verdict} -> {new.verdict}" + (f": {first}" if first else ""), worse))
+        out.append(Difference(cell, "verdict", old.verdict, new.verdict,
+                              f"{old.verdict} -> {new.verdict}" + (f": {first}" if first else ""), worse))
     if old.ratio is not None and new.ratio is not None:
         allowed = t.ratio_factor * max(old.ratio, RATIO_NOISE)
         if new.ratio > allowed:
