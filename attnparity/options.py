@@ -3,7 +3,7 @@
 them once, so a bad value is a usage error naming the flag before anything runs.
 
 Rule lines (``attn_tolerance``, ``attn_pipeline_ssim``) share one grammar, ``<selector>...
-key=value...``, parsed by ``parse_rules``.
+key=value...``, parsed by ``RuleGrammar.parse``.
 """
 
 from __future__ import annotations
@@ -91,10 +91,6 @@ PIPELINE_SSIM_RULES = RuleGrammar("attn_pipeline_ssim", ("<dtype|*>",),
                                   {"ref": (0.0, 1.0), "golden": (0.0, 1.0)}, dtype_selector=0)
 
 
-def parse_rules(grammar: RuleGrammar, lines: Iterable[str]) -> tuple[Rule, ...]:
-    return grammar.parse(lines)
-
-
 # -- the options -----------------------------------------------------------------------------------
 def _opt(help: str, default: Any = None, kind: str = "string", **extra: Any) -> Any:
     """A field of Options; ``kind`` says how the raw CLI / ini value is read."""
@@ -118,7 +114,7 @@ class Options:
     timeout: float = _opt("seconds one cell may run before it fails as timed out (0: no limit)", 0.0, "float", low=0.0)
     report: Path | None = _opt("directory to write results.json and a self-contained index.html into", None, "path")
     compare: Path | None = _opt("results.json of an earlier run: fail this run where a cell got worse (the upgrade gate)", None, "path")
-    known: tuple[str, ...] = _opt("known-findings ledgers (TOML, repeatable; ini: one per line) added to attnparity's built-in one; 'none' turns the built-in one off", (), "lines")
+    known: tuple[str, ...] = _opt("known-findings ledgers (TOML, repeatable; ini: one per line) added to attnparity's built-in one; 'none' turns the built-in one off", (), "paths")
     compare_ratio: float = _opt("gate: an error ratio may grow by this factor before it counts as worse", 2.0, "float", low=1.0)
     compare_ssim: float = _opt("gate: an SSIM may drop by this much before it counts as worse", 0.01, "float", low=0.0)
     compare_slowdown: float = _opt("gate: a timing on the same device may grow by this fraction (0.25 = 25%), relative to the reference kernel timed in the same item (absolute ms where there is none)", 0.25, "float", low=0.0)
@@ -135,17 +131,19 @@ class Options:
 
     @classmethod
     def resolve(cls, cli: Callable[[str], Any], ini: Callable[[str], Any], *, rootdir: Path,
-                invocation_dir: Path) -> "Options":
+                invocation_dir: Path, ini_dir: Path | None = None) -> "Options":
         """Read every option: ``cli(ini_name)`` (None when not given) over ``ini(ini_name)`` (None or
-        "" when not set) over the default. Paths given on the command line or in ini are taken from
-        the invocation directory, as --junitxml does; artifacts and golden dirs from the rootdir."""
+        "" when not set) over the default. Paths given on the command line are taken from the
+        invocation directory, as --junitxml does; paths in the ini file from its directory
+        (``ini_dir``), as pytest's own "paths" ini values; artifacts and golden dirs from the rootdir."""
         values = {}
         for spec in OPTIONS:
             raw = cli(spec.ini)
-            from_ini = raw is None or (spec.kind in ("lines", "rules") and not raw)
+            from_ini = raw is None or (spec.kind in ("lines", "rules", "paths") and not raw)
             if from_ini:
                 raw = ini(spec.ini)
-            values[spec.attr] = spec.read(raw, rootdir=rootdir, invocation_dir=invocation_dir, from_ini=from_ini)
+            base = (ini_dir or invocation_dir) if from_ini else invocation_dir
+            values[spec.attr] = spec.read(raw, rootdir=rootdir, invocation_dir=base, from_ini=from_ini)
         return cls(**values)
 
 
@@ -197,6 +195,9 @@ class OptionSpec:
             raise OptionError(f"{where}={raw!r}: expected true or false")
         if kind == "lines":
             return tuple(str(line).strip() for line in _lines(raw) if str(line).strip())
+        if kind == "paths":  # paths, or the word "none"
+            return tuple(line if line == "none" else str(_absolute(line, invocation_dir))
+                         for line in (str(x).strip() for x in _lines(raw)) if line)
         if kind == "rules":
             return self.extra["grammar"].parse(_lines(raw))
         if kind == "dtypes":
@@ -219,6 +220,11 @@ class OptionSpec:
             base = invocation_dir if kind == "path" else rootdir
             return path if path.is_absolute() else (base / path).resolve() if kind == "path" else base / path
         return str(raw)
+
+
+def _absolute(text: str, base: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
 
 
 def _lines(raw: Any) -> list[str]:

@@ -30,11 +30,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         # Every value arrives as text (or lines) and is read by options.Options.resolve alone.
         if opt.kind == "bool":
             group.addoption(opt.flag, action="store_true", default=None, dest=opt.ini, help=opt.help)
-        elif opt.kind in ("lines", "rules"):
+        elif opt.kind in ("lines", "rules", "paths"):
             group.addoption(opt.flag, action="append", default=None, dest=opt.ini, help=opt.help)
         else:
             group.addoption(opt.flag, action="store", default=None, dest=opt.ini, help=opt.help)
-        parser.addini(opt.ini, opt.help + " (ini)", type="linelist" if opt.kind in ("lines", "rules") else "string")
+        parser.addini(opt.ini, opt.help + " (ini)", type="linelist" if opt.kind in ("lines", "rules", "paths") else "string")
     group.addoption("--attn-list", action="store_true", default=False,
                     help="list every registered attention backend, whether it runs here and why not, and exit")
 
@@ -44,7 +44,8 @@ def resolve_options(config: pytest.Config) -> Options:
     usage errors."""
     try:
         return Options.resolve(lambda name: config.getoption(name), lambda name: config.getini(name) or None,
-                               rootdir=Path(config.rootpath), invocation_dir=Path(config.invocation_params.dir))
+                               rootdir=Path(config.rootpath), invocation_dir=Path(config.invocation_params.dir),
+                               ini_dir=Path(config.inipath).parent if config.inipath else None)
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -161,13 +162,15 @@ class AttnItem(pytest.Item):
             tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
             record = ResultRecord(check.kind, check.check, check.backend, check.dtype, "error",
                                   message=f"{check.backend or check.check} raised {type(exc).__name__}: {exc}\n{tail}")
+        unchanged = self.config.stash[RUN].unchanged_failure(record)
+        if unchanged:
+            record.extra["unchanged_failure"] = True
         self._keep(record)
         if record.verdict == "skip":
             raise pytest.skip.Exception(record.message, _use_item_location=True)
         if record.verdict == "xfail":  # a known finding (the ledger), and nothing else wrong
             raise pytest.xfail.Exception(record.message)
         if record.verdict in ("fail", "error"):
-            unchanged = self.config.stash[RUN].unchanged_failure(record)
             if unchanged:  # --attn-compare: the run fails only where the gate finds a cell worse
                 raise pytest.xfail.Exception(f"{unchanged}\n{record.message}")
             raise CheckFailed(record.message)

@@ -53,8 +53,12 @@ class Run:
 
     def unchanged_failure(self, record: Any) -> str | None:
         """With --attn-compare: why a failing cell is no news (it failed in the baseline too), or None.
-        The record keeps its verdict; only the item's outcome says the gate does not count it."""
+        The record keeps its verdict; only the item's outcome says the gate does not count it. Only
+        the verdict class is compared: a different bug in a cell that failed before is unchanged
+        too, unless its error ratio grew past the gate's factor (README says so)."""
         if self.baseline is None or record.verdict not in ("fail", "error"):
+            return None
+        if record.extra.get("stale_known"):  # a ledger entry to remove is news every time
             return None
         old = self.baseline.get(record.cell)
         if old is None or old.verdict not in ("fail", "error"):

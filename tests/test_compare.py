@@ -158,3 +158,12 @@ def test_verdict_changes_through_the_known_findings(old, new, worse, listed):
     verdicts = [d for d in comparison.differences if d.what == "verdict"]
     assert bool(verdicts) == listed
     assert comparison.failed == worse
+
+
+def test_a_cell_that_did_not_run_before_and_fails_now_is_worse():
+    old = [op("a"), op("b", verdict="skip")]
+    new = [op("a"), op("b", verdict="fail", message="broken\nmore"), op("c", verdict="fail"), op("d")]
+    comparison = compare_records(old, new)
+    assert sorted(d.label for d in comparison.worse) == ["forward b fp32", "forward c fp32"]
+    assert [d.label for d in comparison.better] == ["forward d fp32"]  # a new passing cell: listed only
+    assert comparison.failed

@@ -106,6 +106,29 @@ def test_without_the_ledger_the_bug_fails(project: pytest.Pytester) -> None:
     assert _by_backend(reprec)["one-bug"]["verdict"] == "fail"
 
 
+def test_a_ledger_named_in_the_ini_file_is_found_from_a_subdirectory(project: pytest.Pytester,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # ini paths are relative to the ini file, as pytest's own "paths" ini values are
+    project.makeini("[pytest]\nattn_known =\n    none\n    ledger.toml\n")
+    monkeypatch.chdir(project.mkdir("sub"))
+    reprec = project.inline_run("--attn-backends=one-bug", *ARGS[:-2])
+    assert _by_backend(reprec)["one-bug"]["verdict"] == "xfail"
+
+
+def test_the_kwargs_finding_matches_the_ignored_kwarg_not_the_case() -> None:
+    """The kwargs check builds its own is_causal variant of a drawn case (masked or not): the finding
+    matches what the failure says was ignored, and another ignored kwarg is not this finding."""
+    from attnparity.check.parity import ParityResult
+
+    ledger = load_ledger([], invocation_dir=Path("."))
+    (finding,) = [f for f in ledger.findings if f.id == "diffusers-flex-drops-is-causal-kwarg"]
+    masked = AttnCase(mask="padding", mask_type="bool")
+    lost_causal = ParityResult("kwargs", "diffusers:flex", masked, False, ignored_kwargs=("is_causal",))
+    lost_scale = ParityResult("kwargs", "diffusers:flex", masked, False, ignored_kwargs=("scale",))
+    assert finding.explains(masked, lost_causal)
+    assert not finding.explains(masked, lost_scale)
+
+
 @pytest.mark.parametrize("text, says", [
     ("[[finding]]\nid = 'x'\n", "missing reason, backends, checks"),
     ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\ncolour='red'\n", "unknown keys colour"),
@@ -114,6 +137,12 @@ def test_without_the_ledger_the_bug_fails(project: pytest.Pytester) -> None:
     ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={colour='red'}\n",
      "neither AttnCase fields"),
     ("[[finding]\n", "not valid TOML"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forwards']\n", "checks 'forwards' unknown"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\ndtypes=['float32']\n", "dtypes 'float32' unknown"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={mask='nonee'}\n", "when.mask = 'nonee'"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nrepro=[{heads='two'}]\n", "repro.heads = 'two' is not a int"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={mask='none'}\n"
+     "repro=[{mask='random'}]\n", "outside the finding's own `when`"),
 ])
 def test_a_bad_ledger_is_a_usage_error_that_says_why(pytester: pytest.Pytester, text: str, says: str) -> None:
     pytester.path.joinpath("bad.toml").write_text(text)
@@ -159,7 +188,7 @@ def test_builtin_ledger_findings_reproduce_here() -> None:
                             continue
                         ran += 1
                         assert not result.passed, f"{finding.id}: {backend.name} {check} {dtype} repro passes now"
-                        assert finding.explains(case), f"{finding.id}: its own repro case is outside its `when`"
+                        assert finding.explains(case, result), f"{finding.id}: its own repro failure is outside its `when`"
     assert ran >= 6, "the built-in findings' repro cases did not run here"
 
 

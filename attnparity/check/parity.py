@@ -27,6 +27,9 @@ class ParityResult:
     skipped: str | None = None
     message: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    #: what a failing check found, by name (the kwargs check: the kwargs it found ignored), so a
+    #: known-findings ledger can match the failure, not only the drawn case
+    ignored_kwargs: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:

@@ -14,8 +14,8 @@ from .parity import ParityResult
 from .tolerance import Tolerances
 
 CheckFn = Callable[[Backend, AttnCase, Tolerances], ParityResult]
-#: Says which known finding (its id) a failing case is, or None for a failure nobody explained.
-ExplainFn = Callable[[AttnCase], "str | None"]
+#: Says which known finding (its id) a failing result is, or None for a failure nobody explained.
+ExplainFn = Callable[[AttnCase, ParityResult], "str | None"]
 
 
 class _Failed(Exception):
@@ -61,6 +61,14 @@ def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, to
             assume(False)
         if not state["shrinking"]:
             state["n"] += 1
+        known = explain(case, result) if explain is not None and not result.passed else None
+        if known is not None:
+            # Counted, not raised, and kept out of target(): a known bug's huge ratios would steer
+            # the search back to it and spend the budget meant for finding a second one.
+            if not state["shrinking"]:
+                count, first = explained.get(known, (0, result))
+                explained[known] = (count + 1, first)
+            return
         ratio = result.ratio
         if ratio == ratio and ratio != float("inf"):  # target() needs a finite number
             target(min(ratio, 1e9), label="error ratio")
@@ -69,12 +77,6 @@ def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, to
                 state["closest"] = result
             if state["worst"] is None or ratio > state["worst"].ratio:
                 state["worst"] = result
-            return
-        known = explain(case) if explain is not None else None
-        if known is not None:
-            if not state["shrinking"]:
-                count, first = explained.get(known, (0, result))
-                explained[known] = (count + 1, first)
             return
         if state["found_at"] is None:
             state["found_at"] = state["n"]

@@ -138,7 +138,7 @@ def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) ->
     from .parity import baseline_forward
     from .reference import reference_forward
 
-    problems, use = [], 0.0
+    problems, ignored, use = [], [], 0.0
     for kwarg, with_kw, without_kw in _kwarg_variants(case, backend):
         q, k, v, mask = with_kw.tensors()
         _, _, _, no_mask = without_kw.tensors()
@@ -152,9 +152,12 @@ def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) ->
         err = float((out - ref_with).abs().max())
         use = max(use, err / (0.5 * effect))
         if not err < 0.5 * effect:  # nearer to "without" than "with" means the kwarg was lost
+            ignored.append(kwarg.split(" ")[0])
             problems.append(f"{kwarg} looks ignored: output is {err:.3g} from the reference with it, and the kwarg "
                             f"itself moves the reference by {effect:.3g}")
-    return _result("kwargs", backend, case, "; ".join(problems) or None, bound_use=use)
+    result = _result("kwargs", backend, case, "; ".join(problems) or None, bound_use=use)
+    result.ignored_kwargs = tuple(ignored)
+    return result
 
 
 def deterministic(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:

@@ -99,7 +99,8 @@ def write_failures(failed: list[ResultRecord], terminal: Terminal, limit: int | 
         where = r.nodeid.split("::", 1)[-1] if r.nodeid else f"{r.check}[{r.backend}-{r.dtype}]"
         first = (r.message or "").strip().splitlines()[0] if (r.message or "").strip() else ""
         terminal.write(f"  {r.verdict:<6}", **VERDICT_MARKUP[r.verdict])
-        terminal.write_line(clip(f"{where}  {first}", WIDTH - 8))
+        unchanged = "(unchanged since the baseline: xfail) " if r.extra.get("unchanged_failure") else ""
+        terminal.write_line(clip(f"{where}  {unchanged}{first}", WIDTH - 8))
     if len(failed) > len(shown):
         terminal.write_line(f"  ... and {len(failed) - len(shown)} more (--attn-summary=full, results.json)")
 

@@ -170,7 +170,7 @@ class TimingSample:
         return TimingSample(max(self.ms, other.ms), self.label, max(self.cv, other.cv), min(self.reps, other.reps),
                             max(self.relative, other.relative) if same_ref else None,  # type: ignore[type-var]
                             self.reference if same_ref else None, max(self.reference_cv, other.reference_cv),
-                            max(self.ratio_cv or 0.0, other.ratio_cv or 0.0) if same_ref else None)
+                            _noisier(self.ratio_cv, other.ratio_cv) if same_ref else None)
 
     @property
     def relative_noise(self) -> float:
@@ -188,6 +188,13 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
+
+
+def _noisier(a: float | None, b: float | None) -> float | None:
+    """The larger spread; None (not measured) only when neither run measured it, so folding two
+    records never turns an unknown spread into a zero one."""
+    known = [x for x in (a, b) if x is not None]
+    return max(known) if known else None
 
 
 def timing_label(record: ResultRecord) -> str:
@@ -330,8 +337,15 @@ def compare_records(old: Iterable[ResultRecord], new: Iterable[ResultRecord], th
         diffs.extend(_cell_differences(cell, old_cell, new_cell, t))
 
     for cell, new_cell in after.items():
-        if cell not in before and new_cell.ran:
-            diffs.append(Difference(cell, "new", None, new_cell.verdict, f"new cell ({new_cell.verdict})", False))
+        old_cell = before.get(cell)
+        if new_cell.ran and (old_cell is None or not old_cell.ran):
+            # A cell that did not run before (new, or skipped) and fails now is a new failure: worse,
+            # as the run's own exit status says.
+            failing = new_cell.verdict in ("fail", "error")
+            first = (new_cell.message.strip().splitlines() or [""])[0] if failing else ""
+            was = "new cell" if old_cell is None else f"{old_cell.verdict} before"
+            diffs.append(Difference(cell, "new", old_cell.verdict if old_cell else None, new_cell.verdict,
+                                    f"{was}, {new_cell.verdict} now" + (f": {first}" if first else ""), failing))
     diffs.sort(key=lambda d: (not d.worse, d.what != "backend", d.label))  # vanished backends first
     return Comparison(old_source, diffs, t, compared)
 

@@ -17,8 +17,10 @@ the versions where each finding was seen (``--attn-known=none`` turns it off)::
     when = { causal = ["top-left", "bottom-right"], mask = "none" }   # which cases it explains
     repro = [{ heads = 2, kv_heads = 1, sq = 17, skv = 65, head_dim = 64, causal = "top-left" }]
 
-``when`` keys are AttnCase fields (a value or a list of values) or the derived predicates in
-``DERIVED``. ``repro`` cases (the dtype is the cell's unless a case names one) are run first in
+``when`` keys are AttnCase fields (a value or a list of values), the derived predicates of the
+case in ``DERIVED``, or what the failure itself says in ``FAILURE`` (``ignored_kwargs``: the kwargs
+the kwargs check found ignored; it builds its own variants of the drawn case, so only the failure
+can say which kwarg was lost). ``repro`` cases (the dtype is the cell's unless a case names one) are run first in
 every cell the finding applies to: a cell whose repro case fails is a strict xfail that shows the
 reason; one whose repro case now passes, and where no drawn case met the finding, fails with "no
 longer reproduces". Drawn cases the finding explains do not stop the search, so a second, unknown
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from attnparity.check.cases import AttnCase
+    from attnparity.check.parity import ParityResult
 
 BUILTIN = Path(__file__).with_name("known_findings.toml")
 
@@ -56,6 +59,11 @@ DERIVED: dict[str, Callable[["AttnCase"], Any]] = {
     "fully_masked_rows": _fully_masked_rows,
     "sq_ne_skv": lambda case: case.sq != case.skv,
     "gqa": lambda case: case.kv_heads != case.heads,
+}
+#: Predicates a ``when`` table may use on the failing result; a list value matches when any of its
+#: items is allowed.
+FAILURE: dict[str, Callable[["ParityResult"], Any]] = {
+    "ignored_kwargs": lambda result: result.ignored_kwargs,
 }
 
 
@@ -81,22 +89,34 @@ class Finding:
                 and self.versions_match(installed))
 
     def versions_match(self, installed: Mapping[str, str]) -> bool:
+        """Every ``versions`` specifier holds for the installed distribution of that name (any
+        package: those attnparity tracks come from ``installed``, others from importlib.metadata)."""
         from packaging.specifiers import SpecifierSet
         from packaging.version import InvalidVersion, Version
 
         for dist, spec in self.versions.items():
-            if dist not in installed:
+            version = installed.get(dist) or installed_version(dist)
+            if version is None:
                 return False
             try:
-                if not SpecifierSet(spec, prereleases=True).contains(Version(installed[dist])):
+                if not SpecifierSet(spec, prereleases=True).contains(Version(version)):
                     return False
             except InvalidVersion:
                 return False
         return True
 
-    def explains(self, case: "AttnCase") -> bool:
-        """Whether a failure on ``case`` is this finding (its ``when`` holds for the case)."""
+    def explains(self, case: "AttnCase", result: "ParityResult | None" = None) -> bool:
+        """Whether a failure on ``case`` (with ``result``, when there is one) is this finding. Keys
+        about the failure hold when there is no result to ask (a case-only question, such as
+        scoping a backend's claims around the finding)."""
         for key, allowed in self.when.items():
+            if key in FAILURE:
+                if result is None:
+                    continue
+                values = FAILURE[key](result)
+                if not any(v in allowed for v in values):
+                    return False
+                continue
             value = DERIVED[key](case) if key in DERIVED else getattr(case, key)
             if value not in allowed:
                 return False
@@ -124,6 +144,21 @@ class Ledger:
 
     def describe(self) -> str:
         return f"{len(self.findings)} known finding(s) from {', '.join(self.sources) or 'no ledger'}"
+
+
+def installed_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (any spelling: flash-attn, flash_attn), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        from packaging.utils import canonicalize_name
+
+        try:
+            return version(canonicalize_name(dist))
+        except PackageNotFoundError:
+            return None
 
 
 def load_ledger(entries: Iterable[str], *, invocation_dir: Path) -> Ledger:
@@ -170,7 +205,9 @@ def read_ledger(path: Path) -> list[Finding]:
 
 
 def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
+    from attnparity.backends.base import DTYPE_NAMES, Capabilities
     from attnparity.check.cases import AttnCase
+    from attnparity.machine import DEVICE_KINDS
 
     where = f"{path}: finding #{index + 1} ({table.get('id', 'no id')})"
     missing = [k for k in _REQUIRED if k not in table]
@@ -191,10 +228,17 @@ def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
     when = table.get("when", {})
     if not isinstance(when, dict):
         raise LedgerError(f"{where}: when must be a table, e.g. when = {{ mask = \"none\" }}")
-    bad = sorted(set(when) - case_fields - set(DERIVED))
+    bad = sorted(set(when) - case_fields - set(DERIVED) - set(FAILURE))
     if bad:
         raise LedgerError(f"{where}: when keys {', '.join(bad)} are neither AttnCase fields nor one of "
-                          f"{', '.join(DERIVED)}")
+                          f"{', '.join([*DERIVED, *FAILURE])}")
+    for key, value in when.items():
+        for item in value if isinstance(value, list) else [value]:
+            if key in case_fields:
+                _check_value(where, f"when.{key}", key, item)
+    _check_names(where, "dtypes", strings("dtypes"), DTYPE_NAMES)
+    _check_names(where, "devices", strings("devices"), DEVICE_KINDS)
+    _check_names(where, "checks", strings("checks"), check_names())
     versions = table.get("versions", {})
     if not isinstance(versions, dict):
         raise LedgerError(f"{where}: versions must be a table of PEP 440 specifiers, e.g. {{ torch = \">=2.5\" }}")
@@ -211,7 +255,51 @@ def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
         bad = sorted(set(case) - case_fields) if isinstance(case, dict) else ["(not a table)"]
         if bad:
             raise LedgerError(f"{where}: repro case has unknown fields {', '.join(bad)}")
-    return Finding(id=str(table["id"]), reason=str(table["reason"]), source=str(path), backends=strings("backends"),
+        for key, item in case.items():
+            _check_value(where, f"repro.{key}", key, item)
+    finding = Finding(id=str(table["id"]), reason=str(table["reason"]), source=str(path), backends=strings("backends"),
                    checks=strings("checks"), link=str(table.get("link", "")), dtypes=strings("dtypes"),
                    devices=strings("devices"), versions={str(k): str(v) for k, v in versions.items()},
                    when={k: tuple(v) if isinstance(v, list) else (v,) for k, v in when.items()}, repro=tuple(repro))
+    for case in repro:
+        # A repro case the finding does not explain, or that no backend could claim, would make
+        # "still reproduces" / "no longer reproduces" meaningless.
+        built = AttnCase.from_dict({**case, "dtype": case.get("dtype", "fp32")})
+        if built.outside(Capabilities()) is not None:
+            raise LedgerError(f"{where}: repro case {case} is not a valid case: {built.outside(Capabilities())}")
+        if not finding.explains(built):
+            raise LedgerError(f"{where}: repro case {case} is outside the finding's own `when`")
+    return finding
+
+
+def check_names() -> tuple[str, ...]:
+    """The op-level and semantic check names a finding may name."""
+    from attnparity.check.semantics import SEMANTIC_CHECKS
+
+    return ("forward", "backward", *SEMANTIC_CHECKS)
+
+
+def _check_names(where: str, key: str, given: tuple[str, ...], known: Iterable[str]) -> None:
+    unknown = [g for g in given if g not in known]
+    if unknown:
+        raise LedgerError(f"{where}: {key} {', '.join(map(repr, unknown))} unknown; expected some of {', '.join(known)}")
+
+
+def _check_value(where: str, label: str, key: str, value: Any) -> None:
+    """A value of an AttnCase field: one of its Literal's values, or a number where it is numeric."""
+    import typing
+
+    from attnparity.check.cases import AttnCase
+
+    hint = typing.get_type_hints(AttnCase)[key]
+    allowed = [a for arg in (typing.get_args(hint) or (hint,))
+               for a in (typing.get_args(arg) if typing.get_origin(arg) is typing.Literal else (arg,))]
+    literals = [a for a in allowed if not isinstance(a, type)]
+    if hint is typing.Literal or typing.get_origin(hint) is typing.Literal or literals:
+        if value not in literals and not (value is None and type(None) in allowed):
+            raise LedgerError(f"{where}: {label} = {value!r}; expected one of {', '.join(map(repr, literals))}")
+        return
+    kinds = tuple(a for a in allowed if isinstance(a, type))
+    kinds += (int,) if float in kinds else ()  # TOML writes 3 for 3.0
+    if kinds and not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:
+        raise LedgerError(f"{where}: {label} = {value!r} is not a {' or '.join(k.__name__ for k in kinds)}")

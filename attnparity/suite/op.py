@@ -54,8 +54,8 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
                 continue
             (repro_passed if result.passed else reproduced).setdefault(finding.id, result)
 
-    def explain(case: AttnCase) -> str | None:
-        return next((f.id for f in known if f.explains(case)), None)
+    def explain(case: AttnCase, result: ParityResult) -> str | None:
+        return next((f.id for f in known if f.explains(case, result)), None)
 
     caps = backend.capabilities
     settings = ctx.hypothesis_settings
