@@ -136,6 +136,7 @@ def _isolation(options: Options, suite: SuiteContext, rootdir: Path, invocation_
 
     import torch
 
+    import attnparity
     import attnparity.suite
     from attnparity.backends.registry import registered_from
     from attnparity.suite.isolation import WorkerSpec, isolated_backends, registering_modules
@@ -147,7 +148,7 @@ def _isolation(options: Options, suite: SuiteContext, rootdir: Path, invocation_
                       registering=registering_modules(suite.backends, registered_from),
                       suite_modules=tuple(attnparity.suite.SUITE_MODULES), sys_path=tuple(sys.path),
                       cwd=os.getcwd(), env=tuple(os.environ.items()), torch_threads=torch.get_num_threads(),
-                      device=suite.device)
+                      device=suite.device, package=os.path.realpath(attnparity.__file__))
     return Isolation(spec, isolated, options.timeout)
 
 

@@ -29,7 +29,8 @@ import signal
 import sys
 import tempfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from . import Check, SuiteContext, error_record
 
 if TYPE_CHECKING:
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import ProcessPoolExecutor
 
     from attnparity.backends.base import Backend
     from attnparity.results.record import ResultRecord
@@ -98,6 +99,8 @@ class WorkerSpec:
     device: str
     #: file that receives the worker's stdout and stderr
     log: str = ""
+    #: the parent's attnparity/__init__.py (resolved): the worker must run the same code
+    package: str = ""
 
 
 # -- in the worker process ------------------------------------------------------------------------
@@ -157,8 +160,13 @@ def worker_start(spec: WorkerSpec) -> int:
     os.environ.clear()
     os.environ.update(dict(spec.env))
     pin_device(spec.device)
+    import attnparity
     import attnparity.suite as suite
 
+    if spec.package and os.path.realpath(attnparity.__file__) != spec.package:
+        raise ImportError(f"the isolated worker imported attnparity from {attnparity.__file__}, not {spec.package} as "
+                          "this run did (a forkserver started earlier with another sys.path?); use --attn-isolate=none "
+                          "or install the attnparity you run")
     for n, (name, file) in enumerate(spec.registering):
         _import_registering(name, file, n)
     suite.SUITE_MODULES = spec.suite_modules  # the parent's, even where a conftest set it on import
@@ -205,6 +213,22 @@ def _mp_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
+@contextmanager
+def _forkserver_path(sys_path: tuple[str, ...]) -> Iterator[None]:
+    """PYTHONPATH for a forkserver started now: it is a fresh interpreter that imports PRELOAD, and
+    a worker unpickles its first call, before it can set its own sys.path. Without this, a run from
+    a source tree finds the installed attnparity there, not the one running here."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys_path if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
 def describe_exit(code: int | None) -> str:
     """How a worker process ended, in words: the signal by name where there was one."""
     if code is None:
@@ -238,12 +262,15 @@ class _Worker:
     """One backend's worker process and the pool that runs it."""
 
     def __init__(self, backend: str, spec: WorkerSpec) -> None:
-        from concurrent.futures import ProcessPoolExecutor
+        # from the submodule: concurrent.futures caches its lazily imported name, which outlives a
+        # re-import of the submodule (pytester's in-process runs), and then cannot pickle its worker
+        from concurrent.futures.process import ProcessPoolExecutor
 
         self.backend = backend
         self.log = spec.log
         self.pool: "ProcessPoolExecutor" = ProcessPoolExecutor(max_workers=1, mp_context=_mp_context())
-        start = self.pool.submit(worker_start, spec)
+        with _forkserver_path(spec.sys_path):
+            start = self.pool.submit(worker_start, spec)  # starts the process (and the forkserver, once)
         # The pool keeps its processes private; this one is needed for its exit status after a crash.
         self.process = next(iter(getattr(self.pool, "_processes", {}).values()), None)
         self.pid: int | None = None
