@@ -229,6 +229,10 @@ def finish_run(run: Run, terminal: Any) -> None:
     if outcome.gate_error:
         terminal.write_sep("=", "attnparity upgrade gate: FAILED", red=True)
         terminal.write_line(outcome.gate_error, red=True)
+    iso = run.isolation
+    if iso.started:  # what isolation cost this process (under xdist each worker has its own)
+        terminal.write_line(f"attnparity isolation: {iso.started} worker process(es) started for "
+                            f"{len(iso.isolated)} isolated backend(s), {iso.start_s:.1f} s spent starting them")
     for error in outcome.errors:
         terminal.write_line(f"attnparity: {error}", red=True)
     if outcome.report_dir is not None:

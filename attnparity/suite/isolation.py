@@ -43,8 +43,11 @@ if TYPE_CHECKING:
     from attnparity.backends.base import Backend
     from attnparity.results.record import ResultRecord
 
-#: What the forkserver imports once, so that each worker forked from it starts warm.
-PRELOAD = ("torch", "hypothesis", "attnparity.session", "attnparity.suite.op", "attnparity.check.reference")
+#: What the forkserver imports once, so that each worker forked from it starts warm. diffusers'
+#: attention dispatch is what the registry's built-in backends import: 5 s of each worker's start on
+#: the 2-core machine (measured with -X importtime); a missing one is skipped.
+PRELOAD = ("torch", "hypothesis", "attnparity.session", "attnparity.suite.op", "attnparity.check.reference",
+           "attnparity.backends.registry", "diffusers.models.attention_dispatch")
 #: Workers kept alive at once (least recently used goes first). The pipeline and perf suites visit
 #: backends in turn, once per pipeline or shape; each idle worker holds a torch (~0.3 GB on CPU).
 MAX_LIVE = 3
