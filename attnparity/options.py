@@ -19,6 +19,7 @@ from attnparity.machine import DEVICE_KINDS
 
 PERF_MODES = ("quick", "full")
 SUMMARY_MODES = ("short", "full")
+ISOLATE_MODES = ("auto", "all", "none")
 
 
 class OptionError(ValueError):
@@ -112,6 +113,7 @@ class Options:
                                        (), "rules", grammar=TOLERANCE_RULES)
     artifacts: Path = _opt("directory for failure artifacts (images, diff maps)", Path(".attnparity/artifacts"), "rootpath")
     timeout: float = _opt("seconds one cell may run before it fails as timed out (0: no limit)", 0.0, "float", low=0.0)
+    isolate: str = _opt("which backends run in a worker process of their own, so a crash, a hang or broken process state stays in their cells: 'auto' (backends not built into attnparity, i.e. entry points and register_backend; on CUDA every backend), 'all' or 'none'", "auto", "choice", choices=ISOLATE_MODES)
     report: Path | None = _opt("directory to write results.json and a self-contained index.html into", None, "path")
     compare: Path | None = _opt("results.json of an earlier run: fail this run where a cell got worse (the upgrade gate)", None, "path")
     known: tuple[str, ...] = _opt("known-findings ledgers (TOML, repeatable; ini: one per line) added to attnparity's built-in one; 'none' turns the built-in one off", (), "paths")

@@ -141,28 +141,29 @@ class AttnItem(pytest.Item):
         if check.skip:
             self._keep(ResultRecord(check.kind, check.check, check.backend, check.dtype, "skip", message=check.skip))
             raise pytest.skip.Exception(check.skip, _use_item_location=True)
+        from attnparity.suite import error_record
         from attnparity.suite.guard import CellTimeout
 
-        guard = self.config.stash[RUN].guard
-        hung = guard.hung_reason(check.backend)
-        try:
-            if hung:
-                raise CellTimeout(hung)
-            with _own_channels_only():
-                record = guard.run(check.run, label=self.nodeid)
-        except (pytest.skip.Exception, KeyboardInterrupt):
-            raise
-        except CellTimeout as exc:  # a hung backend fails its own cells, nothing else
-            if check.backend and not hung:
-                guard.mark_hung(check.backend, self.nodeid)
-            record = ResultRecord(check.kind, check.check, check.backend, check.dtype, "error", message=str(exc))
-        except Exception as exc:  # a crashing backend fails its own cell, nothing else
-            import traceback
-
-            tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
-            record = ResultRecord(check.kind, check.check, check.backend, check.dtype, "error",
-                                  message=f"{check.backend or check.check} raised {type(exc).__name__}: {exc}\n{tail}")
-        unchanged = self.config.stash[RUN].unchanged_failure(record)
+        run = self.config.stash[RUN]
+        if run.isolation.covers(check.backend):  # a crash, hang or poisoned state stays in its worker
+            record = run.isolation.run(check, label=self.nodeid)
+        else:
+            guard = run.guard
+            hung = guard.hung_reason(check.backend)
+            try:
+                if hung:
+                    raise CellTimeout(hung)
+                with _own_channels_only():
+                    record = guard.run(check.run, label=self.nodeid)
+            except (pytest.skip.Exception, KeyboardInterrupt):
+                raise
+            except CellTimeout as exc:  # a hung backend fails its own cells, nothing else
+                if check.backend and not hung:
+                    guard.mark_hung(check.backend, self.nodeid)
+                record = ResultRecord(check.kind, check.check, check.backend, check.dtype, "error", message=str(exc))
+            except Exception as exc:  # a raising backend fails its own cell, nothing else
+                record = error_record(check, exc)
+        unchanged = run.unchanged_failure(record)
         if unchanged:
             record.extra["unchanged_failure"] = True
         self._keep(record)
@@ -247,6 +248,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if RUN not in config.stash:
         return
+    config.stash[RUN].isolation.close()
     still = config.stash[RUN].guard.drain(5.0)
     if still:
         import sys

@@ -5,7 +5,7 @@ record, the gate and the files at the end."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from attnparity.machine import DeviceIdentity, identify, resolve_device, version
 from attnparity.options import Options
 from attnparity.suite import SuiteContext
 from attnparity.suite.guard import Guard
+from attnparity.suite.isolation import Isolation
 
 #: Profiles hypothesis loads by itself ("ci" when the CI variable is set): not the user's choice,
 #: so the suite's own settings (which derandomize under CI too) still apply.
@@ -50,6 +51,8 @@ class Run:
     outcome: RunOutcome | None = None
     #: --attn-compare's run, folded by cell (results.gate.fold), read once at the start
     baseline: dict[Any, Any] | None = None
+    #: the worker processes of isolated backends (--attn-isolate)
+    isolation: Isolation = field(default_factory=lambda: Isolation(None, frozenset()))
 
     def unchanged_failure(self, record: Any) -> str | None:
         """With --attn-compare: why a failing cell is no news (it failed in the baseline too), or None.
@@ -127,7 +130,35 @@ def start_run(options: Options, rootdir: Path, invocation_dir: Path) -> Run:
                          hypothesis_settings=hypothesis_settings(options.examples), rootdir=rootdir,
                          user_profile=_user_profile(), ledger=ledger, versions=found)
     return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), versions=found,
-               baseline=baseline)
+               baseline=baseline, isolation=_isolation(options, suite, rootdir, invocation_dir))
+
+
+def _isolation(options: Options, suite: SuiteContext, rootdir: Path, invocation_dir: Path) -> Isolation:
+    """The run's isolation: which backends get a worker process, and how a worker rebuilds the run."""
+    import sys
+    from functools import partial
+
+    import torch
+
+    import attnparity
+    import attnparity.suite
+    from attnparity.backends.registry import registered_from
+    from attnparity.suite.isolation import WorkerSpec, isolated_backends, registering_modules
+
+    isolated = isolated_backends(suite.backends, options.isolate, suite.device)
+    if not isolated:
+        return Isolation(None, isolated)
+    spec = WorkerSpec(build=partial(worker_suite, options, rootdir, invocation_dir),
+                      registering=registering_modules(suite.backends, registered_from),
+                      suite_modules=tuple(attnparity.suite.SUITE_MODULES), sys_path=tuple(sys.path),
+                      cwd=os.getcwd(), env=tuple(os.environ.items()), torch_threads=torch.get_num_threads(),
+                      device=suite.device, package=os.path.realpath(attnparity.__file__))
+    return Isolation(spec, isolated, options.timeout)
+
+
+def worker_suite(options: Options, rootdir: Path, invocation_dir: Path) -> SuiteContext:
+    """The suite of an isolated worker process: the parent's run, rebuilt from the same options."""
+    return start_run(replace(options, isolate="none"), rootdir, invocation_dir).suite
 
 
 def _user_profile() -> str | None:
@@ -202,6 +233,10 @@ def finish_run(run: Run, terminal: Any) -> None:
     if outcome.gate_error:
         terminal.write_sep("=", "attnparity upgrade gate: FAILED", red=True)
         terminal.write_line(outcome.gate_error, red=True)
+    iso = run.isolation
+    if iso.started:  # what isolation cost this process (under xdist each worker has its own)
+        terminal.write_line(f"attnparity isolation: {iso.started} worker process(es) started for "
+                            f"{len(iso.isolated)} isolated backend(s), {iso.start_s:.1f} s spent starting them")
     for error in outcome.errors:
         terminal.write_line(f"attnparity: {error}", red=True)
     if outcome.report_dir is not None:

@@ -12,6 +12,9 @@ import pytest
 import torch  # noqa: F401
 import attnparity.backends.registry  # noqa: F401
 import attnparity.suite.guard  # noqa: F401
+import attnparity.suite.isolation  # noqa: F401
+import concurrent.futures.process  # noqa: F401  (the isolation pool pickles its worker function by name)
+import multiprocessing.forkserver  # noqa: F401
 import attnparity.report.html  # noqa: F401
 import attnparity.session  # noqa: F401
 import attnparity.check.tolerance  # noqa: F401
@@ -61,12 +64,46 @@ def degradable(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
     return naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
                            scale=1.0 if os.environ.get("ATTN_DEGRADE") else scale)
 
+# Backends that kill or break the process they run in, on masked cases (the minisuite's second
+# case), as a kernel does on an illegal memory access. Only ever run isolated: in-process they
+# would take the test run down with them.
+def _correct(q, k, v, attn_mask, is_causal, scale):
+    from attnparity.backends.naive import naive_attention
+    return naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+
+def aborts(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    import os
+    if attn_mask is not None:
+        os.abort()
+    return _correct(q, k, v, attn_mask, is_causal, scale)
+
+def segfaults(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    import ctypes
+    if attn_mask is not None:
+        ctypes.string_at(0)
+    return _correct(q, k, v, attn_mask, is_causal, scale)
+
+def oom_killed(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    import os, signal
+    if attn_mask is not None:
+        os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer does
+    return _correct(q, k, v, attn_mask, is_causal, scale)
+
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+def poisons(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # Correct itself, but leaves torch broken for whoever comes next in this process.
+    torch.nn.functional.scaled_dot_product_attention = lambda q, *a, **kw: torch.zeros_like(q) + 7
+    return _correct(q, k, v, attn_mask, is_causal, scale)
+
 for _name, _fn in (("vendor-degradable", degradable), ("vendor-crash", crash), ("vendor-nan", nan), ("vendor-shape", bad_shape),
-                   ("vendor-hang", hang), ("vendor-scale", scaled)):
+                   ("vendor-hang", hang), ("vendor-scale", scaled), ("vendor-abort", aborts),
+                   ("vendor-segv", segfaults), ("vendor-oom", oom_killed), ("vendor-poison", poisons)):
     _add(_name, _fn)
 
 def pytest_unconfigure(config):
     _suite.SUITE_MODULES = _SAVED
+    torch.nn.functional.scaled_dot_product_attention = _SDPA
     _RELEASE.set()
     for name in _NAMES:
         _registry.unregister_backend(name)

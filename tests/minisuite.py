@@ -29,6 +29,7 @@ def checks(ctx: SuiteContext) -> list[Check]:
 
 def run_forward(ctx: SuiteContext, backend, dtype: str) -> ResultRecord:
     from attnparity.backends.naive import naive_attention
+    from attnparity.check.progress import note_case
     from attnparity.check.reference import reference_forward
     from attnparity.check.tolerance import errors, verdict
 
@@ -41,6 +42,7 @@ def run_forward(ctx: SuiteContext, backend, dtype: str) -> ResultRecord:
         if case.outside(backend.capabilities):
             continue
         examples += 1
+        note_case("forward", backend.name, case)  # an isolated worker that dies here names the case
         q, k, v, mask = case.tensors()
         out = backend.fn(q, k, v, attn_mask=mask, is_causal=case.causal is not None)
         repro = f"pytest --attn-backends={backend.name} --attn-dtypes={dtype} 'attnparity::forward[{backend.name}-{dtype}]'"

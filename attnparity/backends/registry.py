@@ -40,6 +40,9 @@ class UnknownBackend(LookupError):
 
 
 _registered: dict[str, Backend] = {}
+#: backend name -> (module name, file) of the code that called register_backend: an isolated worker
+#: process imports it again so the backend exists there too (suite/isolation.py)
+_registered_from: dict[str, tuple[str, str | None]] = {}
 _load_errors: dict[str, str] = {}
 _loaded = False
 
@@ -57,11 +60,22 @@ def register_backend(backend: Backend, *, replace: bool = False) -> Backend:
     if backend.origin == "builtin":
         backend.origin = "register_backend"
     _registered[backend.name] = backend
+    import sys
+
+    caller = sys._getframe(1).f_globals
+    _registered_from[backend.name] = (str(caller.get("__name__", "")), caller.get("__file__"))
     return backend
 
 
 def unregister_backend(name: str) -> None:
     _registered.pop(name, None)
+    _registered_from.pop(name, None)
+
+
+def registered_from(name: str) -> tuple[str, str | None] | None:
+    """(module name, file) of the module whose code registered ``name`` with register_backend, or
+    None for a built-in or entry-point backend (those are found again by name in any process)."""
+    return _registered_from.get(name)
 
 
 def _add(backends: Iterable[Backend], origin: str) -> None:
@@ -97,6 +111,7 @@ def reset_registry() -> None:
     """
     global _loaded
     _registered.clear()
+    _registered_from.clear()
     _load_errors.clear()
     _loaded = False
 

@@ -106,3 +106,15 @@ def collect(ctx: SuiteContext) -> list[Check]:
     for module_name in SUITE_MODULES:
         checks.extend(importlib.import_module(module_name).checks(ctx))
     return checks
+
+
+def error_record(check: Check, exc: BaseException) -> "ResultRecord":
+    """The record of a cell whose run raised: the backend's own failure, with the end of its
+    traceback (made the same way in-process and in an isolated worker)."""
+    import traceback
+
+    from attnparity.results.record import ResultRecord
+
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-4))
+    return ResultRecord(check.kind, check.check, check.backend, check.dtype, "error",
+                        message=f"{check.backend or check.check} raised {type(exc).__name__}: {exc}\n{tail}")

@@ -42,7 +42,14 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
     from attnparity.check.search import search
     from attnparity.check.strategies import attn_cases, edge_corpus
 
-    check_fn = _check_fn(name)
+    from attnparity.check.progress import note_case
+
+    unnoted = _check_fn(name)
+
+    def check_fn(backend: Backend, case: AttnCase, tolerances) -> ParityResult:
+        note_case(name, backend.name, case)  # an isolated worker that dies here still names the case
+        return unnoted(backend, case, tolerances)
+
     # Each finding's repro cases run first, apart from the search: whether it still reproduces here
     # must not depend on what hypothesis happens to draw.
     reproduced: dict[str, ParityResult] = {}
