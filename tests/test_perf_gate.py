@@ -231,7 +231,10 @@ def e2e(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, one_thread: 
     return pytester
 
 
-E2E_ARGS = ("--attn-backends=busy,sleepy", "--attn-dtypes=fp32", "-m", "attn_perf", "-p", "no:cacheprovider")
+# In-process: these tests monkeypatch the shape catalogue / timer settings in this process, which an
+# isolated worker (--attn-isolate, on for conftest-registered backends) rebuilds without.
+E2E_ARGS = ("--attn-backends=busy,sleepy", "--attn-dtypes=fp32", "-m", "attn_perf", "-p", "no:cacheprovider",
+            "--attn-isolate=none")
 
 
 def perf_of(path) -> dict[str, ResultRecord]:

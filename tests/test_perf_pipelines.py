@@ -35,7 +35,7 @@ def test_pipeline_perf_reports_images_per_second_and_a_slow_backend_is_slower(py
     # A subprocess: an in-process run would leave diffusers' lazily imported pipeline modules
     # dropped by pytester's sys.modules snapshot, and later save/load tests of this process fail.
     pytester.makeconftest(CONFTEST + PATCH_SETTINGS)
-    result = pytester.runpytest_subprocess("--attn-backends=sluggish", "--attn-dtypes=fp32", "--attn-perf=full",
+    result = pytester.runpytest_subprocess("--attn-backends=sluggish", "--attn-dtypes=fp32", "--attn-isolate=none", "--attn-perf=full",
                                            "-m", "attn_perf", "-k", "perf-pipeline:pixart", "-p", "no:cacheprovider",
                                            "--attn-report=out")
     result.assert_outcomes(passed=1)
@@ -53,9 +53,9 @@ def test_pipeline_perf_reports_images_per_second_and_a_slow_backend_is_slower(py
 
 def test_pipeline_perf_belongs_to_full_on_cpu(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(CONFTEST)
-    quick = pytester.runpytest_inprocess("--attn-backends=sluggish", "--attn-dtypes=fp32", "-m", "attn_perf",
+    quick = pytester.runpytest_inprocess("--attn-backends=sluggish", "--attn-dtypes=fp32", "--attn-isolate=none", "-m", "attn_perf",
                                          "--collect-only", "-q", "-p", "no:cacheprovider")
     assert "perf-pipeline:" not in quick.stdout.str()
-    full = pytester.runpytest_inprocess("--attn-backends=sluggish", "--attn-dtypes=fp32", "-m", "attn_perf",
+    full = pytester.runpytest_inprocess("--attn-backends=sluggish", "--attn-dtypes=fp32", "--attn-isolate=none", "-m", "attn_perf",
                                         "--attn-perf=full", "--collect-only", "-q", "-p", "no:cacheprovider")
     full.stdout.fnmatch_lines(["attnparity::perf-pipeline:sd15[[]sluggish-fp32[]]"])

@@ -51,7 +51,9 @@ def write_baseline(path, reprec: pytest.HookRecorder) -> None:
     write_results(path, records, records[0].device, records[0].versions)
 
 
-ARGS = ("--attn-backends=sleepy", "--attn-dtypes=fp32", "-p", "no:cacheprovider")
+# In-process: these tests monkeypatch the shape catalogue / timer settings in this process, which an
+# isolated worker (--attn-isolate, on for conftest-registered backends) rebuilds without.
+ARGS = ("--attn-backends=sleepy", "--attn-dtypes=fp32", "-p", "no:cacheprovider", "--attn-isolate=none")
 
 
 def test_perf_items_selected_by_marker_and_record_metrics(suite: pytest.Pytester) -> None:
