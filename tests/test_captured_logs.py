@@ -30,7 +30,10 @@ def test_trace_logger_debug_lines_stay_out_of_failure_text(matrix_project):
     trace = logging.getLogger("torch.__trace")
     assert not trace.propagate and trace.level == logging.DEBUG
     matrix_project.makeconftest(matrix_project.path.joinpath("conftest.py").read_text() + TRACING)
+    # In-process (--attn-isolate=none): an isolated worker's logs never reach pytest's capture at all;
+    # this is about the capture of the pytest process.
     result = matrix_project.runpytest("--attn-backends=vendor-traced", "--attn-dtypes=fp32", "--attn-examples=3",
+                                      "--attn-isolate=none",
                                       "-p", "no:cacheprovider")
     assert result.ret == 1
     out = result.stdout.str()
