@@ -25,7 +25,10 @@ REGISTER_MUTANTS = (
 def failed_cells(pytester: pytest.Pytester, *args: str) -> dict[str, set[str]]:
     """backend -> checks that failed, from a real run of the plugin."""
     pytester.makeconftest(REGISTER_MUTANTS)
-    reports = pytester.inline_run("-p", "no:cacheprovider", "-m", "not attn_perf", *args).getreports("pytest_runtest_logreport")
+    # In-process: mutants are wrong math, not crashers, and 15 isolated backends would each start
+    # workers over and over (isolation keeps 3 alive); tests/test_isolation.py covers isolation.
+    reports = pytester.inline_run("-p", "no:cacheprovider", "-m", "not attn_perf", "--attn-isolate=none",
+                                  *args).getreports("pytest_runtest_logreport")
     caught: dict[str, set[str]] = defaultdict(set)
     for report in reports:
         if report.failed:
