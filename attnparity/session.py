@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +45,36 @@ class Run:
     suite: SuiteContext
     device: DeviceIdentity
     guard: Guard
-    versions: dict[str, str]
     #: result records that reached this process, in the order their items finished (on the xdist
     #: controller, every worker's)
     records: list[dict[str, Any]] = field(default_factory=list)
     outcome: RunOutcome | None = None
-    #: --attn-compare's run, folded by cell (results.gate.fold), read once at the start
-    baseline: dict[Any, Any] | None = None
+    #: --attn-compare's records, read once at the start (the gate at the end uses them too)
+    baseline: list[Any] | None = None
     #: the worker processes of isolated backends (--attn-isolate)
     isolation: Isolation = field(default_factory=lambda: Isolation(None, frozenset()))
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return self.suite.versions
+
+    @cached_property
+    def baseline_cells(self) -> dict[Any, Any] | None:
+        """The baseline folded by cell (results.gate.fold), as the gate sees it."""
+        from attnparity.results.gate import fold
+
+        return None if self.baseline is None else fold(self.baseline)
 
     def unchanged_failure(self, record: Any) -> str | None:
         """With --attn-compare: why a failing cell is no news (it failed in the baseline too), or None.
         The record keeps its verdict; only the item's outcome says the gate does not count it. Only
         the verdict class is compared: a different bug in a cell that failed before is unchanged
         too, unless its error ratio grew past the gate's factor (README says so)."""
-        if self.baseline is None or record.verdict not in ("fail", "error"):
+        if self.baseline_cells is None or record.verdict not in ("fail", "error"):
             return None
         if record.extra.get("stale_known"):  # a ledger entry to remove is news every time
             return None
-        old = self.baseline.get(record.cell)
+        old = self.baseline_cells.get(record.cell)
         if old is None or old.verdict not in ("fail", "error"):
             return None
         return (f"unchanged failure: this cell failed in {self.options.compare} too, so the upgrade gate does "
@@ -119,18 +130,16 @@ def start_run(options: Options, rootdir: Path, invocation_dir: Path) -> Run:
     ledger = load_ledger(options.known, invocation_dir=invocation_dir)  # raises LedgerError saying why
     baseline = None
     if options.compare is not None:
-        from attnparity.results.gate import fold
         from attnparity.results.record import read_results
 
-        baseline = fold(read_results(options.compare)["records"])  # raises ResultsFileError saying why
+        baseline = read_results(options.compare)["records"]  # raises ResultsFileError saying why
     device = resolve_device(options.device)
     share_cpu_threads(device)
-    found = versions()
     suite = SuiteContext(backends=backends, device=device, options=options, tolerances=Tolerances(options.tolerance),
                          hypothesis_settings=hypothesis_settings(options.examples), rootdir=rootdir,
-                         user_profile=_user_profile(), ledger=ledger, versions=found)
-    return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), versions=found,
-               baseline=baseline, isolation=_isolation(options, suite, rootdir, invocation_dir))
+                         user_profile=_user_profile(), ledger=ledger, versions=versions())
+    return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), baseline=baseline,
+               isolation=_isolation(options, suite, rootdir, invocation_dir))
 
 
 def _isolation(options: Options, suite: SuiteContext, rootdir: Path, invocation_dir: Path) -> Isolation:
@@ -199,15 +208,13 @@ def finish_records(run: Run) -> RunOutcome:
 
     options = run.options
     outcome = RunOutcome(sort_records(as_records(run.records), [b.name for b in run.suite.backends]))
-    if options.compare is not None:
+    if run.baseline is not None:
         from attnparity.results.gate import Thresholds, compare_records
-        from attnparity.results.record import ResultsFileError, read_results
 
         try:
-            old = read_results(options.compare)
-            outcome.comparison = compare_records(old["records"], outcome.records, Thresholds.from_options(options),
+            outcome.comparison = compare_records(run.baseline, outcome.records, Thresholds.from_options(options),
                                                  old_source=str(options.compare))
-        except (ResultsFileError, ValueError) as exc:
+        except ValueError as exc:
             outcome.gate_error = f"upgrade gate failed: {exc}"
     if options.report is not None:
         from attnparity.report.html import write_report

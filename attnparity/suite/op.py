@@ -83,10 +83,9 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
     if outcome.closest is not None:  # how close a pass came, and on what (the margin studies read it)
         metrics["bound_use_max"] = outcome.closest.bound_use
         extra["closest_case"] = outcome.closest.case.as_dict()
-    met = {fid: (count, first) for fid, (count, first) in outcome.explained.items()}
+    met = dict(outcome.explained)
     for fid, result in reproduced.items():
-        count, first = met.get(fid, (0, result))
-        met[fid] = (count + 1, result)  # the repro case is the line a reader should run
+        met[fid] = (met.get(fid, (0, result))[0] + 1, result)  # the repro case is the line a reader should run
     if met:
         extra["known"] = {f.id: {"met": met[f.id][0], "reason": f.reason, "link": f.link, "source": f.source,
                                  "repro": met[f.id][1].repro()} for f in known if f.id in met}
