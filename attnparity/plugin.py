@@ -141,28 +141,8 @@ class AttnItem(pytest.Item):
         if check.skip:
             self._keep(ResultRecord(check.kind, check.check, check.backend, check.dtype, "skip", message=check.skip))
             raise pytest.skip.Exception(check.skip, _use_item_location=True)
-        from attnparity.suite import error_record
-        from attnparity.suite.guard import CellTimeout
-
         run = self.config.stash[RUN]
-        if run.isolation.covers(check.backend):  # a crash, hang or poisoned state stays in its worker
-            record = run.isolation.run(check, label=self.nodeid)
-        else:
-            guard = run.guard
-            hung = guard.hung_reason(check.backend)
-            try:
-                if hung:
-                    raise CellTimeout(hung)
-                with _own_channels_only():
-                    record = guard.run(check.run, label=self.nodeid)
-            except (pytest.skip.Exception, KeyboardInterrupt):
-                raise
-            except CellTimeout as exc:  # a hung backend fails its own cells, nothing else
-                if check.backend and not hung:
-                    guard.mark_hung(check.backend, self.nodeid)
-                record = ResultRecord(check.kind, check.check, check.backend, check.dtype, "error", message=str(exc))
-            except Exception as exc:  # a raising backend fails its own cell, nothing else
-                record = error_record(check, exc)
+        record = run.execute(check, label=self.nodeid, quiet=_own_channels_only)
         unchanged = run.unchanged_failure(record)
         if unchanged:
             record.extra["unchanged_failure"] = True

@@ -5,6 +5,8 @@ record, the gate and the files at the end."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -64,6 +66,31 @@ class Run:
         from attnparity.results.gate import fold
 
         return None if self.baseline is None else fold(self.baseline)
+
+    def execute(self, check: Any, *, label: str,
+                quiet: Callable[[], AbstractContextManager[Any]] = nullcontext) -> Any:
+        """One cell's record. A crash, hang or poisoned state of an isolated backend stays in its
+        worker; in-process, a hung backend (attn_timeout) or a raising one fails its own cell only.
+        ``quiet``: what to run an in-process cell under (the plugin keeps pytest's log capture off
+        torch's trace logger). pytest's outcomes and KeyboardInterrupt are BaseExceptions: they pass."""
+        from attnparity.results.record import ResultRecord
+        from attnparity.suite import error_record
+        from attnparity.suite.guard import CellTimeout
+
+        if self.isolation.covers(check.backend):
+            return self.isolation.run(check, label=label)
+        hung = self.guard.hung_reason(check.backend)
+        try:
+            if hung:
+                raise CellTimeout(hung)
+            with quiet():
+                return self.guard.run(check.run, label=label)
+        except CellTimeout as exc:
+            if check.backend and not hung:
+                self.guard.mark_hung(check.backend, label)
+            return ResultRecord(check.kind, check.check, check.backend, check.dtype, "error", message=str(exc))
+        except Exception as exc:
+            return error_record(check, exc)
 
     def unchanged_failure(self, record: Any) -> str | None:
         """With --attn-compare: why a failing cell is no news (it failed in the baseline too), or None.
