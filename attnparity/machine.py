@@ -7,6 +7,8 @@ ran on "the same device" because two functions spelled it differently.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 DEVICE_KINDS = ("cpu", "cuda", "xpu", "mps")
@@ -53,6 +55,22 @@ def identify(device: str) -> DeviceIdentity:
     threads = torch.get_num_threads()
     label = f"CPU ({threads} torch thread{'' if threads == 1 else 's'})" if kind == "cpu" else kind
     return DeviceIdentity(device, kind, label)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` for the block and restored afterwards (None or
+    0: left as it is). CPU timings and images depend on it, so what sets it for a figure must also be
+    what ``identify`` reads back for that figure's label."""
+    import torch
+
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def versions() -> dict[str, str]:

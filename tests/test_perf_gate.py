@@ -205,9 +205,9 @@ def one_thread() -> Iterator[None]:
     """One torch thread: with two on two cores that other processes also use, a descheduled OpenMP
     thread stalls its partner at every barrier, and single calls take up to 50x their time at
     random (measured while writing this test): that is noise no gate can see through, not load."""
-    from attnparity.suite.perf_pipelines import _one_cpu_thread
+    from attnparity.machine import torch_threads
 
-    with _one_cpu_thread("cpu"):
+    with torch_threads(1):
         yield
 
 

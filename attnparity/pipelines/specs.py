@@ -17,14 +17,15 @@ uniform weights of a fresh init, where a wrong softmax scale would barely move t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from attnparity.machine import torch_threads
 
 if TYPE_CHECKING:
     import numpy as np
@@ -387,23 +388,9 @@ def run_pipeline(pipe: Any, spec: PipelineSpec) -> "np.ndarray":
         kwargs["latents"] = latents.to(device=module.device, dtype=module.dtype)
     else:
         kwargs["generator"] = torch.Generator("cpu").manual_seed(spec.seed)
-    with _threads(1 if module.device.type == "cpu" else None), torch.inference_mode():
+    with torch_threads(1 if module.device.type == "cpu" else None), torch.inference_mode():
         image = pipe(**kwargs).images[0]
     return image.astype("float32")
-
-
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set for the block, restored afterwards (None: untouched)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def config_hash(pipe: Any, spec: PipelineSpec) -> str:

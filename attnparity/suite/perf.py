@@ -14,6 +14,12 @@ times its measured noise, and only when both were timed on the same device label
 CPU with the same torch thread count); otherwise the record says why it was not compared. The
 rule is results.gate.compare_timing, the same as ``--attn-compare``'s.
 
+On CPU the items time with ``--attn-perf-threads`` torch threads (1 by default). With two threads on
+a two-core machine that other processes use, a descheduled OpenMP thread stalls its partner at every
+barrier: one bf16 kernel measured 10x slower a minute later, by a factor its reference did not
+share, so even the in-item ratio moved 3.6x with nothing changed (docs/upgrade-gate.md). One thread
+is what makes the ratio hold under load.
+
 Pipeline-level timings (images/s per backend, speed-up over the default attention) are the items
 of suite/perf_pipelines.py, collected after these.
 
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnparity.machine import torch_threads
 from attnparity.results.gate import REFERENCES as GATE_REFERENCES
 
 from . import Check, SuiteContext
@@ -177,7 +184,9 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
     check = f"perf:{shape.name}"
     extra: dict[str, Any] = {"shape": shape.describe(), "note": shape.note, "mode": mode, "flops": shape.flops,
                              "flops_convention": FLOPS_CONVENTION}
-    timings, missing = time_with_references(ctx, backend, case, settings)
+    with torch_threads(None if ctx.device.startswith("cuda") else ctx.options.perf_threads):
+        timings, missing = time_with_references(ctx, backend, case, settings)
+        peak = matmul_peak(ctx.device, dtype, settings)  # under the same thread count as the timing
     timing = timings[backend.name]
     if isinstance(timing, BaseException):
         return ResultRecord("perf", check, backend.name, dtype, "skip", extra=extra,
@@ -185,7 +194,6 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
     ms = timing.median_ms
     metrics: dict[str, float] = {"ms": ms, "ms_cv": timing.cv, "tflops": tflops(shape.flops, ms),
                                  "reps": timing.reps}
-    peak = matmul_peak(ctx.device, dtype, settings)
     metrics["pct_peak"] = 100.0 * metrics["tflops"] / peak.tflops
     notes: list[str] = []
     for ref_name, metric in REFERENCES:
@@ -214,7 +222,7 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
     message = "\n".join([summary, *notes, *([verdict_text] if verdict_text else [])])
     if verdict == "fail":
         message = verdict_text + "\n" + summary + "".join("\n" + n for n in notes) + "\nrepro: " + _repro(
-            backend.name, dtype, shape.name, mode, baseline, gate)
+            backend.name, dtype, shape.name, mode, baseline, gate, ctx.options.perf_threads)
     return ResultRecord("perf", check, backend.name, dtype, verdict, metrics=metrics, message=message, extra=extra)
 
 
@@ -251,7 +259,9 @@ def compare_to_baseline(baseline: Baseline | None, gate: "GateSettings", cell: t
     return "pass", "within baseline: " + text
 
 
-def _repro(backend: str, dtype: str, shape: str, mode: str, baseline: Baseline | None, gate: GateSettings) -> str:
+def _repro(backend: str, dtype: str, shape: str, mode: str, baseline: Baseline | None, gate: GateSettings,
+           threads: int) -> str:
     return (f"pytest --attn-backends={backend} --attn-dtypes={dtype} -m attn_perf -k '{shape}' --attn-perf={mode}"
+            f" --attn-perf-threads={threads}"
             + (f" --attn-perf-baseline={baseline.path} --attn-perf-margin={gate.margin:g}"
                f" --attn-perf-noise={gate.noise:g}" if baseline else ""))

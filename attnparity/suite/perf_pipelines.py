@@ -23,10 +23,10 @@ torch thread.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+from attnparity.machine import torch_threads
 
 from . import Check, SuiteContext
 
@@ -77,21 +77,6 @@ def pipeline_settings(device: str, mode: str) -> Any:
     return TimerSettings(warmup_ms=0, rep_ms=1000, min_reps=3, max_reps=20)
 
 
-@contextlib.contextmanager
-def _one_cpu_thread(device: str) -> Iterator[None]:
-    import torch
-
-    if device.startswith("cuda"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str, mode: str,
                       baseline: "Baseline | None", gate: "GateSettings") -> "ResultRecord":
     from attnparity.backends.registry import get_backend
@@ -121,7 +106,7 @@ def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend
            "default (unrouted)": lambda: specs.run_pipeline(pipe, spec)}
     if backend.name == DEFAULT_ATTENTION:
         del fns[f"{DEFAULT_ATTENTION} (routed)"]
-    with _one_cpu_thread(ctx.device):  # what run_pipeline uses anyway; the label must say so
+    with torch_threads(None if ctx.device.startswith("cuda") else 1):  # what run_pipeline uses anyway; the label must say so
         timings = time_many(fns, ctx.device, pipeline_settings(ctx.device, mode))
     mine = timings[backend.name]
     ref = timings.get(f"{DEFAULT_ATTENTION} (routed)", mine)
