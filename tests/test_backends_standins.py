@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from _backend_checks import STANDINS, assert_matches_reference, forget_standins
+from attnparity.backends.base import Unsupported
 from attnparity.check.cases import AttnCase
 
 
@@ -203,3 +204,97 @@ def test_reasons_without_the_libraries():
             continue  # installed here after all: its reason is about CUDA, covered above
         reason = _backend(module, name).unavailable_reason()
         assert reason and words in reason, (name, reason)
+
+
+# -- torch SDPA: claims asked of torch's own checks ---------------------------------------------
+@pytest.fixture
+def torch_checks(monkeypatch):
+    """A fake GPU whose torch answers can_use_*_attention like tests/standins/torch_sdp_checks.py;
+    the probe tensors stay on CPU."""
+    import sys
+
+    from attnparity.backends import sdpa
+
+    monkeypatch.syspath_prepend(str(STANDINS))
+    checks = importlib.import_module("torch_sdp_checks")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    for name in ("can_use_flash_attention", "can_use_efficient_attention", "can_use_cudnn_attention"):
+        monkeypatch.setattr(torch.backends.cuda, name, getattr(checks, name))
+    monkeypatch.setattr(sdpa, "probe_tensors", lambda case: case.with_(device="cpu").tensors())
+    sdpa._asked.cache_clear()
+    yield sdpa
+    sdpa._asked.cache_clear()
+    sys.modules.pop("torch_sdp_checks", None)
+
+
+def test_sdpa_efficient_does_not_claim_gqa(torch_checks):
+    """torch's memory-efficient kernel refuses GQA; claiming it made the first GQA case a contract
+    violation on a GPU. Now the field says no, and torch's own check says why."""
+    from attnparity.check.parity import check_parity
+    from attnparity.check.strategies import fit
+
+    backend = _backend("sdpa", "sdpa-efficient")
+    gqa = AttnCase(batch=1, heads=4, kv_heads=2, sq=8, skv=8, head_dim=64, dtype="fp16", device="cuda")
+    assert not backend.capabilities.gqa and "GQA" in gqa.outside(backend.capabilities)
+    refusal = backend.capabilities.constraint(gqa)  # the check torch itself runs
+    assert "can_use_efficient_attention" in refusal and "number of heads" in refusal
+    result = check_parity(backend, gqa)
+    assert result.passed and result.skipped  # not run, not failed: the search goes on
+    assert fit(gqa, backend.capabilities) == gqa.with_(kv_heads=4)  # corpus cases keep running without GQA
+    assert gqa.with_(kv_heads=4).outside(backend.capabilities) is None
+
+
+def test_sdpa_fused_claims_follow_torch(torch_checks):
+    flash, cudnn = _backend("sdpa", "sdpa-flash"), _backend("sdpa", "sdpa-cudnn")
+    base = AttnCase(batch=1, heads=2, kv_heads=2, sq=8, skv=8, head_dim=64, dtype="fp16", device="cuda")
+    assert base.outside(flash.capabilities) is None and base.outside(cudnn.capabilities) is None
+    assert "non-null attn_mask" in base.with_(mask="padding").outside(flash.capabilities)
+    assert "seqlen_q != seqlen_k" in base.with_(sq=4, causal="top-left").outside(flash.capabilities)
+    assert "multiple of 8" in cudnn.capabilities.constraint(base.with_(head_dim=76))  # torch says why too
+    # GQA is a claim of flash (torch supports it there): asked, and taken.
+    assert base.with_(heads=4, kv_heads=1).outside(flash.capabilities) is None
+
+
+def test_sdpa_backward_refusal_is_asked_with_grads(torch_checks):
+    """sdpa-flash claims backward, so a case is claimed only where torch takes it with inputs that
+    require grad too (sm86: no training at head_dim > 192); forward alone would take it."""
+    case = AttnCase(batch=1, heads=2, kv_heads=2, sq=8, skv=8, head_dim=200, dtype="bf16", device="cuda")
+    refusal = _backend("sdpa", "sdpa-flash").capabilities.constraint(case)
+    assert "(with grads)" in refusal and "head_dim" in refusal
+    assert torch_checks._kernel_rules("FLASH_ATTENTION", backward=False)(case) is None
+
+
+def test_sdpa_claims_without_torch_answering(monkeypatch):
+    """A GPU whose torch lacks the checks: the rules read from sdp_utils.cpp stand in."""
+    from attnparity.backends import sdpa
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delattr(torch.backends.cuda, "can_use_efficient_attention")
+    monkeypatch.delattr(torch.backends.cuda, "can_use_cudnn_attention")
+    gqa = AttnCase(heads=4, kv_heads=2, dtype="fp16", device="cuda")
+    assert "GQA" in sdpa._kernel_rules("EFFICIENT_ATTENTION")(gqa)
+    assert "Sq != Skv" in sdpa._kernel_rules("CUDNN_ATTENTION")(gqa.with_(kv_heads=4, sq=4, causal="top-left"))
+    # On CPU nothing is asked: math and flash take every case the matrix draws.
+    assert sdpa._kernel_rules("FLASH_ATTENTION")(gqa.with_(device="cpu", mask="random")) is None
+
+
+def test_sdpa_real_torch_params_on_this_machine():
+    """SDPAParams of this torch takes the arguments in the order torch_refusal passes them; on a
+    CPU build the check answers False, which is why the rule asks only where a GPU is present."""
+    from attnparity.backends import sdpa
+
+    case = AttnCase(heads=4, kv_heads=2, sq=8, skv=8, head_dim=16, dtype="fp16")
+    refusal = sdpa.torch_refusal("EFFICIENT_ATTENTION", case, backward=True)
+    assert refusal is None or "can_use_efficient_attention" in refusal
+    if not torch.cuda.is_available():
+        assert refusal and not sdpa._torch_answers("EFFICIENT_ATTENTION")
+
+
+def test_sdpa_pinned_kernel_refusal_is_unsupported():
+    """What torch refuses at call time is Unsupported (the harness fails it only where claimed)."""
+    if torch.cuda.is_available():
+        pytest.skip("the efficient kernel runs on this machine")
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(Unsupported, match="EFFICIENT_ATTENTION"):
+        _backend("sdpa", "sdpa-efficient")(q, q, q)
