@@ -298,3 +298,67 @@ def test_sdpa_pinned_kernel_refusal_is_unsupported():
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(Unsupported, match="EFFICIENT_ATTENTION"):
         _backend("sdpa", "sdpa-efficient")(q, q, q)
+
+
+# -- xformers gradients go through the op pairs that support autograd ---------------------------
+def _on_cpu(backend):
+    """The backend with its claims kept but CPU added (the stand-ins run on CPU tensors)."""
+    import dataclasses
+
+    caps = dataclasses.replace(backend.capabilities, devices={*backend.capabilities.devices, "cpu"})
+    return dataclasses.replace(backend, capabilities=caps)
+
+
+XF_GRAD = [
+    AttnCase(batch=2, heads=4, kv_heads=4, sq=9, skv=13, head_dim=32, dtype="fp32"),
+    AttnCase(batch=1, heads=6, kv_heads=2, sq=11, skv=7, head_dim=16, dtype="fp32", causal="top-left"),
+    AttnCase(batch=2, heads=4, kv_heads=2, sq=6, skv=10, head_dim=24, dtype="fp32", mask="padding", mask_type="float"),
+]
+
+
+@pytest.mark.parametrize("name", ["xformers", "xformers-cutlass"])
+@pytest.mark.parametrize("case", XF_GRAD, ids=lambda c: c.short())
+def test_xformers_gradients_match_reference(standins, name, case):
+    from attnparity.check.parity import check_grads
+
+    backend = _on_cpu(_backend("xformers", name))
+    assert backend.capabilities.backward
+    result = check_grads(backend, case)
+    assert result.passed and not result.skipped, result.message
+
+
+def test_xformers_forward_only_call_is_caught(standins, monkeypatch):
+    """The old adapter's gradient path: memory_efficient_attention_forward has no autograd node,
+    so a backward check on it fails; the adapter must not take that path with grads."""
+    from attnparity.check.parity import check_grads
+
+    fmha = importlib.import_module("xformers.ops.fmha")
+    monkeypatch.setattr(fmha, "memory_efficient_attention",
+                        lambda q, k, v, b=None, p=0.0, s=None, *, op=None: fmha.memory_efficient_attention_forward(
+                            q, k, v, b, p, s, op=None if op is None else op[0]))
+    result = check_grads(_on_cpu(_backend("xformers", "xformers-cutlass")), XF_GRAD[0])
+    assert not result.passed and "does not require grad" in result.message
+
+
+def test_xformers_claims_what_the_backward_op_takes(standins, monkeypatch):
+    """A case is claimed only where the backward op takes it too (the harness judges gradients on
+    every claimed case); the forward-only flash op's BwOp takes no BMGHK, so GQA goes to it as
+    4-D BMHK, and a causal case with a mask goes as one dense bias (no BwOp takes
+    LowerTriangularMaskWithTensorBias)."""
+    from attnparity.check.parity import check_grads
+
+    bw = importlib.import_module("xformers.ops.fmha.cutlass").BwOp
+    monkeypatch.setattr(bw, "SUPPORTED_MAX_K", 64)
+    cutlass = _on_cpu(_backend("xformers", "xformers-cutlass"))  # the rule probes on the case's device
+    wide = AttnCase(batch=1, heads=2, sq=8, skv=8, head_dim=128, dtype="fp16")
+    assert "(backward)" in wide.outside(cutlass.capabilities) and "cutlassB" in wide.outside(cutlass.capabilities)
+    assert wide.with_(head_dim=64).outside(cutlass.capabilities) is None
+    causal_bias = AttnCase(batch=1, heads=4, kv_heads=2, sq=8, skv=11, head_dim=32, dtype="fp32", mask="random",
+                           causal="top-left")
+    result = check_grads(cutlass, causal_bias)
+    assert result.passed and not result.skipped, result.message
+    flash = _on_cpu(_backend("xformers", "xformers-flash")).capabilities
+    gqa = AttnCase(batch=1, heads=4, kv_heads=2, sq=8, skv=8, head_dim=32, dtype="fp16")
+    assert flash.backward and gqa.outside(flash) is None
+    auto = _on_cpu(_backend("xformers", "xformers")).capabilities
+    assert "no xformers op takes it" in gqa.with_(dtype="fp32", head_dim=70000).outside(auto)
