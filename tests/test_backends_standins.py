@@ -8,6 +8,7 @@ mapping, mask handling and capability logic on a CPU machine. Setting a stand-in
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 
@@ -362,3 +363,29 @@ def test_xformers_claims_what_the_backward_op_takes(standins, monkeypatch):
     assert flash.backward and gqa.outside(flash) is None
     auto = _on_cpu(_backend("xformers", "xformers")).capabilities
     assert "no xformers op takes it" in gqa.with_(dtype="fp32", head_dim=70000).outside(auto)
+
+
+# -- flash-attn: causal alignment by version -----------------------------------------------------
+def test_flash_attn2_causal_follows_version(standins, monkeypatch):
+    """flash-attn < 2.1 aligns causal top-left: the adapter claims that alignment, so the case is
+    judged against it; claiming bottom-right there (the old adapter) is caught."""
+    monkeypatch.setattr(importlib.import_module("flash_attn"), "__version__", "2.0.9")
+    old = _backend("flash_attn", "flash-attn2")
+    assert old.capabilities.causal_mode == "top-left"
+    case = AttnCase(batch=1, heads=4, kv_heads=2, sq=7, skv=19, head_dim=40, dtype="fp16", causal="top-left")
+    assert_matches_reference(old, case)
+    assert case.with_(causal="bottom-right").outside(old.capabilities)
+    wrong = dataclasses.replace(old, capabilities=dataclasses.replace(old.capabilities, causal="bottom-right"))
+    with pytest.raises(AssertionError, match="max-abs error"):
+        assert_matches_reference(wrong, case.with_(causal="bottom-right"))
+    monkeypatch.setattr(importlib.import_module("flash_attn"), "__version__", "2.1.0")
+    assert _backend("flash_attn", "flash-attn2").capabilities.causal_mode == "bottom-right"
+
+
+def test_flash_attn2_backward_head_dim_224_needs_sm80_or_sm90(standins, monkeypatch):
+    case = AttnCase(heads=2, sq=8, skv=8, head_dim=200, dtype="bf16", device="cuda")
+    caps = _backend("flash_attn", "flash-attn2").capabilities
+    assert case.outside(caps) is None  # the fixture's GPU is sm90
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert "sm80 or sm90" in case.outside(caps)
+    assert case.with_(head_dim=232).outside(caps) is None
