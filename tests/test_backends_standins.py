@@ -389,3 +389,43 @@ def test_flash_attn2_backward_head_dim_224_needs_sm80_or_sm90(standins, monkeypa
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
     assert "sm80 or sm90" in case.outside(caps)
     assert case.with_(head_dim=232).outside(caps) is None
+
+
+# -- sage: architectures and head_dims of the installed release ----------------------------------
+def test_sage_arch_list_is_read_from_the_installed_sageattn(standins, monkeypatch):
+    """sageattn raises outside its dispatch list (sm100 is not in 2.2.0's): that GPU is an
+    unavailable row, not a contract violation on every case."""
+    sage = _backend("sage", "sage")
+    assert importlib.import_module("attnparity.backends.sage").supported_archs(
+        importlib.import_module("sageattention").sageattn) == ("sm80", "sm86", "sm89", "sm90", "sm120")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
+    reason = sage.unavailable_reason()
+    assert reason and "sm100" in reason and "sm120" in reason
+    q = torch.randn(1, 2, 8, 64, dtype=torch.float16)
+    with pytest.raises(ValueError, match="Unsupported CUDA architecture"):
+        sage(q, q, q)  # what the old claim (every GPU from sm80) ran into
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (12, 0))
+    assert sage.unavailable_reason() is None
+
+
+def test_sage_head_dims_follow_the_version(standins, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("sageattention"), "__version__", "1.0.6")
+    sage = _backend("sage", "sage")
+    caps = sage.capabilities
+    assert {d for d in range(1, 300) if caps.supports_head_dim(d)} == {64, 96, 128}
+    assert "fp32" in caps.dtype_names and sage.unavailable_reason() is None
+    assert_matches_reference(sage, AttnCase(heads=2, sq=12, skv=12, head_dim=96, dtype="fp16", causal="top-left"))
+    case = AttnCase(heads=2, sq=12, skv=12, head_dim=40, dtype="fp16")
+    assert case.outside(dataclasses.replace(caps, devices={"cuda", "cpu"}))
+    with pytest.raises(AssertionError, match="headdim"):
+        sage(*case.tensors()[:3])  # the 2.x claim (head_dim up to 128) would have run this
+    monkeypatch.setattr(importlib.import_module("sageattention"), "__version__", "2.1.1")
+    assert _backend("sage", "sage").capabilities.supports_head_dim(40)
+
+
+def test_sage_makes_no_gradients(standins):
+    """sageattn has no backward; the adapter does not claim one."""
+    sage = _backend("sage", "sage")
+    assert not sage.capabilities.backward
+    q = torch.randn(1, 2, 8, 64, dtype=torch.float16, requires_grad=True)
+    assert sage(q, q, q).grad_fn is None
