@@ -10,6 +10,10 @@ from flash-attention's README and interfaces:
 - no arbitrary attention mask at all;
 - ``causal=True`` is aligned to the BOTTOM-RIGHT corner since 2.1 ("If the row of the mask is all
   zero, the output will be zero": rows before the diagonal give zeros, the contract's convention);
+  before 2.1 it was aligned TOP-LEFT (flash-attn's README, "Changes in v2.1"), so the claim follows
+  the installed version (``versions.installed_version``); FA3 is bottom-right from its first release;
+- FA2 backward at a (padded) head_dim in 193..224 needs sm80 or sm90 (flash_api.cpp: "head dim 224
+  with/without dropout requires A100/A800 or H100/H800"): such cases are not claimed on other GPUs;
 - forward is deterministic ("The forward pass is always deterministic"); backward is implemented.
 """
 
@@ -19,6 +23,7 @@ import importlib
 from typing import Any
 
 from .base import Backend, Capabilities, Unsupported
+from .versions import installed_version, version_tuple
 
 _INSTALL = {
     "flash_attn": "flash-attn not installed (pip install flash-attn --no-build-isolation; needs CUDA, sm80+)",
@@ -72,15 +77,36 @@ def _availability(module: str):
     return is_available
 
 
+def fa2_causal() -> str:
+    """The alignment the installed flash-attn 2's ``causal=True`` means."""
+    version = version_tuple(installed_version("flash_attn", "flash-attn", "flash_attn"))
+    return "top-left" if version and version < (2, 1) else "bottom-right"
+
+
+def _fa2_backward_rule(case: Any) -> str | None:
+    import torch
+
+    padded = -(-case.head_dim // 8) * 8
+    if 192 < padded <= 224 and case.device.startswith("cuda") and torch.cuda.is_available():
+        arch = torch.cuda.get_device_capability()
+        if arch not in ((8, 0), (9, 0)):
+            return (f"flash-attn 2 backward at head_dim {case.head_dim} needs sm80 or sm90, this GPU is "
+                    f"sm{arch[0]}{arch[1]}")
+    return None
+
+
 def backends() -> list[Backend]:
     import torch
 
     half = {torch.float16, torch.bfloat16}
-    common = dict(devices={"cuda"}, dtypes=half, masks=(), causal="bottom-right", gqa=True, backward=True)
+    common = dict(devices={"cuda"}, dtypes=half, masks=(), gqa=True, backward=True)
+    causal2 = fa2_causal()
     return [
-        Backend("flash-attn2", _make_fn("flash_attn"), Capabilities(head_dims=range(1, 257), **common),
-                _availability("flash_attn"), "flash_attn.flash_attn_func (FlashAttention-2), BSHD"),
+        Backend("flash-attn2", _make_fn("flash_attn"),
+                Capabilities(head_dims=range(1, 257), causal=causal2, constraint=_fa2_backward_rule, **common),
+                _availability("flash_attn"),
+                f"flash_attn.flash_attn_func (FlashAttention-2), BSHD, causal {causal2}"),
         Backend("flash-attn3", _make_fn("flash_attn_interface"),
-                Capabilities(head_dims=range(8, 257, 8), **common),
+                Capabilities(head_dims=range(8, 257, 8), causal="bottom-right", **common),
                 _availability("flash_attn_interface"), "flash_attn_interface.flash_attn_func (FlashAttention-3, Hopper)"),
     ]

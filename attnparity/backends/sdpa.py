@@ -3,12 +3,20 @@
 
 Each kernel is pinned with ``torch.nn.attention.sdpa_kernel``, so a case the kernel cannot take
 raises instead of silently falling back to another kernel (which would test the wrong thing).
-Claims follow torch's sdp_utils checks (torch/csrc/aten/native/transformers/sdp_utils*.cpp): on CPU
-math and flash take everything; on CUDA flash/efficient/cuDNN have dtype, head_dim and mask rules.
+
+What a fused CUDA kernel takes is asked of torch itself, case by case, before the case runs:
+``torch.backends.cuda.can_use_{flash,efficient,cudnn}_attention(SDPAParams(...))`` runs the same
+filters (sdp_utils.cpp) that ``select_sdp_backend`` runs when the kernel is pinned, so a case torch
+would refuse is "not claimed" (a skip with torch's own reason), never a contract violation that
+stops the search. Those functions exist since torch 2.1 (cuDNN's since 2.3) and answer only on a
+CUDA build with a GPU; where they cannot answer, the static rules below (read from sdp_utils.cpp)
+stand in. On CPU, math and flash take everything the matrix draws.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any
 
 from .base import Backend, Capabilities, Unsupported
@@ -21,17 +29,23 @@ _KERNELS = {
     "sdpa-cudnn": "CUDNN_ATTENTION",
     "sdpa": None,
 }
+#: The torch.backends.cuda function that answers for each fused kernel.
+_TORCH_CHECK = {
+    "FLASH_ATTENTION": "can_use_flash_attention",
+    "EFFICIENT_ATTENTION": "can_use_efficient_attention",
+    "CUDNN_ATTENTION": "can_use_cudnn_attention",
+}
 
 
 def _make_fn(kernel: str | None):
     def sdpa_attention(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
-        import torch
         import torch.nn.functional as F
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        gqa = q.shape[1] != k.shape[1]
+        # enable_gqa only when needed: torch < 2.5 has no such keyword.
+        extra = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
         call = lambda: F.scaled_dot_product_attention(  # noqa: E731
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=gqa)
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, **extra)
         if kernel is None:
             return call()
         try:
@@ -46,26 +60,89 @@ def _make_fn(kernel: str | None):
     return sdpa_attention
 
 
-def _kernel_rules(kernel: str):
+# -- what torch says a kernel takes ---------------------------------------------------------------
+def probe_tensors(case: Any) -> tuple[Any, Any, Any, Any]:
+    """The case's own (q, k, v, attn_mask), so torch judges the very strides, mask shape and dtype
+    the case will pass (a test swaps this for CPU tensors to stand for CUDA ones)."""
+    return case.tensors()
+
+
+def torch_refusal(kernel: str, case: Any, backward: bool) -> str | None:
+    """Why torch's own check refuses ``case`` for the pinned fused ``kernel`` (None: it takes it,
+    or torch cannot answer here). With ``backward`` the case must also be taken with inputs that
+    require grad: the harness judges gradients on the same claimed cases, and some filters
+    (e.g. flash's head_dim > 192 backward on sm86/sm89) look at requires_grad."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    check = getattr(torch.backends.cuda, _TORCH_CHECK[kernel], None)
+    params_type = getattr(torch.backends.cuda, "SDPAParams", None)
+    if check is None or params_type is None:
+        return None
+    q, k, v, mask = probe_tensors(case)
+    gqa = q.shape[1] != k.shape[1]
+    for grad in (False, True) if backward else (False,):
+        leaves = [t.detach().requires_grad_(grad) for t in (q, k, v)]
+        try:
+            params = params_type(*leaves, mask, 0.0, case.causal is not None, gqa)
+        except TypeError:  # torch < 2.5: SDPAParams has no enable_gqa
+            params = params_type(*leaves, mask, 0.0, case.causal is not None)
+        # Pinned, as the call will be: the kernel's "disabled at runtime" filter then passes.
+        with sdpa_kernel([getattr(SDPBackend, kernel)]), torch.enable_grad(), \
+                warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            taken = check(params, True)
+        if not taken:
+            why = "; ".join(str(w.message).strip() for w in seen if str(w.message).strip())
+            return (f"torch {torch.__version__} {_TORCH_CHECK[kernel]}{' (with grads)' if grad else ''} "
+                    f"refuses it{': ' + why if why else ''}")
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _asked(kernel: str, case: Any, backward: bool) -> str | None:
+    # The harness asks the same case several times (fit, draw filter, each check): build its
+    # tensors once. Cases are frozen dataclasses, so they key the cache.
+    return torch_refusal(kernel, case, backward)
+
+
+def _torch_answers(kernel: str) -> bool:
+    """True where torch can be asked about ``kernel``: a GPU is present and this torch has the check."""
+    import torch
+
+    return (torch.cuda.is_available() and hasattr(torch.backends.cuda, "SDPAParams")
+            and hasattr(torch.backends.cuda, _TORCH_CHECK[kernel]))
+
+
+def _kernel_rules(kernel: str | None, backward: bool = True):
     """Rules of torch SDPA (and of its fused CUDA kernels) that Capabilities' fields cannot state."""
 
     def rule(case: Any) -> str | None:
         if case.mask != "none" and case.causal:
             return "torch SDPA refuses attn_mask together with is_causal"
-        if not case.device.startswith("cuda"):
+        if kernel in (None, "MATH") or not case.device.startswith("cuda"):
             return None
-        if kernel == "FLASH_ATTENTION":
-            if case.mask != "none":
-                return "CUDA flash takes no attn_mask"
-            if case.causal and case.sq != case.skv:
-                return "CUDA flash refuses is_causal with Sq != Skv"
-        if kernel == "CUDNN_ATTENTION" and case.causal and case.sq != case.skv:
-            return "cuDNN refuses is_causal with Sq != Skv"
-        if case.layout == "expanded" and kernel != "MATH":
-            return "fused CUDA kernels need a non-zero stride on the last dims"
-        return None
+        if _torch_answers(kernel):
+            return _asked(kernel, case, backward)
+        return _static_rule(kernel, case)
 
     return rule
+
+
+def _static_rule(kernel: str, case: Any) -> str | None:
+    """sdp_utils.cpp's filters as read for torch 2.1-2.13, for a torch that cannot be asked."""
+    if kernel == "FLASH_ATTENTION":
+        if case.mask != "none":
+            return "CUDA flash takes no attn_mask"
+        if case.causal and case.sq != case.skv:
+            return "CUDA flash refuses is_causal with Sq != Skv"
+    if kernel == "EFFICIENT_ATTENTION" and case.kv_heads != case.heads:
+        return "the memory-efficient kernel refuses GQA (check_batch_size_and_num_heads_dense<false>)"
+    if kernel == "CUDNN_ATTENTION" and case.causal and case.sq != case.skv:
+        return "cuDNN refuses is_causal with Sq != Skv"
+    if case.layout == "expanded":
+        return "fused CUDA kernels need a non-zero stride on the last dims"
+    return None
 
 
 def _availability(kernel: str | None):
@@ -98,7 +175,10 @@ def _capabilities(kernel: str | None) -> Capabilities:
                             backward=True, constraint=_kernel_rules(kernel),
                             deterministic=not on_cuda)
     if kernel == "EFFICIENT_ATTENTION":
-        return Capabilities(devices={"cuda"}, dtypes=every, backward=True,
+        # GQA is compiled out of this kernel's dense path in every torch through 2.13
+        # (check_batch_size_and_num_heads_dense<false /*supports_grouped_query_attention*/>), so
+        # the field says no: the edge corpus then runs its GQA cases with kv_heads = heads.
+        return Capabilities(devices={"cuda"}, dtypes=every, gqa=False, backward=True,
                             constraint=_kernel_rules(kernel), deterministic=False)
     # cuDNN: fp16/bf16, head_dim a multiple of 8 up to 128 (sdp_utils.cpp check_cudnn_tensor_shapes)
     return Capabilities(devices={"cuda"}, dtypes=half, head_dims=range(8, 129, 8), backward=True,

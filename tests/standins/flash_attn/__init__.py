@@ -1,7 +1,8 @@
 """Stand-in for flash-attn 2: ``flash_attn_func`` with its documented signature and layout.
 
 q: (batch, seqlen_q, nheads, headdim); k, v: (batch, seqlen_k, nheads_k, headdim); fp16/bf16;
-headdim <= 256; nheads % nheads_k == 0; causal aligned bottom-right (flash-attn >= 2.1).
+headdim <= 256; nheads % nheads_k == 0; causal aligned bottom-right from 2.1, top-left before
+(set ``__version__`` to be an older release).
 """
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from _math import attend
 
 __version__ = "2.99.0+standin"
 SWAP_LAYOUT = False
+
+
+def _alignment() -> str:
+    major, minor = (int(p) for p in __version__.split(".")[:2])
+    return "top-left" if (major, minor) < (2, 1) else "bottom-right"
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
@@ -28,7 +34,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     if k.shape[0] != b or k.shape[3] != d or h % k.shape[2]:
         raise RuntimeError(f"flash-attn stand-in: bad shapes q {tuple(q.shape)} k {tuple(k.shape)}")
     out = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=softmax_scale,
-                 causal="bottom-right" if causal else None).transpose(1, 2)
+                 causal=_alignment() if causal else None).transpose(1, 2)
     if SWAP_LAYOUT:
         out = out.transpose(1, 2)
     return out

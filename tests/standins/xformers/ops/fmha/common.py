@@ -100,3 +100,9 @@ class AttentionOpBase:
         if five:
             out = out.reshape(b, mq, g, hg, out.shape[-1])
         return out
+
+
+class AttentionBwOpBase(AttentionOpBase):
+    """Backward ops take no BMGHK (xformers' AttentionOpBase default, kept by its BwOps)."""
+
+    SUPPORTS_BMGHK = False

@@ -1,7 +1,7 @@
 import torch
 
 from . import attn_bias as ab
-from .common import AttentionOpBase
+from .common import AttentionBwOpBase, AttentionOpBase
 
 
 class FwOp(AttentionOpBase):
@@ -12,5 +12,10 @@ class FwOp(AttentionOpBase):
     IS_DETERMINISTIC = False
 
 
-class BwOp:
+class BwOp(AttentionBwOpBase):
+    """As xformers' cutlass.BwOp: no BMGHK, and no causal mask carrying a tensor bias."""
+
     NAME = "cutlassB-standin"
+    SUPPORTED_DTYPES = FwOp.SUPPORTED_DTYPES
+    SUPPORTED_MAX_K = FwOp.SUPPORTED_MAX_K
+    SUPPORTED_ATTN_BIAS_TYPES = (type(None), torch.Tensor, ab.LowerTriangularMask)

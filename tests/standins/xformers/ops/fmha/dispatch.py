@@ -6,3 +6,10 @@ def _dispatch_fw(inp, needs_gradient=False):
         if not op.not_supported_reasons(inp):
             return op
     raise NotImplementedError("No operator found for `memory_efficient_attention_forward` with inputs")
+
+
+def _dispatch_bw(inp, varlen_lse_packed):
+    for op in (flash.BwOp, cutlass.BwOp):
+        if not op.not_supported_reasons(inp):
+            return op
+    raise NotImplementedError("No operator found for `memory_efficient_attention_backward` with inputs")
