@@ -143,12 +143,56 @@ def test_the_kwargs_finding_matches_the_ignored_kwarg_not_the_case() -> None:
     ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nrepro=[{heads='two'}]\n", "repro.heads = 'two' is not a int"),
     ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={mask='none'}\n"
      "repro=[{mask='random'}]\n", "outside the finding's own `when`"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['pipeline']\nwhen={masked_value='min'}\n",
+     "masked_value cannot be told from a call"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['pipeline']\nwhen={mask='padding'}\n",
+     "mask = 'padding' cannot be told from a call"),
 ])
 def test_a_bad_ledger_is_a_usage_error_that_says_why(pytester: pytest.Pytester, text: str, says: str) -> None:
     pytester.path.joinpath("bad.toml").write_text(text)
     result = pytester.runpytest("--attn-backends=naive", "--attn-known=bad.toml", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*{says}*"])
+
+
+PIPELINE_CONFTEST = CONFTEST.replace('NAMES = {', """
+def cross_bug(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # the ledgered bug, and an unledgered one in the UNet's cross-attention (Sq != Skv): scale doubled
+    if q.shape[-2] != k.shape[-2]:
+        scale = 2.0 * (scale or q.shape[-1] ** -0.5)
+    return one_bug(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+
+NAMES = {"cross-bug": cross_bug, """)
+PIPELINE_LEDGER = LEDGER.replace('checks = ["forward"]', 'checks = ["forward", "pipeline"]').replace(
+    '"two-bugs", "fixed"]', '"cross-bug", "fixed"]')
+
+
+def test_a_pipeline_cell_is_explained_only_when_the_finding_accounts_for_the_whole_image(
+        pytester: pytest.Pytester) -> None:
+    """sd15's text encoder (CLIP) attends causally without a mask: a backend dropping is_causal there
+    moves the image. With the calls the finding explains sent to the reference, the image of the
+    one-bug backend passes (xfail); the cross-bug backend's does not (its cross-attention is wrong
+    too), so the finding cannot hide it."""
+    pytester.makeconftest(PIPELINE_CONFTEST)
+    pytester.path.joinpath("ledger.toml").write_text(PIPELINE_LEDGER % ">=2.5")
+    reprec = pytester.inline_run("--attn-backends=one-bug,cross-bug,fixed", "--attn-dtypes=fp32", "-m", "attn_pipeline",
+                                 "-k", "pipeline:sd15", "-p", "no:cacheprovider", "--attn-isolate=none",
+                                 "--attn-known=none", "--attn-known=ledger.toml")
+    got = {r["backend"]: r for r in records_of(reprec) if r["kind"] == "pipeline"}
+    one, cross, fixed = got["one-bug"], got["cross-bug"], got["fixed"]
+    assert one["verdict"] == "xfail", one["message"]
+    assert one["metrics"]["ssim_ref"] < 0.999 <= one["metrics"]["ssim_ref_known_diverted"]
+    assert one["extra"]["known_calls"]["drops-causal"] > 0 and "known finding drops-causal" in one["message"]
+    assert cross["verdict"] == "fail" and "NOT explained by the ledger" in cross["message"], cross["message"]
+    assert cross["metrics"]["ssim_ref_known_diverted"] < 0.999
+    # a correct backend passes; its causal calls are counted, never held against it
+    assert fixed["verdict"] == "pass" and fixed["extra"]["known_calls"]["drops-causal"] > 0, fixed["message"]
+    # without the ledger the one-bug backend's image fails
+    reprec = pytester.inline_run("--attn-backends=one-bug", "--attn-dtypes=fp32", "-m", "attn_pipeline",
+                                 "-k", "pipeline:sd15", "-p", "no:cacheprovider", "--attn-isolate=none",
+                                 "--attn-known=none")
+    (alone,) = [r for r in records_of(reprec) if r["kind"] == "pipeline"]
+    assert alone["verdict"] == "fail" and "known_calls" not in alone["extra"]
 
 
 def test_missing_ledger_file_is_a_usage_error(pytester: pytest.Pytester) -> None:

@@ -18,6 +18,10 @@ runs with the fp64 reference instead, and is counted and described in the stats:
 hidden. ``backend=None`` routes every call to the fp64 reference (cast back to the call's dtype):
 that is the image the attention-isolated and golden comparisons are made against.
 
+``known`` (a known finding's ``explains`` over the call, as an AttnCase) counts the calls a ledger
+finding is about; with ``divert`` those calls run with the fp64 reference instead, every other call
+with the backend, which is how a pipeline cell tells a known finding from a second bug.
+
 Global state (the function mode, diffusers' active backend, the module hooks) is restored when the
 ``with`` block ends, also on error.
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +53,8 @@ class RouteStats:
     by_component: Counter[str] = field(default_factory=Counter)
     #: routed call shapes -> count
     shapes: Counter[str] = field(default_factory=Counter)
+    #: calls a known finding explains, finding id -> count (``route(known=...)``)
+    known: Counter[str] = field(default_factory=Counter)
 
     @property
     def fallback_calls(self) -> int:
@@ -61,7 +67,7 @@ class RouteStats:
     def to_extra(self) -> dict[str, Any]:
         return {"routed_calls": self.routed, "fallback_calls": self.fallback_calls,
                 "fallback": dict(self.fallback), "calls_by_component": dict(self.by_component),
-                "routed_shapes": dict(self.shapes)}
+                "routed_shapes": dict(self.shapes), **({"known_calls": dict(self.known)} if self.known else {})}
 
     def describe_fallback(self, limit: int = 6) -> str:
         if not self.fallback:
@@ -145,9 +151,11 @@ def _mode_class() -> type:
     sdpa = F.scaled_dot_product_attention
 
     class SdpaRouter(TorchFunctionMode):
-        def __init__(self, backend: "Backend | None", stats: RouteStats, components: _Components):
+        def __init__(self, backend: "Backend | None", stats: RouteStats, components: _Components,
+                     known: "Callable[[Any], str | None] | None" = None, divert: bool = False):
             super().__init__()
             self.backend, self.stats, self.components = backend, stats, components
+            self.known, self.divert = known, divert
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
@@ -174,7 +182,14 @@ def _mode_class() -> type:
             if self.backend is None:
                 out = reference_attention(query, key, value, **call)
             else:
-                why = _case(query, key, attn_mask, is_causal, scale).outside(self.backend.capabilities)
+                case = _case(query, key, attn_mask, is_causal, scale)
+                why = case.outside(self.backend.capabilities)
+                finding = self.known(case) if self.known is not None and not why else None
+                if finding is not None:
+                    self.stats.known[finding] += 1
+                    if self.divert:
+                        self.stats.fallback[f"{shape} (known finding {finding}: sent to the reference)"] += 1
+                        return reference_attention(query, key, value, **call)
                 if why:
                     self.stats.fallback[f"{shape} ({why})"] += 1
                     return reference_attention(query, key, value, **call)
@@ -195,16 +210,18 @@ def _mode_class() -> type:
 
 
 @contextlib.contextmanager
-def route(pipe: Any, backend: "Backend | None") -> Iterator[RouteStats]:
+def route(pipe: Any, backend: "Backend | None", *, known: "Callable[[Any], str | None] | None" = None,
+          divert: bool = False) -> Iterator[RouteStats]:
     """Within the block, every SDPA call of ``pipe`` goes to ``backend`` (None: the fp64
-    reference). Yields the stats, filled in as the pipeline runs."""
+    reference). ``known(case)``: the id of the ledger finding that explains a call, or None; with
+    ``divert`` such calls go to the reference. Yields the stats, filled in as the pipeline runs."""
     stats = RouteStats(backend.name if backend is not None else "reference")
     components = _Components(pipe)
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_native_dispatch())
             stack.enter_context(_processors_on_default_backend(pipe))
-            stack.enter_context(_mode_class()(backend, stats, components))
+            stack.enter_context(_mode_class()(backend, stats, components, known, divert))
             yield stats
     finally:
         components.remove()

@@ -10,7 +10,7 @@ the versions where each finding was seen (``--attn-known=none`` turns it off)::
     reason = "diffusers' flex backend sets block_mask = None when no mask is given"
     link = "https://github.com/huggingface/diffusers/issues/NNNN"    # or a docs/ path
     backends = ["diffusers:flex"]            # globs
-    checks = ["forward", "kwargs"]           # op and semantic check names
+    checks = ["forward", "kwargs"]           # op and semantic check names, and "pipeline"
     dtypes = ["fp32", "fp16", "bf16"]        # optional: every dtype
     devices = ["cpu", "cuda"]                # optional: every device
     versions = { diffusers = ">=0.42,<0.43" } # optional: PEP 440 specifiers by distribution name
@@ -25,6 +25,15 @@ every cell the finding applies to: a cell whose repro case fails is a strict xfa
 reason; one whose repro case now passes, and where no drawn case met the finding, fails with "no
 longer reproduces". Drawn cases the finding explains do not stop the search, so a second, unknown
 bug in the same cell is still found.
+
+``checks = ["pipeline"]`` makes a finding about the pipeline cells of its backends too (every
+``pipeline:<name>``). Its ``when`` is then asked of each attention call the pipeline routes to the
+backend (so only what a call shows may be used: ``PIPELINE_WHEN``). A failing pipeline cell is
+explained only if the image passes once the calls the finding explains are computed by the fp64
+reference instead, every other call still by the backend: a second bug in the other calls keeps
+the cell failing. A pipeline cell is never a strict xfail (the same kernel error can be visible in
+one dtype's image and not in another's); whether the finding still reproduces is the op-level
+cells' question, asked by its ``repro`` cases.
 """
 
 from __future__ import annotations
@@ -67,6 +76,18 @@ FAILURE: dict[str, Callable[["ParityResult"], Any]] = {
 }
 
 
+#: What a routed attention call of a pipeline shows (pipelines/routing.py describes each call as an
+#: AttnCase with these fields true to the call; a mask is only "none" or present), hence what the
+#: ``when`` of a finding that names "pipeline" may ask.
+PIPELINE_WHEN = ("batch", "heads", "kv_heads", "sq", "skv", "head_dim", "dtype", "causal", "mask", "mask_type",
+                 "scale", "device", "sq_ne_skv", "gqa")
+PIPELINE_CHECK = "pipeline"
+
+
+def is_pipeline_check(check: str) -> bool:
+    return check.startswith(PIPELINE_CHECK + ":")
+
+
 @dataclass(frozen=True)
 class Finding:
     id: str
@@ -83,7 +104,8 @@ class Finding:
 
     def applies(self, backend: str, check: str, dtype: str, device: str, installed: Mapping[str, str]) -> bool:
         """Whether this finding is about this cell, in this environment."""
-        return (any(fnmatch.fnmatchcase(backend, g) for g in self.backends) and check in self.checks
+        named = check in self.checks or (is_pipeline_check(check) and PIPELINE_CHECK in self.checks)
+        return (any(fnmatch.fnmatchcase(backend, g) for g in self.backends) and named
                 and (not self.dtypes or dtype in self.dtypes)
                 and (not self.devices or device.split(":")[0] in self.devices)
                 and self.versions_match(installed))
@@ -239,6 +261,15 @@ def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
     _check_names(where, "dtypes", strings("dtypes"), DTYPE_NAMES)
     _check_names(where, "devices", strings("devices"), DEVICE_KINDS)
     _check_names(where, "checks", strings("checks"), check_names())
+    if PIPELINE_CHECK in strings("checks"):
+        beyond = sorted(set(when) - set(PIPELINE_WHEN))
+        masks = when.get("mask", "none")
+        if beyond or any(m != "none" for m in (masks if isinstance(masks, list) else [masks])):
+            raise LedgerError(
+                f"{where}: with \"pipeline\" in checks, `when` is asked of each attention call a pipeline routes, "
+                f"which shows only {', '.join(PIPELINE_WHEN)} (and a mask only as \"none\" or present); "
+                f"{', '.join(beyond) or 'mask = ' + repr(masks)} cannot be told from a call. Put the pipeline "
+                "cells in a finding of their own with a `when` of those keys")
     versions = table.get("versions", {})
     if not isinstance(versions, dict):
         raise LedgerError(f"{where}: versions must be a table of PEP 440 specifiers, e.g. {{ torch = \">=2.5\" }}")
@@ -273,10 +304,10 @@ def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
 
 
 def check_names() -> tuple[str, ...]:
-    """The op-level and semantic check names a finding may name."""
+    """The check names a finding may name: op-level, semantic, and "pipeline" (every pipeline cell)."""
     from attnparity.check.semantics import SEMANTIC_CHECKS
 
-    return ("forward", "backward", *SEMANTIC_CHECKS)
+    return ("forward", "backward", *SEMANTIC_CHECKS, PIPELINE_CHECK)
 
 
 def _check_names(where: str, key: str, given: tuple[str, ...], known: Iterable[str]) -> None:
