@@ -1,5 +1,6 @@
 """The ``attnparity`` console command: ``backends`` lists what runs here, ``compare`` is the upgrade
-gate between two results.json files, ``perf-table`` prints a run's timings as Markdown."""
+gate between two results.json files (device by device), ``merge`` makes one matrix and report of the
+runs of several devices, ``perf-table`` prints a run's timings as Markdown."""
 
 from __future__ import annotations
 
@@ -28,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
                          help=f"... and by this many times its measured noise ({defaults.perf_noise:g})")
     table = sub.add_parser("perf-table", help="the perf records of a results.json as Markdown tables")
     table.add_argument("results", help="a results.json written with --attn-report=DIR")
+    merge = sub.add_parser("merge", help="one matrix and one HTML report of runs on several devices (GPUs, machines)")
+    merge.add_argument("runs", nargs="+", metavar="RUN.json", help="results.json of each run (--attn-report=DIR)")
+    merge.add_argument("--report", required=True, metavar="DIR", help="directory to write results.json and index.html into")
     args = parser.parse_args(argv)
+    if args.command == "merge":
+        return _merge(args)
     if args.command == "compare":
         return _compare(args)
     if args.command == "perf-table":
@@ -59,6 +65,28 @@ def _compare(args: argparse.Namespace) -> int:
     print("upgrade gate: " + ("FAILED" if comparison.failed else "passed"))
     return 1 if comparison.failed else 0
 
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """0: written; 2: bad input (a file that is no results.json, runs that conflict)."""
+    from pathlib import Path
+
+    from attnparity.report.html import write_report
+    from attnparity.results.matrix import sort_records
+    from attnparity.results.merge import merge_runs
+    from attnparity.results.record import ResultsFileError
+
+    try:
+        merged = merge_runs([Path(p) for p in args.runs])
+        directory = write_report(Path(args.report), sort_records(merged.records), device=" + ".join(merged.devices))
+    except (ResultsFileError, ValueError, OSError, RuntimeError) as exc:  # MergeError is a ValueError
+        print(f"attnparity merge: {exc}", file=sys.stderr)
+        return 2
+    print(f"merged {len(args.runs)} runs, {len(merged.records)} records, {len(merged.devices)} device(s):")
+    for line in merged.describe():
+        print(f"  {line}")
+    print(f"report: {directory / 'index.html'}, {directory / 'results.json'}")
+    return 0
 
 
 def _perf_table(args: argparse.Namespace) -> int:

@@ -27,6 +27,30 @@ class DeviceIdentity:
     #: Timings compare only under one label: the GPU's name, or "CPU (N torch threads)" (a CPU figure
     #: depends on the thread count as much as on the chip).
     timing_label: str
+    #: The CUDA index this process runs on (None on CPU): several GPUs of one model share a name.
+    index: int | None = None
+
+    @property
+    def ran_on(self) -> str:
+        return f"cuda:{self.index} {self.name}" if self.index is not None else self.timing_label
+
+
+def gpu_for_worker(worker: str | None, device_count: int) -> int | None:
+    """The GPU index a pytest-xdist worker ("gw0", "gw1", ...) is pinned to: its number modulo the
+    device count, so `-n <number of GPUs>` gives each worker a GPU of its own. None outside xdist
+    (no worker id, or "master") and without GPUs."""
+    if not worker or device_count < 1 or not worker.startswith("gw") or not worker[2:].isdigit():
+        return None
+    return int(worker[2:]) % device_count
+
+
+def worker_device(device: str, worker: str | None, device_count: int) -> str:
+    """The device of this process: a plain "cuda" under xdist worker gwN becomes "cuda:<N % count>";
+    an explicit index ("cuda:1", the user's choice) and non-CUDA devices stay as they are."""
+    if device != "cuda":
+        return device
+    index = gpu_for_worker(worker, device_count)
+    return device if index is None else f"cuda:{index}"
 
 
 def resolve_device(requested: str) -> str:
@@ -42,6 +66,14 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def has_own_gpu(device: str, worker: str | None, workers: int, device_count: int) -> bool:
+    """Whether this pytest-xdist worker runs on a GPU that no other worker uses: pinned by its id
+    (worker_device) and no more workers than GPUs. Such a worker may time on its GPU beside the
+    others (their kernels run on other chips; only the host's CPU is shared, which launches them)."""
+    return (device.startswith("cuda:") and 0 < workers <= device_count
+            and device == worker_device("cuda", worker, device_count))
+
+
 def identify(device: str) -> DeviceIdentity:
     """The identity of ``device`` ("cpu", "cuda", "cuda:1", ...) as this process sees it now."""
     import torch
@@ -50,7 +82,8 @@ def identify(device: str) -> DeviceIdentity:
         dev = torch.device(device)
         gpu = torch.cuda.get_device_name(dev)
         major, minor = torch.cuda.get_device_capability(dev)
-        return DeviceIdentity(gpu, f"cuda-sm{major}{minor}", gpu)
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return DeviceIdentity(gpu, f"cuda-sm{major}{minor}", gpu, index)
     kind = device.split(":")[0]
     threads = torch.get_num_threads()
     label = f"CPU ({threads} torch thread{'' if threads == 1 else 's'})" if kind == "cpu" else kind

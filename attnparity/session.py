@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from attnparity.machine import DeviceIdentity, identify, resolve_device, versions
+from attnparity.machine import DeviceIdentity, identify, resolve_device, versions, worker_device
 from attnparity.options import Options
 from attnparity.suite import SuiteContext
 from attnparity.suite.guard import Guard
@@ -146,6 +146,21 @@ def share_cpu_threads(device: str) -> int | None:
     return share
 
 
+def pin_worker_device(device: str) -> str:
+    """Under pytest-xdist, each worker on a GPU of its own: a plain "cuda" becomes cuda:<N % GPUs>
+    for worker gwN (machine.worker_device, the one mapping; isolated workers pin the device this
+    returns), made current before any CUDA work, so `-n <number of GPUs>` spreads the matrix."""
+    if device != "cuda":
+        return device
+    import torch
+
+    from attnparity.suite.isolation import pin_device
+
+    device = worker_device(device, os.environ.get("PYTEST_XDIST_WORKER"), torch.cuda.device_count())
+    pin_device(device)
+    return device
+
+
 def start_run(options: Options, rootdir: Path, invocation_dir: Path) -> Run:
     """The run for ``options``; bad input (an unknown backend, an unreadable gate file) raises a
     ValueError or LookupError that says what to do."""
@@ -160,7 +175,7 @@ def start_run(options: Options, rootdir: Path, invocation_dir: Path) -> Run:
         from attnparity.results.record import read_results
 
         baseline = read_results(options.compare)["records"]  # raises ResultsFileError saying why
-    device = resolve_device(options.device)
+    device = pin_worker_device(resolve_device(options.device))
     share_cpu_threads(device)
     suite = SuiteContext(backends=backends, device=device, options=options, tolerances=Tolerances(options.tolerance),
                          hypothesis_settings=hypothesis_settings(options.examples), rootdir=rootdir,
@@ -216,7 +231,7 @@ def header_lines(run: Run) -> list[str]:
     prof_text = f"user profile {prof!r}" if prof is not None else (
         f"attnparity ({ctx.hypothesis_settings.max_examples} examples, derandomize={ctx.hypothesis_settings.derandomize})")
     return [
-        f"attnparity: torch {torch.__version__} ({cuda}), device {run.device.name}; {libs or 'no optional libraries'}",
+        f"attnparity: torch {torch.__version__} ({cuda}), device {run.device.ran_on}; {libs or 'no optional libraries'}",
         f"attnparity: {len(ctx.backends)} backends, dtypes {','.join(ctx.dtypes)}; hypothesis {prof_text}"
         + (f", seed {ctx.seed}" if ctx.seed is not None else ""),
         f"attnparity: {ctx.ledger.describe()}",
@@ -227,6 +242,9 @@ def stamp(run: Run, record: Any) -> None:
     """Device and versions on every record: records travel alone (xdist, results.json)."""
     record.device = record.device or run.device.name
     record.versions = record.versions or dict(run.versions)
+    record.device_label = record.device_label or run.device.timing_label
+    if record.device_index is None:
+        record.device_index = run.device.index
 
 
 def finish_records(run: Run) -> RunOutcome:

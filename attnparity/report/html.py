@@ -148,19 +148,22 @@ class Chart:
 
 def perf_charts(rows: list[mx.Row]) -> list[tuple[str, Chart, Chart]]:
     """Per perf shape (check) and dtype: a chart of ms and one of speed-up, per backend."""
-    groups: dict[tuple[str, str], list[mx.Row]] = {}
+    groups: dict[tuple[str, str, str], list[mx.Row]] = {}
+    multi = len(mx.devices_of(row.record for row in rows)) > 1
     for row in rows:
         if row.verdict != "skip" and row.metrics.get("ms") is not None:
-            groups.setdefault((row.check, row.dtype), []).append(row)
+            # several devices (a merged report): one chart per device, never bars of two devices side by side
+            device = f" on {row.record.device_key}" if multi else ""
+            groups.setdefault((row.check, row.dtype, device), []).append(row)
     charts = []
-    for (check, dtype), group in groups.items():
+    for (check, dtype, device), group in groups.items():
         group.sort(key=lambda r: float(r.metrics["ms"]))
         ms = Chart("median time", "ms", [Bar(r.backend, float(r.metrics["ms"]), f"{float(r.metrics['ms']):.3g} ms")
                                          for r in group])
         speed = Chart("speed-up over sdpa-math", "x",
                       [Bar(r.backend, float(r.metrics["speedup_math"]), f"{float(r.metrics['speedup_math']):.2f}x")
                        for r in group if r.metrics.get("speedup_math") is not None], reference=1.0)
-        charts.append((f"{check} {dtype}", ms, speed))
+        charts.append((f"{check} {dtype}{device}", ms, speed))
     return charts
 
 
@@ -184,8 +187,10 @@ def render_html(records: list[ResultRecord], *, device: str = "", versions: dict
     pipeline_images = [(r, images) for r in sorted((r for r in records if r.kind == "pipeline"),
                                                    key=lambda r: r.verdict not in ("fail", "error"))
                        if (images := images_of(r, base))]
+    devices = [d for d in mx.devices_of(records) if d]
     return env.get_template("report.html.j2").render(
-        device=device or next((r.device for r in records if r.device), ""),
+        device=device or (" + ".join(devices) if len(devices) > 1 else next((r.device for r in records if r.device), "")),
+        devices=devices,
         versions=versions if versions is not None else next((r.versions for r in records if r.versions), {}),
         created=created,
         totals=mx.totals(records),

@@ -10,6 +10,8 @@ time. A cell got **worse** when
   noise, not a regression);
 - an SSIM (ssim_ref, ssim_golden) dropped by more than ``ssim_margin``;
 - it ran before and does not now: the backend disappeared, is unavailable, or the cell was not run;
+- (for runs of several devices) a device ran before and not now: cells are compared device by
+  device (``ResultRecord.device_key``), never one device's cell against another's;
 - on the same device, its time grew beyond both ``slowdown`` (a fraction) and its measured noise
   (``compare_timing``).
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from attnparity.options import Options
@@ -268,15 +270,18 @@ class Difference:
     new: Any
     text: str
     worse: bool
+    #: the device both cells ran on, when the runs were split by device (several devices, labelled)
+    device: str = ""
 
     @property
     def label(self) -> str:
         kind, check, backend, dtype = self.cell
-        return " ".join(p for p in (check, backend, dtype) if p) or kind
+        name = " ".join(p for p in (check, backend, dtype) if p) or kind
+        return f"[{self.device}] {name}" if self.device else name
 
     def to_json(self) -> dict[str, Any]:
         return {"cell": list(self.cell), "what": self.what, "old": self.old, "new": self.new,
-                "text": self.text, "worse": self.worse}
+                "text": self.text, "worse": self.worse, "device": self.device}
 
 
 @dataclass
@@ -307,9 +312,49 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
+def by_device(records: Iterable[ResultRecord]) -> dict[str, list[ResultRecord]]:
+    """Records grouped by the device they ran on (ResultRecord.device_key), in first-seen order."""
+    groups: dict[str, list[ResultRecord]] = {}
+    for r in records:
+        groups.setdefault(r.device_key, []).append(r)
+    return groups
+
+
 def compare_records(old: Iterable[ResultRecord], new: Iterable[ResultRecord], thresholds: Thresholds | None = None,
                     *, old_source: str = "old run") -> Comparison:
+    """Device by device: a cell is compared only with the same cell on the same device (the
+    records' device_label: a GPU model, or the CPU with its torch thread count). A device that ran
+    before and is absent now is one worse line: none of its cells could be compared. Records
+    written before labels existed have no device dimension and compare as one device."""
     t = thresholds or Thresholds()
+    old, new = list(old), list(new)
+    if any(not r.device_key for r in (*old, *new)):
+        return _compare_one(old, new, t, old_source)
+    before, after = by_device(old), by_device(new)
+    diffs: list[Difference] = []
+    compared = 0
+    split = len(before) > 1 or len(after) > 1
+    for device, records in before.items():
+        if device not in after:
+            now = ", ".join(after) or "none"
+            diffs.append(Difference(("device", "", None, None), "device", device, None,
+                                    f"device {device} ran {len(records)} cells before and none now (this run: {now}); "
+                                    "cells are compared only on the same device: rerun there, or compare the "
+                                    "runs of one device", True, device))
+            continue
+        one = _compare_one(records, after[device], t, old_source)
+        compared += one.cells_compared
+        diffs.extend(replace(d, device=device) if split else d for d in one.differences)
+    for device, records in after.items():
+        if device not in before:
+            diffs.append(Difference(("device", "", None, None), "device", None, device,
+                                    f"new device {device} ({len(records)} cells): nothing to compare with", False, device))
+    diffs.sort(key=lambda d: (not d.worse, d.what not in ("device", "backend"), d.label))
+    return Comparison(old_source, diffs, t, compared)
+
+
+def _compare_one(old: Iterable[ResultRecord], new: Iterable[ResultRecord], t: Thresholds,
+                 old_source: str) -> Comparison:
     before, after = fold(old), fold(new)
     diffs: list[Difference] = []
 

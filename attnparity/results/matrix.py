@@ -65,8 +65,13 @@ class MatrixCell:
     examples: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     failures: list[ResultRecord] = field(default_factory=list)
+    #: which devices ran the cell's records ("cuda:1 NVIDIA H200", "CPU (2 torch threads)")
+    ran_on: list[str] = field(default_factory=list)
 
     def add(self, record: ResultRecord) -> None:
+        where = record.ran_on
+        if where and where not in self.ran_on:
+            self.ran_on.append(where)
         self.verdict = worse_verdict(self.verdict, record.verdict)
         self.counts[record.verdict] = self.counts.get(record.verdict, 0) + 1
         self.examples += int(record.examples or 0)
@@ -81,10 +86,26 @@ class MatrixCell:
 class Matrix:
     backends: list[str]
     dtypes: list[str]
+    #: backend x dtype over every device (the worst verdict, the largest ratio)
     cells: dict[tuple[str, str], MatrixCell]
+    #: the device dimension (record.device_key), in first-seen order: one entry for a single run
+    devices: list[str] = field(default_factory=list)
+    by_device: dict[tuple[str, str, str], MatrixCell] = field(default_factory=dict)
 
     def cell(self, backend: str, dtype: str) -> MatrixCell | None:
         return self.cells.get((backend, dtype))
+
+    def device_cell(self, backend: str, dtype: str, device: str) -> MatrixCell | None:
+        return self.by_device.get((backend, dtype, device))
+
+    @property
+    def multi_device(self) -> bool:
+        return len(self.devices) > 1
+
+    @property
+    def gpu_indices(self) -> int:
+        """How many distinct devices ran cells (several GPUs of one machine under xdist count apart)."""
+        return len({where for c in self.cells.values() for where in c.ran_on})
 
 
 def _dtype_key(name: str) -> tuple[int, str]:
@@ -93,7 +114,9 @@ def _dtype_key(name: str) -> tuple[int, str]:
 
 def build_matrix(records: Iterable[ResultRecord]) -> Matrix:
     cells: dict[tuple[str, str], MatrixCell] = {}
+    by_device: dict[tuple[str, str, str], MatrixCell] = {}
     backends: list[str] = []
+    devices: list[str] = []
     dtypes: set[str] = set()
     for r in records:
         if r.kind not in MATRIX_KINDS or r.backend is None:
@@ -101,9 +124,17 @@ def build_matrix(records: Iterable[ResultRecord]) -> Matrix:
         dtype = r.dtype or "-"
         if r.backend not in backends:
             backends.append(r.backend)
+        if r.device_key not in devices:
+            devices.append(r.device_key)
         dtypes.add(dtype)
         cells.setdefault((r.backend, dtype), MatrixCell(r.backend, dtype)).add(r)
-    return Matrix(backends, sorted(dtypes, key=_dtype_key), cells)
+        by_device.setdefault((r.backend, dtype, r.device_key), MatrixCell(r.backend, dtype)).add(r)
+    return Matrix(backends, sorted(dtypes, key=_dtype_key), cells, devices, by_device)
+
+
+def devices_of(records: Iterable[ResultRecord]) -> list[str]:
+    """The device dimension of these records (record.device_key), in first-seen order."""
+    return list(dict.fromkeys(r.device_key for r in records))
 
 
 @dataclass
@@ -217,13 +248,20 @@ class PipelineMatrix:
 
 
 def pipeline_matrix(records: Iterable[ResultRecord], *, include_skipped: bool = False) -> PipelineMatrix:
+    """With records of several devices, each row's backend names its device: "sdpa @ NVIDIA H200"."""
+    records = list(records)
+    multi = len(devices_of(r for r in records if r.kind == "pipeline")) > 1
+
+    def row_backend(r: ResultRecord) -> str:
+        return f"{r.backend or '-'} @ {r.device_key}" if multi else (r.backend or "-")
+
     cells: dict[tuple[str, str, str], PipelineCell] = {}
     rows: list[tuple[str, str]] = []
     dtypes: set[str] = set()
     for r in records:
         if r.kind != "pipeline" or (r.verdict == "skip" and not include_skipped):
             continue
-        row = (r.check, r.backend or "-")
+        row = (r.check, row_backend(r))
         if row not in rows:
             rows.append(row)
         dtypes.add(r.dtype or "-")
@@ -232,7 +270,7 @@ def pipeline_matrix(records: Iterable[ResultRecord], *, include_skipped: bool = 
     # a skipped dtype of a row that ran keeps its column, shown as skipped
     if not include_skipped:
         for r in records:
-            key = (r.check, r.backend or "-", r.dtype or "-")
+            key = (r.check, row_backend(r), r.dtype or "-")
             if r.kind == "pipeline" and r.verdict == "skip" and key[:2] in rows:
                 cells.setdefault(key, PipelineCell("skip", None, None, r))
     backend_rank = {b: i for i, b in enumerate(dict.fromkeys(b for _, b in rows))}

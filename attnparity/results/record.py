@@ -18,6 +18,11 @@ Schema (version SCHEMA_VERSION), a JSON object:
     extra       free-form details a check wants to keep (routed call counts, shapes, ...)
     device      "cpu" or the GPU's name
     versions    {"torch": ..., "diffusers": ..., ...} of this run
+    device_label  the device as the matrix's device dimension (added within schema 2; "" in older
+                records): the GPU's name, or "CPU (N torch threads)". ``attnparity merge`` and the
+                gate split runs by it (``device_key``)
+    device_index  the CUDA device index that ran the cell (cuda:N; null on CPU and in older records):
+                under pytest-xdist each worker is pinned to one GPU (machine.worker_device)
 
 A run's results.json is {"schema": SCHEMA_VERSION, "created": iso time, "device": ..., "versions":
 {...}, "records": [record, ...]}. The schema only grows by new optional fields within a version.
@@ -57,6 +62,8 @@ class ResultRecord:
     extra: dict[str, Any] = field(default_factory=dict)
     device: str = ""
     versions: dict[str, str] = field(default_factory=dict)
+    device_label: str = ""
+    device_index: int | None = None
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -66,6 +73,18 @@ class ResultRecord:
     def cell(self) -> tuple[str, str, str | None, str | None]:
         """The identity of a matrix cell: two runs are compared cell by cell."""
         return (self.kind, self.check, self.backend, self.dtype)
+
+    @property
+    def device_key(self) -> str:
+        """The device this cell ran on, as the device dimension of a matrix of several runs: the
+        label when stamped, "" for records written before labels (which then have no such dimension)."""
+        return self.device_label
+
+    @property
+    def ran_on(self) -> str:
+        """Which device ran the cell, for people: "cuda:1 NVIDIA H200", or the label / device."""
+        name = self.device or self.device_label
+        return f"cuda:{self.device_index} {name}" if self.device_index is not None else (self.device_label or name)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

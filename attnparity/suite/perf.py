@@ -25,7 +25,9 @@ of suite/perf_pipelines.py, collected after these.
 
 pytest-xdist: perf items run on worker gw0 only; on other workers they are skipped with the reason.
 Workers share the device (one GPU, or the CPU's cores), so concurrent timings would contaminate each
-other; gw0's records say when other workers may still have run beside them.
+other; gw0's records say when other workers may still have run beside them. Exception: on a machine
+with several GPUs, where each worker is pinned to a GPU of its own (machine.has_own_gpu: `-n` at most
+the number of GPUs), every worker times on its own GPU.
 """
 
 from __future__ import annotations
@@ -116,10 +118,23 @@ def load_baseline(path: Any) -> Baseline | None:
     return Baseline(str(path), cells)
 
 
+def _own_gpu(device: str) -> bool:
+    """This xdist worker is pinned to a GPU no other worker uses (machine.has_own_gpu)."""
+    if not device.startswith("cuda:"):
+        return False
+    import torch
+
+    from attnparity.machine import has_own_gpu
+
+    return has_own_gpu(device, os.environ.get("PYTEST_XDIST_WORKER"),
+                       int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0), torch.cuda.device_count())
+
+
 def xdist_refusal(device: str) -> str | None:
-    """Why this pytest-xdist worker must not time (all but gw0), or None."""
+    """Why this pytest-xdist worker must not time (all but gw0, unless each worker has a GPU of its
+    own), or None."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if not worker or worker == "gw0":
+    if not worker or worker == "gw0" or _own_gpu(device):
         return None
     where = "GPU" if device.startswith("cuda") else "CPU"
     return (f"perf items run on pytest-xdist worker gw0 only (this is {worker}): workers share this {where}, "
@@ -127,10 +142,11 @@ def xdist_refusal(device: str) -> str | None:
             "`pytest -m attn_perf -p no:xdist`.")
 
 
-def xdist_note() -> str | None:
-    """On gw0 with other workers: the figures may be contaminated by their items."""
+def xdist_note(device: str = "") -> str | None:
+    """On gw0 with other workers: the figures may be contaminated by their items (not when each
+    worker has a GPU of its own)."""
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
-    if os.environ.get("PYTEST_XDIST_WORKER") and count > 1:
+    if os.environ.get("PYTEST_XDIST_WORKER") and count > 1 and not _own_gpu(device):
         return (f"timed under pytest-xdist with {count} workers: other workers' items may have run on the "
                 "same device meanwhile (run `pytest -m attn_perf -p no:xdist` for clean figures)")
     return None
@@ -209,7 +225,7 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
                  warmup_runs=timing.warmup_runs, ms_min=min(timing.times_ms), ms_max=max(timing.times_ms),
                  matmul_peak=peak.describe(),
                  matmul_peak_tflops=peak.tflops)
-    for contended in (xdist_note(), cpu_contention() if not ctx.device.startswith("cuda") else None):
+    for contended in (xdist_note(ctx.device), cpu_contention() if not ctx.device.startswith("cuda") else None):
         if contended:
             extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
             notes.append(contended)

@@ -130,7 +130,7 @@ def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend
         notes.append(f"routing caught no attention call: {backend.name} was never exercised; the timing says nothing about it")
     if route_stats.fallback:
         notes.append(route_stats.describe_fallback() + " (included in the time)")
-    for contended in (xdist_note(), None if ctx.device.startswith("cuda") else cpu_contention()):
+    for contended in (xdist_note(ctx.device), None if ctx.device.startswith("cuda") else cpu_contention()):
         if contended:
             extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
             notes.append(contended)
