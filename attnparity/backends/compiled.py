@@ -13,12 +13,16 @@ put that code in the matrix, judged against fp64 like any backend:
 
 Compilation cost is kept bounded, not per drawn shape:
 
+* ``fullgraph=True``: a graph break would run the rest eagerly and the row would judge eager
+  code (it did: SDPA's ``enable_gqa`` given a SymBool broke the graph before the call);
 * shapes are dynamic (``dynamic=True``); dynamo still specializes sizes 0 and 1, so a case with
   one head or one key is a graph of its own (a handful, not one per case);
 * q, k, v and the mask reach the graph contiguous and the mask expanded to (B, H, Sq, Skv), so the
   layouts the search draws do not each compile a graph (the eager rows judge layouts);
 * a Python float scale is a constant of the graph (as a model's scale is, and as the pattern
-  matcher requires), so each scale compiles its own graph: the rows claim ``CLAIMED_SCALES`` only.
+  matcher requires), so each scale compiles its own graph: the rows claim ``CLAIMED_SCALES`` only,
+  and the rows whose code inductor generates claim the diffusion head dims only
+  (``CODEGEN_HEAD_DIMS``: the default scale 1/sqrt(D) is a constant per head_dim).
 
 ``compile_stats()`` counts, per row, the graphs handed to inductor, the seconds spent there and how
 often the attention pattern matcher rewrote a graph (``counters["inductor"]["fuse_attention"]``;
@@ -39,6 +43,10 @@ from .base import Backend, Capabilities
 
 #: The scales a compiled row claims (None: 1/sqrt(D)); the suite's strategy draws these often.
 CLAIMED_SCALES = (None, 1.0, 0.5, 0.05)
+#: Head dims the rows whose graph inductor generates claim: those of the diffusion models the seeds
+#: discuss (SD1.5 40/80/160, SDXL/SD3 64, PixArt 72, Flux 128). A model has a handful; each is a
+#: graph of its own when the scale defaults to 1/sqrt(D) (a constant), 20-70 s each on a loaded CPU.
+CODEGEN_HEAD_DIMS = frozenset({40, 64, 72, 80, 128, 160})
 
 #: dynamo's default recompile limit (8) would silently fall back to eager code once hit, and the row
 #: would judge eager math; raise it for these calls and make a hit an error.
@@ -72,8 +80,9 @@ def compile_stats() -> dict[str, CompileStats]:
     return dict(_stats)
 
 
-def _counting_inductor(name: str) -> Callable[..., Any]:
-    """inductor, counting the graphs it is handed and its time, for the row ``name``."""
+def _counting_inductor(name: str, inductor_config: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """inductor (with ``inductor_config`` patched in), counting the graphs it is handed and its time,
+    for the row ``name``."""
 
     def backend(gm: Any, example_inputs: Any) -> Any:
         from torch._dynamo.utils import counters
@@ -83,7 +92,7 @@ def _counting_inductor(name: str) -> Callable[..., Any]:
         fused = counters["inductor"]["fuse_attention"]
         start = time.perf_counter()
         try:
-            return compile_fx(gm, example_inputs)
+            return compile_fx(gm, example_inputs, config_patches=dict(inductor_config or {}))
         finally:
             stats.graphs += 1
             stats.seconds += time.perf_counter() - start
@@ -99,38 +108,50 @@ def dynamo_limits() -> dict[str, Any]:
     return {k: v for k, v in DYNAMO_LIMITS.items() if hasattr(torch._dynamo.config, k)}
 
 
-def compiled_fn(name: str, inner: Callable[..., Any]) -> Callable[..., Any]:
-    """A contract fn running ``inner(q, k, v, attn_mask, is_causal, scale)`` compiled by inductor.
+def compiled_fn(name: str, inner: Callable[..., Any], *,
+                inductor_config: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """A contract fn running ``inner(q, k, v, attn_mask, is_causal, scale, gqa)`` compiled by inductor.
 
-    Compiled once, on first use, and reused by every case (torch.compile caches per structure)."""
+    Compiled once, on first use, and reused by every case (torch.compile caches per structure).
+    ``inductor_config``: inductor settings for this row only (e.g. a custom graph pass)."""
     holder: dict[str, Any] = {}
 
     def fn(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
         import torch
+        import torch.fx.experimental._config  # noqa: F401  (use_duck_shape, patched below)
 
         if "compiled" not in holder:
-            holder["compiled"] = torch.compile(inner, backend=_counting_inductor(name), dynamic=True)
+            holder["compiled"] = torch.compile(inner, backend=_counting_inductor(name, inductor_config),
+                                               dynamic=True, fullgraph=True)
         _stats.setdefault(name, CompileStats()).calls += 1
-        b, h, sq, _ = q.shape
+        b, h, sq, d = q.shape
+        # The scale as a Python float: a constant of the graph, as a model's is (a scale derived
+        # from a dynamic head_dim would be symbolic, and the pattern matcher only takes constants).
+        scale = d ** -0.5 if scale is None else float(scale)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         if attn_mask is not None:
             attn_mask = attn_mask.expand(b, h, sq, k.shape[2]).contiguous()
-        with torch._dynamo.config.patch(**dynamo_limits()):
-            return holder["compiled"](q, k, v, attn_mask, is_causal, scale)
+        # No duck sizing: equal sizes (B == H == 2) would otherwise become one symbol, and the
+        # next case with B != H a recompile.
+        with torch._dynamo.config.patch(**dynamo_limits()), \
+                torch.fx.experimental._config.patch(use_duck_shape=False):
+            # GQA as a Python bool from here: computed in the graph it is a SymBool, which SDPA's
+            # enable_gqa refuses (a graph break without fullgraph).
+            return holder["compiled"](q, k, v, attn_mask, is_causal, scale, h != k.shape[1])
 
     fn.__name__ = name.replace("+", "_")
     return fn
 
 
 # -- what each row compiles ------------------------------------------------------------------------
-def _sdpa(q, k, v, attn_mask, is_causal, scale):
+def _sdpa(q, k, v, attn_mask, is_causal, scale, gqa):
     import torch.nn.functional as F
 
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+                                          enable_gqa=gqa)
 
 
-def _classic(q, k, v, attn_mask, is_causal, scale):
+def _classic(q, k, v, attn_mask, is_causal, scale, gqa):
     """diffusers' AttnProcessor (attention_processor.py, ``Attention.get_attention_scores`` with
     ``upcast_softmax``): heads in the batch, baddbmm with the mask as its input, softmax in fp32."""
     import torch
@@ -155,8 +176,7 @@ def _classic(q, k, v, attn_mask, is_causal, scale):
         baddbmm_input, beta = torch.empty(b * h, sq, skv, dtype=dtype, device=q.device), 0
     else:
         baddbmm_input, beta = bias.expand(b, h, sq, skv).reshape(b * h, sq, skv), 1
-    scores = torch.baddbmm(baddbmm_input, query, key.transpose(-1, -2), beta=beta,
-                           alpha=d ** -0.5 if scale is None else scale)
+    scores = torch.baddbmm(baddbmm_input, query, key.transpose(-1, -2), beta=beta, alpha=scale)
     probs = scores.float().softmax(dim=-1)
     if bias is not None:
         # A row with every key masked is all -inf: softmax gives NaN there and the contract zeros.
@@ -164,12 +184,11 @@ def _classic(q, k, v, attn_mask, is_causal, scale):
     return torch.bmm(probs.to(dtype), value).reshape(b, h, sq, d)
 
 
-def _matmul(q, k, v, attn_mask, is_causal, scale):
+def _matmul(q, k, v, attn_mask, is_causal, scale, gqa):
     """The 4-D form of inductor's ``_sfdp_pattern_2``; no mask, no causal (the rows claims neither)."""
     from .naive import expand_kv
 
-    h, d = q.shape[1], q.shape[3]
-    scale = d ** -0.5 if scale is None else scale
+    h = q.shape[1]
     return (q @ expand_kv(k, h).transpose(-2, -1)).mul(scale).softmax(dim=-1) @ expand_kv(v, h)
 
 
@@ -221,11 +240,13 @@ def backends() -> list[Backend]:
                 available, "torch.compile(scaled_dot_product_attention): inductor around torch's kernel choice",
                 opt_in=reason),
         Backend("naive+compile", compiled_fn("naive+compile", _classic),
-                Capabilities(dtypes=every, backward=True, constraint=_with_scale_rule(None)),
+                Capabilities(dtypes=every, head_dims=CODEGEN_HEAD_DIMS, backward=True,
+                             constraint=_with_scale_rule(None)),
                 available, "diffusers' classic AttnProcessor math (baddbmm, fp32 softmax, bmm) compiled by inductor",
                 opt_in=reason),
         Backend("matmul+compile", compiled_fn("matmul+compile", _matmul),
-                Capabilities(dtypes=every, masks=(), causal=False, backward=True, constraint=_with_scale_rule(None)),
+                Capabilities(dtypes=every, head_dims=CODEGEN_HEAD_DIMS, masks=(), causal=False, backward=True,
+                             constraint=_with_scale_rule(None)),
                 available, "(q @ k^T * scale).softmax @ v compiled: the form inductor's pattern matcher rewrites into SDPA",
                 opt_in=reason),
     ]

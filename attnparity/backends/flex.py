@@ -62,7 +62,7 @@ def _mods(q: Any, k: Any, attn_mask: Any, is_causal: bool) -> tuple[Any, Any]:
     return score_mod, create_block_mask(mask_mod, batch, heads, sq, skv, device=q.device)
 
 
-def _flex_call(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, scale: float | None) -> Any:
+def _flex_call(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, scale: float | None, gqa: bool) -> Any:
     """The mods, the BlockMask and the kernel call, in one function: compiled, the mods are traced
     into the graph (closures built outside it are new objects per call, and dynamo would recompile
     for each one)."""
@@ -70,14 +70,14 @@ def _flex_call(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, scale: f
 
     score_mod, block_mask = _mods(q, k, attn_mask, is_causal)
     return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                          enable_gqa=q.shape[1] != k.shape[1])
+                          enable_gqa=gqa)
 
 
 def _eager(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
     with warnings.catch_warnings():
         # "flex_attention called without torch.compile()": uncompiled is the point of this row.
         warnings.simplefilter("ignore", UserWarning)
-        return _flex_call(q, k, v, attn_mask, is_causal, scale)
+        return _flex_call(q, k, v, attn_mask, is_causal, scale, q.shape[1] != k.shape[1])
 
 
 def _compiled_available() -> str | None:
