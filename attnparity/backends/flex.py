@@ -13,7 +13,9 @@ CUDA (Triton) kernel needs head_dim >= 16 (``tl.dot``; inductor/kernel/flex/flex
 rounds other head_dims up to a power of two itself; the eager path takes any head_dim. torch <= 2.6
 took only powers of two (see ``_head_dims``). A fully
 masked row gives zeros in eager flex (measured on torch 2.13 CPU, bool and -inf float masks); the
-compiled kernel is claimed the same and the matrix checks it.
+compiled kernel is claimed the same and the matrix checks it. ``flex`` compiles through
+compiled.compiled_fn (dynamic shapes, fullgraph), so it runs on CPU too, opt-in there
+(docs/compile.md); it claims the scales a compiled graph bakes in (compiled.CLAIMED_SCALES).
 """
 
 from __future__ import annotations
