@@ -148,6 +148,9 @@ class Backend:
     description: str = ""
     #: Where it came from: "builtin", "entry point <dist>", "register_backend" (set by the registry).
     origin: str = "builtin"
+    #: When set, why ``--attn-backends=all`` leaves the backend out (it costs too much to run by
+    #: default, e.g. a compiled row on CPU); a name or a glob still selects it.
+    opt_in: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name) or "[" in self.name or "]" in self.name:

@@ -13,23 +13,18 @@ CUDA (Triton) kernel needs head_dim >= 16 (``tl.dot``; inductor/kernel/flex/flex
 rounds other head_dims up to a power of two itself; the eager path takes any head_dim. torch <= 2.6
 took only powers of two (see ``_head_dims``). A fully
 masked row gives zeros in eager flex (measured on torch 2.13 CPU, bool and -inf float masks); the
-compiled kernel is claimed the same and the matrix checks it.
+compiled kernel is claimed the same and the matrix checks it. ``flex`` compiles through
+compiled.compiled_fn (dynamic shapes, fullgraph), so it runs on CPU too, opt-in there
+(docs/compile.md); it claims the scales a compiled graph bakes in (compiled.CLAIMED_SCALES).
 """
 
 from __future__ import annotations
 
 import warnings
-from functools import lru_cache
 from typing import Any
 
+from . import compiled
 from .base import Backend, Capabilities
-
-#: torch.compile recompiles per new shape; dynamo's default limit (8) would then silently fall back
-#: to running eager code, and ``flex`` would be testing ``flex-eager``. Raise the limit for our
-#: calls and make a hit an error, never a silent fallback.
-_DYNAMO_LIMITS = {"recompile_limit": 1024, "accumulated_recompile_limit": 8192,
-                  "fail_on_recompile_limit_hit": True}
-
 
 def _mods(q: Any, k: Any, attn_mask: Any, is_causal: bool) -> tuple[Any, Any]:
     """(score_mod, block_mask) for the contract's mask and causal flag."""
@@ -69,49 +64,26 @@ def _mods(q: Any, k: Any, attn_mask: Any, is_causal: bool) -> tuple[Any, Any]:
     return score_mod, create_block_mask(mask_mod, batch, heads, sq, skv, device=q.device)
 
 
-@lru_cache(maxsize=1)
-def _compiled_flex() -> Any:
-    import torch
+def _flex_call(q: Any, k: Any, v: Any, attn_mask: Any, is_causal: bool, scale: float | None, gqa: bool) -> Any:
+    """The mods, the BlockMask and the kernel call, in one function: compiled, the mods are traced
+    into the graph (closures built outside it are new objects per call, and dynamo would recompile
+    for each one)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention)
+    score_mod, block_mask = _mods(q, k, attn_mask, is_causal)
+    return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                          enable_gqa=gqa)
 
 
-def _make_fn(compiled: bool):
-    def flex(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
-        import torch
-        from torch.nn.attention.flex_attention import flex_attention
-
-        score_mod, block_mask = _mods(q, k, attn_mask, is_causal)
-        kwargs = dict(score_mod=score_mod, block_mask=block_mask, scale=scale,
-                      enable_gqa=q.shape[1] != k.shape[1])
-        if compiled:
-            # Only the settings this torch knows (older ones lack some of the names).
-            limits = {k: v for k, v in _DYNAMO_LIMITS.items() if hasattr(torch._dynamo.config, k)}
-            with torch._dynamo.config.patch(**limits):
-                return _compiled_flex()(q, k, v, **kwargs)
-        with warnings.catch_warnings():
-            # "flex_attention called without torch.compile()": uncompiled is the point of this row.
-            warnings.simplefilter("ignore", UserWarning)
-            return flex_attention(q, k, v, **kwargs)
-
-    flex.__name__ = "flex_compiled" if compiled else "flex_eager"
-    return flex
+def _eager(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    with warnings.catch_warnings():
+        # "flex_attention called without torch.compile()": uncompiled is the point of this row.
+        warnings.simplefilter("ignore", UserWarning)
+        return _flex_call(q, k, v, attn_mask, is_causal, scale, q.shape[1] != k.shape[1])
 
 
 def _compiled_available() -> str | None:
-    import torch
-
-    reason = _eager_available()
-    if reason:
-        return reason
-    if not torch.cuda.is_available():
-        # Compiled flex does run on CPU, but torch.compile costs 5-24 s per new shape there and
-        # hypothesis draws dozens of shapes per item: the row would take hours. flex-eager covers
-        # flex's semantics on CPU.
-        return ("compiled flex is CUDA-only in attnparity: torch.compile costs 5-24 s per new shape "
-                "on CPU (see flex-eager for CPU)")
-    return None
+    return _eager_available() or compiled.available()
 
 
 def _eager_available() -> str | None:
@@ -145,10 +117,14 @@ def backends() -> list[Backend]:
     # the device this process will run on, as sdpa.py does.
     backward = torch.cuda.is_available()
     return [
-        Backend("flex", _make_fn(compiled=True),
-                Capabilities(devices={"cuda"}, dtypes=every, head_dims=_head_dims(16), backward=True),
-                _compiled_available, "torch.compile(flex_attention): the fused Triton kernel"),
-        Backend("flex-eager", _make_fn(compiled=False),
+        # Compiled with dynamic shapes (compiled.compiled_fn): a graph per mask kind, dtype and scale,
+        # not per drawn shape, so the row runs on CPU too (opt-in there: docs/compile.md).
+        Backend("flex", compiled.compiled_fn("flex", _flex_call),
+                Capabilities(dtypes=every, head_dims=_head_dims(16), backward=backward,
+                             constraint=compiled.scale_rule),
+                _compiled_available, "torch.compile(flex_attention): the fused kernel (Triton on CUDA, C++ on CPU)",
+                opt_in=compiled.opt_in()),
+        Backend("flex-eager", _eager,
                 Capabilities(dtypes=every, head_dims=_head_dims(1), backward=backward),
                 _eager_available, "flex_attention uncompiled (unfused math path)"),
     ]

@@ -1,7 +1,8 @@
 """Name -> Backend: the built-ins, the ``attnparity.backends`` entry points, ``register_backend``.
 
 Selection takes ``all``, comma lists and globs (``sdpa-*``, ``diffusers:*``); an unknown name is an
-error that lists the known ones.
+error that lists the known ones. ``all`` leaves out backends that say ``opt_in`` (the compiled rows
+on CPU); a name or a glob selects them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ BUILTIN_MODULES = (
     "attnparity.backends.naive",
     "attnparity.backends.sdpa",
     "attnparity.backends.flex",
+    "attnparity.backends.compiled",
     "attnparity.backends.xformers",
     "attnparity.backends.flash_attn",
     "attnparity.backends.sage",
@@ -142,8 +144,8 @@ def select_backends(spec: str | Iterable[str]) -> list[Backend]:
         raise UnknownBackend(str(spec), backends)
     chosen: dict[str, Backend] = {}
     for pattern in patterns:
-        if pattern == "all":
-            matches = list(backends)
+        if pattern == "all":  # opt-in backends (Backend.opt_in) only by name or glob
+            matches = [n for n, b in backends.items() if not b.opt_in]
         elif any(ch in pattern for ch in "*?["):
             matches = [n for n in backends if fnmatch.fnmatchcase(n, pattern)]
         else:
