@@ -29,6 +29,11 @@ class DeviceIdentity:
     timing_label: str
     #: The CUDA index this process runs on (None on CPU): several GPUs of one model share a name.
     index: int | None = None
+    #: The hardware, as the device dimension of a matrix of several runs: the GPU's name, or "CPU
+    #: (<model name>)". Not the thread count: numerics do not change with it, and a serial baseline
+    #: must stay comparable with a pytest-xdist run (whose workers share the cores); timings compare
+    #: under ``timing_label`` anyway.
+    model: str = ""
 
     @property
     def ran_on(self) -> str:
@@ -83,11 +88,25 @@ def identify(device: str) -> DeviceIdentity:
         gpu = torch.cuda.get_device_name(dev)
         major, minor = torch.cuda.get_device_capability(dev)
         index = dev.index if dev.index is not None else torch.cuda.current_device()
-        return DeviceIdentity(gpu, f"cuda-sm{major}{minor}", gpu, index)
+        return DeviceIdentity(gpu, f"cuda-sm{major}{minor}", gpu, index, gpu)
     kind = device.split(":")[0]
     threads = torch.get_num_threads()
     label = f"CPU ({threads} torch thread{'' if threads == 1 else 's'})" if kind == "cpu" else kind
-    return DeviceIdentity(device, kind, label)
+    return DeviceIdentity(device, kind, label, model=f"CPU ({cpu_model()})" if kind == "cpu" else kind)
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the OS reports it ("Intel(R) Xeon(R) Processor"), or the machine type."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
 
 
 @contextlib.contextmanager

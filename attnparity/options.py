@@ -129,7 +129,7 @@ class Options:
     perf_baseline: Path | None = _opt("results.json of an earlier run: a perf cell slower than it beyond --attn-perf-margin and --attn-perf-noise fails (same device only; relative to the reference kernel timed in the same item)", None, "path")
     perf_margin: float = _opt("slowdown allowed against --attn-perf-baseline, as a fraction (0.1 = 10%)", 0.1, "float", low=0.0)
     perf_noise: float = _opt("both timing gates: a time counts as slower only beyond this many times its measured noise too (the standard error of the time relative to the reference kernel; the cv for an absolute time)", 3.0, "float", low=0.0)
-    perf_threads: int = _opt("CPU perf items: torch threads while timing (0: torch's default, one per core). One by default: on a shared CPU a multi-threaded kernel stalls whenever another process takes one of its cores, by a factor its reference does not share, so even ratios swing; the label says the count and timings compare only under one label", 1, "int", low=0)
+    perf_threads: int = _opt("CPU op-level perf items: torch threads while timing (0: leave the session's count: torch's default of one per core, or each pytest-xdist worker's share; pipeline timings always use one, as pipelines run single-threaded). One by default: on a shared CPU a multi-threaded kernel stalls whenever another process takes one of its cores, by a factor its reference does not share, so even ratios swing; the label says the count and timings compare only under one label", 1, "int", low=0)
     summary: str = _opt("terminal summary: 'short' (failures first, only rows that ran, unavailable backends one line per reason; fits a screen) or 'full' (every row, skips included)", "short", "choice", choices=SUMMARY_MODES)
 
     @classmethod

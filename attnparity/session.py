@@ -242,7 +242,7 @@ def stamp(run: Run, record: Any) -> None:
     """Device and versions on every record: records travel alone (xdist, results.json)."""
     record.device = record.device or run.device.name
     record.versions = record.versions or dict(run.versions)
-    record.device_label = record.device_label or run.device.timing_label
+    record.device_label = record.device_label or run.device.model
     if record.device_index is None:
         record.device_index = run.device.index
 

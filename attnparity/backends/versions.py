@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import re
 
 
 def installed_version(module: str, *dists: str) -> str | None:
@@ -26,8 +25,10 @@ def installed_version(module: str, *dists: str) -> str | None:
 
 
 def version_tuple(version: str | None) -> tuple[int, ...]:
-    """(2, 1, 0) for '2.1.0.post1+cu121'; () for None or an unreadable version."""
-    if not version:
+    """(2, 1, 0) for '2.1.0.post1+cu121' (PEP 440's release part); () for None or an unreadable version."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version).release if version else ()
+    except InvalidVersion:
         return ()
-    match = re.match(r"(\d+(?:\.\d+)*)", version)
-    return tuple(int(p) for p in match.group(1).split(".")) if match else ()

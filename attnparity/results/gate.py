@@ -320,15 +320,37 @@ def by_device(records: Iterable[ResultRecord]) -> dict[str, list[ResultRecord]]:
     return groups
 
 
+def _label_legacy(records: list[ResultRecord], other: list[ResultRecord]) -> list[ResultRecord]:
+    """``records`` with those written before device labels labelled: by the label the other side's
+    records of the same ``device`` ("cpu", or the GPU's name) carry when there is exactly one, else
+    by that device name. An old single-device baseline so still gates a newer multi-device run,
+    against its own device only."""
+    if all(r.device_key for r in records) or not any(r.device_key for r in other):
+        return records
+    labels: dict[str, set[str]] = {}
+    for r in other:
+        if r.device_key:
+            labels.setdefault(r.device, set()).add(r.device_key)
+    everywhere = {label for found in labels.values() for label in found}
+    out = []
+    for r in records:
+        if not r.device_key:
+            # a record without even a device name could have run on any of them: only one will do
+            found = labels.get(r.device, set()) if r.device else everywhere
+            r = replace(r, device_label=next(iter(found)) if len(found) == 1 else r.device or "unknown device")
+        out.append(r)
+    return out
+
+
 def compare_records(old: Iterable[ResultRecord], new: Iterable[ResultRecord], thresholds: Thresholds | None = None,
                     *, old_source: str = "old run") -> Comparison:
     """Device by device: a cell is compared only with the same cell on the same device (the
-    records' device_label: a GPU model, or the CPU with its torch thread count). A device that ran
-    before and is absent now is one worse line: none of its cells could be compared. Records
-    written before labels existed have no device dimension and compare as one device."""
+    records' device_label: a GPU model, or the CPU model). A device that ran before and is absent now
+    is one worse line: none of its cells could be compared. Records written before labels existed
+    take the label of the other side's device they ran on (``_label_legacy``)."""
     t = thresholds or Thresholds()
-    old, new = list(old), list(new)
-    if any(not r.device_key for r in (*old, *new)):
+    old, new = _label_legacy(list(old), list(new)), _label_legacy(list(new), list(old))
+    if not any(r.device_key for r in (*old, *new)):
         return _compare_one(old, new, t, old_source)
     before, after = by_device(old), by_device(new)
     diffs: list[Difference] = []

@@ -117,7 +117,7 @@ class Finding:
         from packaging.version import InvalidVersion, Version
 
         for dist, spec in self.versions.items():
-            version = installed.get(dist) or installed_version(dist)
+            version = installed.get(dist) or distribution_version(dist)
             if version is None:
                 return False
             try:
@@ -168,7 +168,7 @@ class Ledger:
         return f"{len(self.findings)} known finding(s) from {', '.join(self.sources) or 'no ledger'}"
 
 
-def installed_version(dist: str) -> str | None:
+def distribution_version(dist: str) -> str | None:
     """The installed version of distribution ``dist`` (any spelling: flash-attn, flash_attn), or None."""
     from importlib.metadata import PackageNotFoundError, version
 

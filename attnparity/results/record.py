@@ -19,8 +19,9 @@ Schema (version SCHEMA_VERSION), a JSON object:
     device      "cpu" or the GPU's name
     versions    {"torch": ..., "diffusers": ..., ...} of this run
     device_label  the device as the matrix's device dimension (added within schema 2; "" in older
-                records): the GPU's name, or "CPU (N torch threads)". ``attnparity merge`` and the
-                gate split runs by it (``device_key``)
+                records): the GPU's name, or "CPU (<model name>)" (machine.DeviceIdentity.model; not
+                the thread count, which only timings depend on: their label is extra.device_label).
+                ``attnparity merge`` and the gate split runs by it (``device_key``)
     device_index  the CUDA device index that ran the cell (cuda:N; null on CPU and in older records):
                 under pytest-xdist each worker is pinned to one GPU (machine.worker_device)
 
@@ -84,7 +85,10 @@ class ResultRecord:
     def ran_on(self) -> str:
         """Which device ran the cell, for people: "cuda:1 NVIDIA H200", or the label / device."""
         name = self.device or self.device_label
-        return f"cuda:{self.device_index} {name}" if self.device_index is not None else (self.device_label or name)
+        if self.device_index is not None:
+            return f"cuda:{self.device_index} {name}"
+        # a timing says what it was taken under (the CPU's torch threads), other cells the device
+        return str(self.extra.get("device_label") or self.device_label or name)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
