@@ -163,6 +163,107 @@ def grad_unscaled_dk(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
     return _UnscaledDK.apply(q, k, v, attn_mask, _causal(is_causal), scale)
 
 
+# -- the classes of issue 13: mask layouts, value ranges, long pairs, head_dims, storage ------------
+
+def mask_2d_as_query(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # Reads a 2-D mask as diffusers' flex backend does (0.42 attention_dispatch): viewed as
+    # (X, 1, Y, 1), a mask over query rows, then expanded: raises where that cannot broadcast,
+    # silently wrong where it can.
+    if attn_mask is not None and attn_mask.dim() == 2:
+        b, h, sq, _ = q.shape
+        attn_mask = attn_mask.reshape(attn_mask.shape[0], 1, attn_mask.shape[1], 1).expand(b, h, sq, k.shape[2])
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+
+
+def mask_head_collapsed(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # Per-head mask content lost: the kernel reads the mask of head 0 for every head (a block
+    # mask built with H=None / a head stride taken as 0).
+    if attn_mask is not None and attn_mask.dim() >= 3 and attn_mask.shape[-3] > 1:
+        attn_mask = attn_mask.narrow(-3, 0, 1)
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+
+
+def mask_stride0(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # Ignores the mask's strides and walks its storage as if the (B, H, Sq, Skv) view were dense:
+    # right for a contiguous mask, wrong for an expanded view (stride 0) of a smaller one.
+    if attn_mask is not None and 0 in attn_mask.stride():
+        offset = attn_mask.storage_offset()
+        stored = attn_mask.untyped_storage().nbytes() // attn_mask.element_size() - offset
+        flat = attn_mask.as_strided((stored,), (1,), offset)
+        attn_mask = flat[torch.arange(attn_mask.numel(), device=q.device) % stored].view(attn_mask.shape)
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+
+
+def bf16_via_fp16(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # Computes bf16 inputs in fp16 (a kernel built for fp16 only, fed bf16 by a cast): right while
+    # the values fit fp16's range, inf/0 beyond it.
+    if q.dtype != torch.bfloat16:
+        return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+    mask = attn_mask.half() if attn_mask is not None and attn_mask.is_floating_point() else attn_mask
+    return _math(q.half(), k.half(), v.half(), mask, _causal(is_causal), scale).to(q.dtype)
+
+
+def int8_k_no_smoothing(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # INT8 keys with one scale per token, without subtracting the keys' common mean first (what
+    # SageAttention's "smooth K" does): a shared offset or an outlier channel eats the int8 range.
+    amax = k.detach().float().abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
+    kq = (k.float() / amax * 127).round().clamp(-127, 127) * amax / 127
+    return _math(q, kq.to(k.dtype), v, attn_mask, _causal(is_causal), scale)
+
+
+def writes_inputs(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # Folds the softmax scale into q in place (saves a multiply in the kernel, and changes the
+    # caller's tensor).
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    with torch.no_grad():
+        q.mul_(scale)
+    return _math(q, k, v, attn_mask, _causal(is_causal), 1.0)
+
+
+def ignores_storage_offset(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # Builds its own view from the strides but takes the data pointer of the storage, not of the
+    # tensor: right when storage_offset() is 0, a neighbour's data otherwise (packed QKV).
+    def at_storage_start(t):
+        return t.as_strided(t.shape, t.stride(), 0) if t.storage_offset() else t
+
+    return _math(at_storage_start(q), at_storage_start(k), at_storage_start(v), attn_mask, _causal(is_causal), scale)
+
+
+def long_pair_no_rescale(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # The non-split-KV path (Sq and Skv both above 1024) runs an online softmax over key blocks of
+    # 1024 and forgets to rescale the accumulator when the running max grows.
+    sq, skv = q.shape[2], k.shape[2]
+    if sq <= 1024 or skv <= 1024:
+        return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+    heads = q.shape[1]
+    kf, vf = expand_kv(k, heads).float(), expand_kv(v, heads).float()
+    s = (q.float() @ kf.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask.float()
+    if is_causal:
+        s = s.masked_fill(~causal_keep(sq, skv, "top-left", q.device), float("-inf"))
+    m = torch.full(s.shape[:-1] + (1,), float("-inf"), device=q.device)
+    acc, denom = torch.zeros_like(q, dtype=torch.float32), torch.zeros_like(m)
+    for start in range(0, skv, 1024):
+        block = s[..., start:start + 1024]
+        new_m = torch.maximum(m, block.amax(-1, keepdim=True))
+        safe = new_m.masked_fill(torch.isneginf(new_m), 0)
+        p = torch.exp(block - safe)
+        denom = denom * torch.exp(m - safe).nan_to_num(0) + p.sum(-1, keepdim=True)
+        acc = acc + p @ vf[..., start:start + 1024, :]  # the slip: acc is not rescaled like denom
+        m = new_m
+    return (acc / denom.clamp_min(1e-30)).nan_to_num(0).to(q.dtype)
+
+
+def head_dim_96_192(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # The D = 96 / 192 kernel templates (tiles of 64 channels) drop the last partial tile of the
+    # Q·K dot product: 32 channels never reach the logits (the scale is still 1/sqrt(D)).
+    d = q.shape[-1]
+    if d in (96, 192):
+        q = torch.cat([q[..., : d - 32], q.new_zeros(q.shape[:-1] + (32,))], dim=-1)
+    return _math(q, k, v, attn_mask, _causal(is_causal), scale)
+
+
 def _mutant(name, fn, **caps) -> Backend:
     return Backend(f"mutant-{name}", fn, Capabilities(**caps), description=fn.__doc__ or name)
 
@@ -184,6 +285,16 @@ def backends() -> list[Backend]:
         _mutant("batch-dependent", batch_dependent),
         _mutant("pads-head-dim", pads_head_dim),
         _mutant("grad-unscaled-dk", grad_unscaled_dk, backward=True),
+        _mutant("mask-2d-as-query", mask_2d_as_query),
+        _mutant("mask-head-collapsed", mask_head_collapsed),
+        _mutant("mask-stride0", mask_stride0),
+        _mutant("bf16-via-fp16", bf16_via_fp16),
+        # claims half precision only, as INT8 kernels (sage) do: in fp32 any quantiser is seen
+        _mutant("int8-k-no-smoothing", int8_k_no_smoothing, dtypes={torch.float16, torch.bfloat16}),
+        _mutant("writes-inputs", writes_inputs),
+        _mutant("ignores-storage-offset", ignores_storage_offset),
+        _mutant("long-pair-no-rescale", long_pair_no_rescale),
+        _mutant("head-dim-96-192", head_dim_96_192),
     ]
 
 
@@ -211,4 +322,19 @@ CAUGHT_BY = {
     "mutant-batch-dependent": {"forward", "batch", "masked-kv"},
     "mutant-pads-head-dim": {"forward"},
     "mutant-grad-unscaled-dk": {"backward"},
+    "mutant-mask-2d-as-query": {"forward"},
+    "mutant-mask-head-collapsed": {"forward"},
+    "mutant-mask-stride0": {"forward"},
+    "mutant-bf16-via-fp16": {"forward"},
+    "mutant-int8-k-no-smoothing": {"forward"},
+    # every check calls through the same guard; forward meets it first
+    "mutant-writes-inputs": {"forward", "masked-rows", "masked-kv", "kwargs", "deterministic", "batch"},
+    "mutant-ignores-storage-offset": {"forward"},
+    "mutant-long-pair-no-rescale": {"forward"},
+    "mutant-head-dim-96-192": {"forward"},
+}
+#: mutant -> the dtypes where its bug can show at all (default: every dtype it claims)
+VISIBLE_IN = {
+    "mutant-bf16-via-fp16": {"bf16"},
+    "mutant-int8-k-no-smoothing": {"fp16", "bf16"},
 }

@@ -120,6 +120,8 @@ def _kernel_rules(kernel: str | None, backward: bool = True):
     def rule(case: Any) -> str | None:
         if case.mask != "none" and case.causal:
             return "torch SDPA refuses attn_mask together with is_causal"
+        if kernel == "FLASH_ATTENTION" and case.mask != "none" and getattr(case, "mask_rank", 4) == 3:
+            return "torch's flash kernel takes 2-D or 4-D masks only (sdp_utils_cpp.cpp check_attn_mask_shape)"
         if kernel in (None, "MATH") or not case.device.startswith("cuda"):
             return None
         if _torch_answers(kernel):

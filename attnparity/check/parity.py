@@ -61,12 +61,18 @@ def call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.
     contract violation (a backend may not refuse what it claims)."""
     import torch
 
+    before = _snapshot(q, k, v, mask)
     try:
         out = backend(q, k, v, attn_mask=mask, is_causal=case.causal is not None, scale=case.scale)
     except Unsupported as exc:
         raise ContractViolation(f"raised Unsupported on a case its capabilities claim: {exc}") from exc
     except Exception as exc:  # a claimed case must run: the exception is the finding, with its case
         raise ContractViolation(f"raised {type(exc).__name__} on a claimed case: {exc}") from exc
+    written = [name for name, t, copy in zip(("q", "k", "v", "attn_mask"), (q, k, v, mask), before)
+               if t is not None and not _same_bits(t, copy)]
+    if written:
+        raise ContractViolation(f"wrote into its inputs ({', '.join(written)}): a caller's tensors must come back "
+                                "unchanged (diffusers reuses q, k, v and the mask across calls)")
     if not isinstance(out, torch.Tensor):
         raise ContractViolation(f"returned {type(out).__name__}, not a tensor")
     expected = (case.batch, case.heads, case.sq, case.head_dim)
@@ -75,6 +81,22 @@ def call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.
     if out.dtype != torch_dtype(case.dtype):
         raise ContractViolation(f"returned {out.dtype} for {case.dtype} inputs")
     return out
+
+
+def _snapshot(*tensors: "torch.Tensor | None") -> list["torch.Tensor | None"]:
+    """Copies to compare against after the call (detached: a grad-tracking input stays a leaf)."""
+    return [None if t is None else t.detach().clone() for t in tensors]
+
+
+def _same_bits(t: "torch.Tensor", copy: "torch.Tensor") -> bool:
+    """Bitwise equality, NaN included (the masked-kv check puts NaN in the inputs on purpose)."""
+    import torch
+
+    t = t.detach()
+    if t.dtype == torch.bool:
+        return torch.equal(t, copy)
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return torch.equal(t.contiguous().view(bits), copy.contiguous().view(bits))
 
 
 def baseline_forward(case: AttnCase, q, k, v, mask) -> "torch.Tensor":

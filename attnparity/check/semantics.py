@@ -82,16 +82,17 @@ def masked_kv(backend: Backend, case: AttnCase, tolerances: Tolerances) -> Parit
     if mask_type is None:
         return _skip("masked-kv", backend, case, "no masks claimed")
     # -inf: a finite "masked" value (-1e4, finfo.min) lets large garbage logits through by design.
+    # (B, 1, 1, Skv) as stored: the garbage goes where that pattern says; either padding side.
     case = case.with_(mask="padding", mask_type=mask_type, masked_value="-inf", layout="contiguous",
-                      skv=max(case.skv, 2))
+                      skv=max(case.skv, 2), mask_dims="B1", mask_layout="contiguous")
     if case.outside(caps):
         return _skip("masked-kv", backend, case, case.outside(caps) or "")
     q, k, v, mask = case.tensors()
     keep = case.keep().to(q.device)  # (B, 1, 1, Skv)
     if bool(keep.all()):  # padding drew full length: mask the last key of every row by hand
         keep = keep.clone()
-        keep[..., -1] = False
-        keep[..., 0] = True
+        keep[..., -1 if case.pad_side == "right" else 0] = False
+        keep[..., 0 if case.pad_side == "right" else -1] = True
         mask = keep if mask.dtype == torch.bool else torch.where(keep, mask, torch.tensor(float("-inf"), dtype=mask.dtype))
     clean = _run(backend, case, q, k, v, mask)
     dropped = ~keep[:, 0, 0, :]  # (B, Skv)
@@ -191,10 +192,13 @@ def batch_independent(backend: Backend, case: AttnCase, tolerances: Tolerances) 
     q, k, v, mask = case.tensors()
     full = _run(backend, case, q, k, v, mask)
     perm = torch.arange(case.batch - 1, -1, -1)
-    shuffled = _run(backend, case, q[perm], k[perm], v[perm], None if mask is None else mask[perm])[perm]
+    # Only a mask with a batch dim of its own is taken apart with the batch; (1, ...), 3-D and 2-D
+    # masks broadcast over it and go in unchanged.
+    per_row = mask is not None and mask.dim() == 4 and mask.shape[0] == case.batch > 1
+    shuffled = _run(backend, case, q[perm], k[perm], v[perm], mask[perm] if per_row else mask)[perm]
     single_case = case.with_(batch=1)
     row = slice(1, 2)
-    alone = _run(backend, single_case, q[row], k[row], v[row], None if mask is None else mask[row])
+    alone = _run(backend, single_case, q[row], k[row], v[row], mask[row] if per_row else mask)
     ref = reference_forward(q, k, v, mask, case.causal, case.scale)
     base_err = float((baseline_forward(case, q, k, v, mask).double() - ref).abs().max())
     limit = 2 * _tol(backend, case, tolerances, base_err, float(ref.abs().max()))

@@ -18,7 +18,9 @@ from .cases import AttnCase
 WORK_BUDGET = 2 ** 21
 
 EDGE_SEQS = (1, 2, 3, 15, 17, 97, 113, 127, 129, 192, 320, 1023, 1025)  # 192, 320: ≡ 64 mod 128
-EDGE_HEAD_DIMS = (9, 21, 40, 59, 64, 72, 80, 111, 128, 160, 203, 256)
+#: 96 and 192 are kernel template sizes of their own (flash-attn, cuDNN); 288 and 512 are tried
+#: only where a backend claims head_dims above 256.
+EDGE_HEAD_DIMS = (9, 21, 40, 59, 64, 72, 80, 96, 111, 128, 160, 192, 203, 256, 288, 512)
 EDGE_HEADS = (3, 5, 12)
 SMALL_HEADS = (1, 2, 3, 4, 5, 6, 8, 12)
 
@@ -34,6 +36,19 @@ DIFFUSION_SHAPES = (
     ("sd3-joint4429", 24, 64, 4429), ("flux-joint4608", 24, 128, 4608),
 )
 DIFFUSION_QUERY_SLICE = 5
+
+#: Sq and Skv both long: the non-split-KV paths of fused kernels (one query block per program over
+#: every key block) start where both pass about a thousand. Such a case cannot fit WORK_BUDGET at any
+#: real head_dim, so it has its own bound, with B = H = 1 and head_dim 8 (else the smallest claimed); about one
+#: drawn forward example in LONG_PAIR_ODDS is one, beside its corpus case.
+LONG_PAIR_WORK = 2 ** 24
+LONG_PAIR_SEQS = (1100, 1400)
+LONG_PAIR_ODDS = 24
+#: The mask layouts of the case space (cases.MaskDims), classic first: what hypothesis shrinks to.
+MASK_DIMS = ("B1", "BH", "1H", "11", "H", "1", "")
+#: V's standard deviation per dtype: fp16 itself overflows beyond ~6e4 (a correct fp16 kernel
+#: could not hold such values), bf16 and fp32 go beyond fp16's range both ways.
+V_SCALES = {"fp16": (1e-3, 1e2), "bf16": (1e-6, 1e-3, 1e3, 1e5), "fp32": (1e-6, 1e-3, 1e3, 1e5)}
 
 
 def _kv_heads_for(heads: int, caps: Capabilities) -> list[int]:
@@ -55,10 +70,23 @@ def _mask_choices(caps: Capabilities) -> list[tuple[str, str]]:
     return kinds
 
 
+def _long_pair(caps: Capabilities) -> tuple[int, int] | None:
+    """(head_dim, longest Sq = Skv) for a long-pair case inside ``caps``, or None if none fits."""
+    # 8 first: the smallest head_dim real kernels are built for; smaller ones only where 8 is not claimed.
+    dims = [d for d in (8, 16, 4, 2, 1, 32) if caps.supports_head_dim(d)]
+    if not dims:
+        return None
+    longest = int((LONG_PAIR_WORK // dims[0]) ** 0.5)
+    if longest <= LONG_PAIR_SEQS[0] or (caps.max_seq is not None and caps.max_seq <= LONG_PAIR_SEQS[0]):
+        return None
+    return dims[0], min(longest, LONG_PAIR_SEQS[1], caps.max_seq or LONG_PAIR_SEQS[1])
+
+
 @st.composite
 def attn_cases(draw: Any, caps: Capabilities, dtype: str, device: str = "cpu",
                budget: int = WORK_BUDGET) -> AttnCase:
-    """One case inside ``caps`` for ``dtype`` on ``device`` with work <= budget."""
+    """One case inside ``caps`` for ``dtype`` on ``device`` with work <= budget (long pairs:
+    LONG_PAIR_WORK)."""
     heads = draw(st.sampled_from(SMALL_HEADS))
     kv_heads = draw(st.sampled_from(_kv_heads_for(heads, caps)))
     head_dim = draw(_head_dims(caps))
@@ -70,18 +98,74 @@ def attn_cases(draw: Any, caps: Capabilities, dtype: str, device: str = "cpu",
     skv_cap = max(1, min(1100, room // sq))
     edge_kv = [s for s in EDGE_SEQS if s <= skv_cap]
     skv = draw(st.one_of(st.sampled_from(edge_kv), st.integers(1, min(300, skv_cap)))) if edge_kv else 1
+    long_pair = _long_pair(caps)
+    if long_pair is not None and draw(st.integers(0, LONG_PAIR_ODDS - 1)) == LONG_PAIR_ODDS - 1:
+        head_dim, longest = long_pair
+        batch = heads = kv_heads = 1
+        sq = draw(st.integers(LONG_PAIR_SEQS[0] + 1, longest))
+        skv = draw(st.integers(LONG_PAIR_SEQS[0] + 1, min(longest, LONG_PAIR_WORK // (head_dim * sq))))
     mask, mask_type = draw(st.sampled_from(_mask_choices(caps)))
     masked_value = draw(st.sampled_from(["-inf", "min", "-1e4"])) if mask_type == "float" and mask != "none" else "-inf"
+    mask_dims, mask_layout, pad_side = "B1", "contiguous", "right"
+    if mask != "none":
+        mask_dims = draw(st.sampled_from(MASK_DIMS))
+        mask_layout = draw(st.sampled_from(["contiguous", "contiguous", "expanded", "sliced"]))
+        pad_side = draw(st.sampled_from(["right", "left"])) if mask == "padding" else "right"
     causal = draw(st.sampled_from([None, caps.causal_mode])) if caps.causal_mode else None
     scale = draw(st.one_of(st.none(), st.sampled_from([1.0, 0.5, 0.05]), st.floats(0.01, 2.0)))
     # Peaked softmax (large magnitude) and near-uniform softmax (small) stress different paths;
     # magnitude 6 with D up to 256 gives logits in the hundreds ("very negative logits" included).
     magnitude = draw(st.sampled_from([1.0, 1.0, 0.1, 3.0, 6.0]))
-    layout = draw(st.sampled_from(["contiguous", "transposed", "expanded"]))
+    v_scale = draw(st.sampled_from((1.0, 1.0, 1.0) + V_SCALES.get(dtype, ())))
+    # Keys with a common per-channel offset or outlier channels (where INT8/FP8 quantised kernels
+    # lose precision), kept at magnitude <= 1 so the logits stay in the range the others explore.
+    k_offset, k_outliers = 0.0, 0
+    if magnitude <= 1.0:
+        k_offset = draw(st.sampled_from([0.0, 0.0, 0.0, 4.0, 16.0]))
+        k_outliers = draw(st.sampled_from([0, 0, 0, 2, 4]))
+    layout = draw(st.sampled_from(["contiguous", "transposed", "expanded", "packed"]))
     seed = draw(st.integers(0, 2 ** 31 - 1))
     return AttnCase(batch=batch, heads=heads, kv_heads=kv_heads, sq=sq, skv=skv, head_dim=head_dim,
                     dtype=dtype, mask=mask, mask_type=mask_type, masked_value=masked_value, causal=causal,
-                    scale=scale, magnitude=magnitude, layout=layout, seed=seed, device=device)
+                    scale=scale, magnitude=magnitude, layout=layout, seed=seed, device=device,
+                    mask_dims=mask_dims, mask_layout=mask_layout, pad_side=pad_side, v_scale=v_scale,
+                    k_offset=k_offset, k_outliers=k_outliers)
+
+
+def class_corpus(dtype: str, device: str = "cpu", caps: Capabilities | None = None) -> dict[str, AttnCase]:
+    """One case per class of the case space that the first corpus did not hold (issue 13), by name:
+    every run meets each of them at least once. ``caps`` picks the long pair's head_dim."""
+    base = AttnCase(dtype=dtype, device=device, seed=1234)
+    masked = base.with_(batch=2, heads=4, kv_heads=2, sq=33, skv=65, head_dim=40, mask="random", mask_type="float",
+                        masked_value="-inf")
+    long_dim, longest = _long_pair(caps) if caps is not None and _long_pair(caps) else (8, 1400)
+    big_v = max(V_SCALES.get(dtype, (1.0,)))
+    return {
+        "mask 2-D (Sq, Skv)": masked.with_(mask_dims="", mask_type="bool"),
+        "mask 3-D (H, Sq, Skv) per head": masked.with_(mask_dims="H"),
+        "mask per head, full batch (B, H, Sq, Skv), ALiBi": masked.with_(mask_dims="BH"),
+        "mask per head, broadcast batch (1, H, Sq, Skv)": masked.with_(mask_dims="1H", mask_type="bool"),
+        "mask broadcast over batch and heads (1, 1, Sq, Skv)": masked.with_(mask_dims="11"),
+        "mask stride-0 expand of (B, 1, 1, Skv) padding": masked.with_(mask="padding", mask_layout="expanded",
+                                                                         mask_type="bool"),
+        "mask stride-0 expand of per-head (1, H, Sq, Skv)": masked.with_(mask_dims="1H", mask_layout="expanded"),
+        "mask non-contiguous slice": masked.with_(mask_dims="BH", mask_layout="sliced", mask_type="bool"),
+        "left padding": masked.with_(mask="padding", pad_side="left"),
+        "empty rows, per head": masked.with_(mask="dead-rows", mask_dims="BH", mask_type="bool"),
+        "V beyond fp16's range (or at its edge in fp16)": base.with_(heads=2, sq=17, skv=65, head_dim=64, v_scale=big_v),
+        "V tiny": base.with_(heads=2, sq=17, skv=65, head_dim=64, v_scale=min(V_SCALES.get(dtype, (1.0,)))),
+        "keys with a common offset": base.with_(heads=2, sq=33, skv=129, head_dim=64, k_offset=16.0),
+        "keys with outlier channels": base.with_(heads=2, sq=33, skv=129, head_dim=64, k_outliers=2),
+        "keys with offset and outlier channels": base.with_(heads=2, sq=33, skv=129, head_dim=64, k_offset=4.0,
+                                                           k_outliers=4),
+        "Sq and Skv both long": base.with_(sq=longest - 37, skv=longest, head_dim=long_dim),
+        "head_dim 96": base.with_(heads=2, sq=17, skv=97, head_dim=96),
+        "head_dim 192": base.with_(heads=2, sq=17, skv=97, head_dim=192),
+        "head_dim above 256": base.with_(heads=2, sq=17, skv=97, head_dim=288),
+        "packed QKV (storage offsets)": base.with_(batch=2, heads=4, kv_heads=2, sq=47, skv=47, head_dim=40,
+                                                  layout="packed"),
+        "packed KV, Sq != Skv": base.with_(batch=2, heads=4, sq=31, skv=77, head_dim=40, layout="packed"),
+    }
 
 
 def edge_corpus(caps: Capabilities, dtype: str, device: str = "cpu") -> list[AttnCase]:
@@ -109,11 +193,14 @@ def edge_corpus(caps: Capabilities, dtype: str, device: str = "cpu") -> list[Att
     corpus.append(base.with_(batch=3, heads=4, sq=31, skv=47, head_dim=40, layout="transposed"))
     corpus.append(base.with_(batch=3, heads=4, sq=31, skv=47, head_dim=40, layout="expanded"))
     corpus.append(base.with_(heads=4, sq=20, skv=70, head_dim=72, scale=1.0))
+    # The classes of issue 13: mask ranks and layouts, value ranges, long pairs, packed views.
+    corpus.extend(class_corpus(dtype, device, caps).values())
     # Real diffusion shapes: every key, a slice of queries (DIFFUSION_SHAPES says which heads).
     for _, heads, d, keys in DIFFUSION_SHAPES:
         heads = heads if heads * DIFFUSION_QUERY_SLICE * keys * d <= WORK_BUDGET else 2
         corpus.append(base.with_(batch=1, heads=heads, kv_heads=heads, sq=DIFFUSION_QUERY_SLICE, skv=keys, head_dim=d))
-    return [fitted for c in corpus if (fitted := fit(c, caps)) is not None]
+    fitted = [f for c in corpus if (f := fit(c, caps)) is not None]
+    return list(dict.fromkeys(fitted))  # the class cases repeat some edges (head_dim 96, 192, 288)
 
 
 def fit(case: AttnCase, caps: Capabilities) -> AttnCase | None:
