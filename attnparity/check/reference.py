@@ -15,6 +15,19 @@ def reference_forward(q, k, v, attn_mask=None, causal: Causal = None, scale: flo
                           compute_dtype=torch.float64, softmax_dtype=torch.float64)
 
 
+def reference_forward_terms(q, k, v, attn_mask=None, causal: Causal = None, scale: float | None = None):
+    """(reference, P @ |V|) in fp64: the output and the componentwise magnitude of the sums it is made
+    of, whose rows scale each row's floor. One softmax for both: |V| rides along as extra columns."""
+    import torch
+
+    mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.double()
+    v64 = v.double()
+    both = attention_math(q.double(), k.double(), torch.cat([v64, v64.abs()], dim=-1), mask, causal, scale,
+                          compute_dtype=torch.float64, softmax_dtype=torch.float64)
+    d = v.shape[-1]
+    return both[..., :d], both[..., d:]
+
+
 def reference_grads(q, k, v, grad_out, attn_mask=None, causal: Causal = None, scale: float | None = None):
     """(dQ, dK, dV) in fp64 for the upstream gradient ``grad_out``."""
     import torch
