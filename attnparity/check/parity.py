@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from attnparity.backends.base import Backend, Unsupported, torch_dtype
 from .cases import AttnCase
-from .tolerance import Errors, Tolerances, judge
+from .tolerance import EPS, Errors, Tolerances, judge
 
 if TYPE_CHECKING:
     import torch
@@ -107,16 +107,17 @@ def dead_rows(case: AttnCase) -> "torch.Tensor | None":
 
 def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances, pairs: dict[str, tuple],
            *, grad: bool = False) -> ParityResult:
-    """Apply the rule to each named tensor on its own: {label: (backend, baseline, reference, magnitude)},
-    magnitude being the componentwise size of the sums the reference is made of (its own floor's scale)."""
+    """Apply the rule to each named tensor on its own: {label: (backend, baseline, reference, magnitude,
+    logit terms)}, magnitude being the componentwise size of the sums the reference is made of (its
+    own floor's scale), logit terms the error P's logits carry into it (tolerance.judge)."""
     bound = tolerances.bound(backend.name, case.dtype, grad=grad)
     metrics: dict[str, float] = {}
     failures: list[str] = []
     classes: list[str] = []
     worst_ratio = -1.0
     use = 0.0
-    for label, (out, base, ref, magnitude) in pairs.items():
-        j = judge(out, base, ref, magnitude, bound, case.dtype)
+    for label, (out, base, ref, magnitude, logit_terms) in pairs.items():
+        j = judge(out, base, ref, magnitude, bound, case.dtype, logit_terms)
         v = j.verdict
         prefix = "" if label == "out" else f"{label}_"
         metrics.update({f"{prefix}err_max": j.backend.max_abs, f"{prefix}err_mean": j.backend.mean_abs,
@@ -164,7 +165,7 @@ def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None
     if outside:
         return ParityResult("forward", backend.name, case, True, skipped=outside)
     q, k, v, mask = case.tensors()
-    ref, magnitude = reference_forward_terms(q, k, v, mask, case.causal, case.scale)
+    ref, magnitude, logit_terms = reference_forward_terms(q, k, v, mask, case.causal, case.scale, EPS["fp32"] / EPS[case.dtype])
     base = baseline_forward(case, q, k, v, mask)
     try:
         out = call_backend(backend, case, q, k, v, mask)
@@ -178,7 +179,7 @@ def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None
         dead = dead.expand_as(ref).to(ref.device)
         out = out.masked_fill(dead, 0.0)
         base = base.masked_fill(dead, 0.0)
-    return _judge("forward", backend, case, tolerances, {"out": (out, base, ref, magnitude)})
+    return _judge("forward", backend, case, tolerances, {"out": (out, base, ref, magnitude, logit_terms)})
 
 
 def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None = None) -> ParityResult:
@@ -211,7 +212,7 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
                             failure_classes=("contract",), message=f"{backend.name} backward failed on {case.short()}: {exc}\n"
                                     f"reproduce: {repro_line('backward', backend.name, case)}")
     terms = _grad_terms(case, q, k, v, mask, grad_out)
-    pairs = {name: (g, b, r, t) for name, g, b, r, t in zip(("dq", "dk", "dv"), got, base, ref, terms)}
+    pairs = {name: (g, b, r, *t) for name, g, b, r, t in zip(("dq", "dk", "dv"), got, base, ref, terms)}
     return _judge("backward", backend, case, tolerances, pairs, grad=True)
 
 
@@ -228,27 +229,30 @@ def _grad_terms(case: AttnCase, q, k, v, mask, grad_out) -> tuple:
         dQ: scale * (P * (|dP| + |rowsum|)) @ |K|     dK: scale * (P * (|dP| + |rowsum|))^T @ |Q|
         dV: P^T @ |dO|
 
-    summed over the query heads that share a kv head. Until issue 13 one scale, the largest element
+    summed over the query heads that share a kv head, with P weighted by the roundings it carries
+    itself (reference.probs_and_rounding: large logits). Until issue 13 one scale, the largest element
     of all three, served every tensor: at magnitude 6 it was 1.3e3 while max|dV| was 6.7."""
     import torch
 
-    from attnparity.backends.naive import attention_probs, expand_kv
+    from attnparity.backends.naive import expand_kv
+
+    from .reference import probs_and_rounding
 
     heads, kv_heads = case.heads, k.shape[1]
     if not (q.numel() and k.numel()):
-        return (None, None, None)
+        return ((None, None),) * 3
     softmax_scale = abs(case.scale if case.scale is not None else case.head_dim ** -0.5)
     q64, k64, v64, do = q.double(), expand_kv(k, heads).double(), expand_kv(v, heads).double(), grad_out.double()
-    mask64 = mask if mask is None or mask.dtype == torch.bool else mask.double()
-    p = attention_probs(q64, k64, mask64, case.causal, case.scale, compute_dtype=torch.float64, softmax_dtype=torch.float64)
+    p, amp = probs_and_rounding(q, k, mask, case.causal, case.scale, EPS["fp32"] / EPS[case.dtype])
     dp = do @ v64.transpose(-2, -1)
     rowsum = (do * (p @ v64)).sum(-1, keepdim=True)
-    ds = p * (dp.abs() + rowsum.abs())
 
     def per_kv_head(t):  # (B, H, Skv, D) -> (B, Hkv, Skv, D): GQA sums the heads of a group
         return t.unflatten(1, (kv_heads, heads // kv_heads)).sum(2)
 
-    dq = softmax_scale * (ds @ k64.abs())
-    dk = per_kv_head(softmax_scale * (ds.transpose(-2, -1) @ q64.abs()))
-    dv = per_kv_head(p.transpose(-2, -1) @ do.abs())
-    return dq, dk, dv
+    def terms(p):
+        ds = p * (dp.abs() + rowsum.abs())
+        return (softmax_scale * (ds @ k64.abs()), per_kv_head(softmax_scale * (ds.transpose(-2, -1) @ q64.abs())),
+                per_kv_head(p.transpose(-2, -1) @ do.abs()))
+
+    return tuple(zip(terms(p), terms(p * amp)))

@@ -2,6 +2,7 @@
 
     max-abs, every row r:  err_backend[r] <= k * err_baseline[r] + floor * (eps(dtype) * scale[r] + eta(dtype))
     mean-abs, the tensor:  err_backend    <= k * err_baseline    + floor_mean * (eps(dtype) * mean scale + eta(dtype))
+    (both plus eps(dtype) * what rounded logits carry into P, once: see judge)
 
 err_* are measured against the fp64 reference on the same rounded inputs; the baseline is naive
 math in the case dtype (naive.py). A row is one vector along the last (head_dim) axis. ``scale`` is
@@ -161,11 +162,14 @@ class Judgement:
 
 
 def judge(out: "torch.Tensor", base: "torch.Tensor", ref: "torch.Tensor", magnitude: "torch.Tensor | None",
-          bound: Bound, dtype: str) -> Judgement:
+          bound: Bound, dtype: str, logit_terms: "torch.Tensor | None" = None) -> Judgement:
     """The rule on one tensor: max-abs row by row, mean-abs over the tensor with its own floor.
 
     ``magnitude``: the componentwise magnitude of the sums ``ref`` is made of (same shape, fp64;
-    None: |ref|). Each row's floor counts roundings of that row's largest magnitude."""
+    None: |ref|). Each row's floor counts roundings of that row's largest magnitude.
+    ``logit_terms``: the error the attention weights carry from rounded logits, in roundings
+    (reference.probs_and_rounding), added once to each limit: large logits make every kernel's P
+    off by more than a rounding, and that is no bug."""
     import torch
 
     ref = ref.to(torch.float64)
@@ -186,6 +190,8 @@ def judge(out: "torch.Tensor", base: "torch.Tensor", ref: "torch.Tensor", magnit
         empty = Errors(0.0, 0.0, (), 0)
         return Judgement(Verdict(True, "", 0.0, 0.0, 0.0), empty, empty, 0.0)
 
+    extra = torch.zeros_like(mag) if logit_terms is None else logit_terms.to(device=ref.device, dtype=torch.float64)
+    extra_row = extra.amax(-1)
     rows_ok = base_ok.any(-1)
     base_row = dbase.amax(-1)
     fallback = float(base_row[rows_ok].max()) if bool(rows_ok.any()) else 0.0
@@ -193,7 +199,7 @@ def judge(out: "torch.Tensor", base: "torch.Tensor", ref: "torch.Tensor", magnit
     scale_row = mag.amax(-1)
     eps, eta = EPS[dtype], ETA[dtype]
     floor_mean = bound.floor if bound.floor_mean is None else bound.floor_mean
-    lim_row = bound.k * base_row + bound.floor * (eps * scale_row + eta)
+    lim_row = bound.k * base_row + bound.floor * (eps * scale_row + eta) + eps * extra_row
     err_row = diff_finite.amax(-1)
     # A limit of 0 (an ini floor=0 on an exact row) is met only by an exact row.
     use_row = torch.where(lim_row > 0, err_row / lim_row.clamp_min(1e-300),
@@ -205,7 +211,7 @@ def judge(out: "torch.Tensor", base: "torch.Tensor", ref: "torch.Tensor", magnit
     n_ok = int(base_ok.sum())
     base_mean = float(dbase.sum()) / n_ok if n_ok else 0.0
     err_mean_finite = float(diff_finite.mean())
-    lim_mean = bound.k * base_mean + floor_mean * (eps * float(mag.mean()) + eta)
+    lim_mean = bound.k * base_mean + floor_mean * (eps * float(mag.mean()) + eta) + eps * float(extra.mean())
     use_mean = err_mean_finite / lim_mean if lim_mean > 0 else (math.inf if err_mean_finite > 0 else 0.0)
 
     err_b = errors(out, ref)
