@@ -1,6 +1,6 @@
 """Error metrics and the verdict rule, applied to each tensor (the output; dQ, dK, dV) on its own.
 
-    max-abs, every row r:  err_backend[r] <= k * err_baseline[r] + floor * (eps(dtype) * scale[r] + eta(dtype))
+    max-abs, every row r:  err_backend[r] <= k * rel_baseline * scale[r] + floor * (eps(dtype) * scale[r] + eta(dtype))
     mean-abs, the tensor:  err_backend    <= k * err_baseline    + floor_mean * (eps(dtype) * mean scale + eta(dtype))
     (both plus eps(dtype) * what rounded logits carry into P, once: see judge)
 
@@ -13,8 +13,9 @@ eta is the dtype's subnormal spacing (Higham's underflow term), so a row whose t
 asked for bitwise zeros. NaN/Inf where the reference is finite fails; the rest of that tensor is
 still judged, so one class of failure does not hide another. Non-finite baseline elements (naive
 math overflowed) say nothing about the dtype's rounding: they are left out of the baseline's error,
-and a row with none finite takes the tensor's worst finite baseline row, so they never lift the
-limit. The error ratio err_backend / err_baseline (whole tensor) is the number the matrix shows.
+so they never lift the limit. rel_baseline is naive math's worst error in the tensor relative to its
+row's scale (max over rows of err_baseline[r] / scale[r]): the rows share how accurate the dtype
+allows, each at its own scale. The error ratio err_backend / err_baseline (whole tensor) is the number the matrix shows.
 
 Defaults were calibrated on this project's CPU runs (see docs/detection.md): every correct backend
 passes every seed, and every planted bug of the mutant zoo fails. Override per backend glob and
@@ -192,11 +193,14 @@ def judge(out: "torch.Tensor", base: "torch.Tensor", ref: "torch.Tensor", magnit
 
     extra = torch.zeros_like(mag) if logit_terms is None else logit_terms.to(device=ref.device, dtype=torch.float64)
     extra_row = extra.amax(-1)
-    rows_ok = base_ok.any(-1)
-    base_row = dbase.amax(-1)
-    fallback = float(base_row[rows_ok].max()) if bool(rows_ok.any()) else 0.0
-    base_row = torch.where(rows_ok, base_row, torch.full_like(base_row, fallback))
     scale_row = mag.amax(-1)
+    # The baseline term per row: naive math's worst error in this tensor in units of its row's scale,
+    # times this row's scale. Not each row's own naive error: one row where naive math happens to
+    # be exact is luck, not a standard (torch's correct bf16 flash backward failed on such a row).
+    # Not the tensor's worst error either: a row of large values would lift every small row's limit.
+    rows_ok = base_ok.any(-1) & (scale_row > 0)
+    relative = float((dbase.amax(-1)[rows_ok] / scale_row[rows_ok]).max()) if bool(rows_ok.any()) else 0.0
+    base_row = relative * scale_row
     eps, eta = EPS[dtype], ETA[dtype]
     floor_mean = bound.floor if bound.floor_mean is None else bound.floor_mean
     lim_row = bound.k * base_row + bound.floor * (eps * scale_row + eta) + eps * extra_row
