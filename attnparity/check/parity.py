@@ -226,7 +226,7 @@ def _grad_terms(case: AttnCase, q, k, v, mask, grad_out) -> tuple:
     is exactly 0, so dQ and dK are 0 while every kernel still rounds dP and the row sum, and adds
     those roundings up over Sq (for dK) or Skv (for dQ) terms. So the floors are a few roundings of
 
-        dQ: scale * (P * (|dP| + |rowsum|)) @ |K|     dK: scale * (P * (|dP| + |rowsum|))^T @ |Q|
+        dQ: scale * (P * (|dO| |V|^T + |dO|.|O|)) @ |K|     dK: scale * (P * (...))^T @ |Q|
         dV: P^T @ |dO|
 
     summed over the query heads that share a kv head, with P weighted by the roundings it carries
@@ -244,14 +244,17 @@ def _grad_terms(case: AttnCase, q, k, v, mask, grad_out) -> tuple:
     softmax_scale = abs(case.scale if case.scale is not None else case.head_dim ** -0.5)
     q64, k64, v64, do = q.double(), expand_kv(k, heads).double(), expand_kv(v, heads).double(), grad_out.double()
     p, amp = probs_and_rounding(q, k, mask, case.causal, case.scale, EPS["fp32"] / EPS[case.dtype])
-    dp = do @ v64.transpose(-2, -1)
-    rowsum = (do * (p @ v64)).sum(-1, keepdim=True)
+    # dP = dO V^T and the row sum dO . O are dot products too: their roundings are of sum |dO||V| and
+    # sum |dO||O|, not of the (often cancelling) results: with one key dP - rowsum is exactly 0, yet
+    # torch's flash backward is ~300 roundings of |dP - rowsum|-based terms off in dQ there.
+    dp = do.abs() @ v64.abs().transpose(-2, -1)
+    rowsum = (do.abs() * (p @ v64).abs()).sum(-1, keepdim=True)
 
     def per_kv_head(t):  # (B, H, Skv, D) -> (B, Hkv, Skv, D): GQA sums the heads of a group
         return t.unflatten(1, (kv_heads, heads // kv_heads)).sum(2)
 
     def terms(p):
-        ds = p * (dp.abs() + rowsum.abs())
+        ds = p * (dp + rowsum)
         return (softmax_scale * (ds @ k64.abs()), per_kv_head(softmax_scale * (ds.transpose(-2, -1) @ q64.abs())),
                 per_kv_head(p.transpose(-2, -1) @ do.abs()))
 
