@@ -136,18 +136,24 @@ def search(check: CheckFn, backend: Backend, strategy: Any, settings: Any, *, to
         state["shrinking"] = True
         raise _failure_type(cls)(result)
 
-    test = given(strategy)(body)
-    for case in reversed(corpus):  # @example order: first listed runs first
-        test = hypothesis.example(case)(test)
-    test = settings(test)
-    if seed is not None:
-        test = hypothesis.seed(seed)(test)
-    # Distinct database keys and derandomize seeds per backend x check x dtype: every test
-    # function here has the same source, which is what hypothesis would otherwise key on.
-    test._hypothesis_internal_add_digest = f"attnparity:{label}:{backend.name}".encode()  # type: ignore[attr-defined]
+    def make_test(explicit: list[AttnCase]) -> Any:
+        test = given(strategy)(body)
+        for case in reversed(explicit):  # @example order: first listed runs first
+            test = hypothesis.example(case)(test)
+        test = settings(test)
+        if seed is not None:
+            test = hypothesis.seed(seed)(test)
+        # Distinct database keys and derandomize seeds per backend x check x dtype: every test
+        # function here has the same source, which is what hypothesis would otherwise key on.
+        test._hypothesis_internal_add_digest = f"attnparity:{label}:{backend.name}".encode()  # type: ignore[attr-defined]
+        return test
+
     failures: list[ParityResult] = []
-    for _ in range(MAX_ROUNDS):
+    for round_ in range(MAX_ROUNDS):
         state["shrinking"] = False
+        # The first search judges the whole corpus (hypothesis runs every explicit example even after
+        # one fails, and reports each class met there); later ones only draw.
+        test = make_test(corpus if round_ == 0 else [])
         try:
             test()
         except hypothesis.errors.Unsatisfiable:
