@@ -87,7 +87,8 @@ class RuleGrammar:
 
 
 TOLERANCE_RULES = RuleGrammar("attn_tolerance", ("<backend-glob>", "<dtype|*>"),
-                              {"k": (0.0, math.inf), "floor": (0.0, math.inf)}, dtype_selector=1)
+                              {"k": (0.0, math.inf), "floor": (0.0, math.inf), "floor_mean": (0.0, math.inf)},
+                              dtype_selector=1)
 PIPELINE_SSIM_RULES = RuleGrammar("attn_pipeline_ssim", ("<dtype|*>",),
                                   {"ref": (0.0, 1.0), "golden": (0.0, 1.0)}, dtype_selector=0)
 
@@ -109,7 +110,7 @@ class Options:
     device: str = _opt("device to run on: 'cuda' when one is present, else 'cpu'", "auto", "device")
     examples: int = _opt("hypothesis examples per parity item (the user's hypothesis profile wins when loaded)", 30, "int", low=1)
     seed: int | None = _opt("fixed hypothesis seed for the suite (reproducible draws)", None, "int")
-    tolerance: tuple[Rule, ...] = _opt("tolerance overrides, one per line: '<backend-glob> <dtype|*> k=<k> floor=<floor>'",
+    tolerance: tuple[Rule, ...] = _opt("tolerance overrides, one per line: '<backend-glob> <dtype|*> k=<k> floor=<floor> [floor_mean=<n>]'",
                                        (), "rules", grammar=TOLERANCE_RULES)
     artifacts: Path = _opt("directory for failure artifacts (images, diff maps)", Path(".attnparity/artifacts"), "rootpath")
     timeout: float = _opt("seconds one cell may run before it fails as timed out (0: no limit)", 0.0, "float", low=0.0)

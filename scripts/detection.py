@@ -121,8 +121,9 @@ class Margin:
     alarms: list[str] = field(default_factory=list)
 
 
-def margins_for_seed(seed: int, examples: int, names: list[str], dtypes: list[str]) -> list[dict]:
-    """Every op-level check of every correct backend on one seed, as plain dicts (they cross processes)."""
+def margins_for_seed(seed: int, examples: int, names: list[str], dtypes: list[str],
+                     checks: tuple[str, ...] | None = None) -> list[dict]:
+    """Every op-level check (or ``checks``) of every correct backend on one seed, as plain dicts (they cross processes)."""
     from known import known_finding, scoped
 
     from attnparity.backends.registry import get_backend
@@ -137,7 +138,7 @@ def margins_for_seed(seed: int, examples: int, names: list[str], dtypes: list[st
         for dtype in dtypes:
             if dtype not in plain.capabilities.dtype_names:
                 continue
-            for check in OP_CHECKS:
+            for check in checks or OP_CHECKS:
                 if check == "backward" and not plain.capabilities.backward:
                     continue
                 record = run_op(context([plain], [dtype], examples, seed), plain, dtype, check)
@@ -164,12 +165,12 @@ def margins_for_seed(seed: int, examples: int, names: list[str], dtypes: list[st
 
 
 def margin_rows(pool: ProcessPoolExecutor, seeds: list[int], examples: int, names: list[str],
-                dtypes: list[str]) -> tuple[list[str], dict]:
+                dtypes: list[str], checks: tuple[str, ...] | None = None) -> tuple[list[str], dict]:
     from attnparity.suite.op import NUMERIC_CHECKS
     from attnparity.check.tolerance import Tolerances
 
     margins: dict[tuple[str, str, str], Margin] = {}
-    futures = [pool.submit(margins_for_seed, seed, examples, names, dtypes) for seed in seeds]
+    futures = [pool.submit(margins_for_seed, seed, examples, names, dtypes, checks) for seed in seeds]
     for done, future in enumerate(as_completed(futures), 1):
         for row in future.result():
             m = margins.setdefault((row["backend"], row["dtype"], row["check"]), Margin())
@@ -322,7 +323,8 @@ def _section(name: str, pool: ProcessPoolExecutor, args: argparse.Namespace, dty
             *layer_rows(pool, dtypes),
         ]
     if name == "margins":
-        rows, margins = margin_rows(pool, seeds, args.examples, args.margin_backends.split(","), dtypes)
+        checks = tuple(args.margin_checks.split(",")) if args.margin_checks else None
+        rows, margins = margin_rows(pool, seeds, args.examples, args.margin_backends.split(","), dtypes, checks)
         alarms = sum(len(m.alarms) for m in margins.values())
         worst = max(margins.items(), key=lambda kv: kv[1].use)
         return [
@@ -379,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=20, help="margins: this many of the slow false-alarm test's seeds")
     parser.add_argument("--dtypes", default="fp32,fp16,bf16")
     parser.add_argument("--margin-backends", default=",".join(CORRECT))
+    parser.add_argument("--margin-checks", default="", help="margins: only these op checks (comma list; default all)")
     parser.add_argument("--detection-seeds", type=int, default=20, help="detection-seeds: hypothesis seeds 0..N-1")
     parser.add_argument("--budgets", default="30,100,300", help="budget study: example counts to compare")
     parser.add_argument("--budget-seeds", type=int, default=5)

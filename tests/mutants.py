@@ -338,3 +338,69 @@ VISIBLE_IN = {
     "mutant-bf16-via-fp16": {"bf16"},
     "mutant-int8-k-no-smoothing": {"fp16", "bf16"},
 }
+
+
+# -- issue 13: bugs the tolerance rule let through before it judged each tensor, and each row, on
+# its own scale (tests/test_mutants.py::test_tolerance_per_tensor_and_row_catches). --------------
+
+class _GradDV(torch.autograd.Function):
+    """Forward and dQ, dK right; dV computed from a damaged P (``damage``): the dV-only slips below."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attn_mask, causal, scale, damage):
+        ctx.save_for_backward(q, k, v)
+        ctx.extra = (attn_mask, causal, scale, damage)
+        return _math(q, k, v, attn_mask, causal, scale)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from attnparity.backends.naive import attention_probs
+
+        q, k, v = ctx.saved_tensors
+        attn_mask, causal, scale, damage = ctx.extra
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+            out = _math(*leaves, attn_mask, causal, scale)
+            dq, dk, _ = torch.autograd.grad(out, leaves, grad_out)
+        heads, kv_heads = q.shape[1], k.shape[1]
+        probs = attention_probs(q.float(), expand_kv(k, heads).float(), attn_mask, causal, scale,
+                                compute_dtype=torch.float32, softmax_dtype=torch.float32)
+        dv = damage(probs, q.dtype).float().transpose(-2, -1) @ grad_out.float()  # (B, H, Skv, D)
+        dv = dv.unflatten(1, (kv_heads, heads // kv_heads)).sum(2)
+        return dq, dk, dv.to(v.dtype), None, None, None, None
+
+
+def _quantised_p(p, dtype):
+    # FP8-style P for the dV matmul (as FP8 attention kernels quantise P): e4m3 for half inputs, bf16
+    # for fp32 ones: a few percent off in dV, nothing in dQ/dK.
+    return p.to(torch.bfloat16 if dtype == torch.float32 else torch.float8_e4m3fn).float()
+
+
+def _flushed_p(p, dtype):
+    # probabilities below 2^-8 skipped in the dV pass (a block-skipping "negligible P" shortcut):
+    # keys no query attends much to lose their whole dV row, a row small next to the others.
+    return p.masked_fill(p < 2.0 ** -8, 0.0)
+
+
+def grad_dv_quantised_p(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return _GradDV.apply(q, k, v, attn_mask, _causal(is_causal), scale, _quantised_p)
+
+
+def grad_dv_flushes_small_p(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    return _GradDV.apply(q, k, v, attn_mask, _causal(is_causal), scale, _flushed_p)
+
+
+_ISSUE13 = [
+    ("grad-dv-quantised-p", grad_dv_quantised_p, {"backward": True}, {"backward"}),
+    ("grad-dv-flushes-small-p", grad_dv_flushes_small_p, {"backward": True}, {"backward"}),
+]
+
+
+def _backends_issue13(base=backends):
+    def all_backends() -> list[Backend]:
+        return base() + [_mutant(name, fn, **caps) for name, fn, caps, _ in _ISSUE13]
+    return all_backends
+
+
+backends = _backends_issue13()
+CAUGHT_BY.update({f"mutant-{name}": checks for name, *_, checks in _ISSUE13})

@@ -135,3 +135,155 @@ def test_bound_use_crosses_one_exactly_where_the_verdict_flips() -> None:
         bad, good = check(buggy, case, Tolerances()), check(correct, case, Tolerances())
         assert not bad.passed and bad.bound_use > 1, bad.metrics
         assert good.passed and 0 <= good.bound_use < 1, good.metrics
+
+
+# -- issue 13: the tolerance rule per tensor and per row, and the search's failure classes ----------
+
+def _old_rule_use(result, labels: tuple[str, ...]) -> dict[str, float]:
+    """Bound use under the rule before issue 13, from the result's own metrics: one scale for every
+    tensor (the largest of their scales), floors over the whole tensor, the mean-abs limit with the
+    max-abs floor, and a non-finite baseline error as it was (infinite: limit infinite)."""
+    import math
+
+    from attnparity.check.tolerance import EPS
+
+    m, dtype = result.metrics, result.case.dtype
+    shared = max(m[f"{label}scale"] for label in labels)
+    uses = {}
+    for label in labels:
+        base_max = math.inf if m.get(f"{label}base_nonfinite") else m[f"{label}base_max"]
+        base_mean = math.inf if m.get(f"{label}base_nonfinite") else m[f"{label}base_mean"]
+        floor = m["floor"] * EPS[dtype] * shared
+        uses[label] = max(m[f"{label}err_max"] / (m["k"] * base_max + floor),
+                          m[f"{label}err_mean"] / (m["k"] * base_mean + floor))
+    return uses
+
+
+GRADS = ("dq_", "dk_", "dv_")
+
+
+@pytest.mark.parametrize("name, case, why", [
+    # per tensor: at magnitude 3 the shared scale was dQ's and dK's terms, many times dV's own
+    ("mutant-grad-dv-quantised-p", dict(magnitude=3.0, dtype="fp16", sq=16, skv=16, seed=1), "dv:bound"),
+    # per row: the dV rows of keys nobody attends to are small next to the others, and were judged
+    # against the largest row
+    ("mutant-grad-dv-flushes-small-p", dict(magnitude=2.0, dtype="fp16", sq=16, skv=64, seed=2), "dv:bound"),
+    ("mutant-grad-dv-flushes-small-p", dict(magnitude=2.0, dtype="bf16", sq=16, skv=64, seed=2), "dv:bound"),
+], ids=["per-tensor-fp16", "per-row-fp16", "per-row-bf16"])
+def test_tolerance_per_tensor_and_row_catches(name: str, case: dict, why: str) -> None:
+    from attnparity.backends.registry import get_backend
+    from attnparity.check.cases import AttnCase
+    from attnparity.check.parity import check_grads
+
+    case = AttnCase(batch=2, heads=2, head_dim=32, **case)
+    bad = check_grads(mutant(name), case)
+    assert _old_rule_use(bad, GRADS)["dv_"] < 1, "the old rule should have let this through"
+    assert not bad.passed and bad.failure_classes == (why,), bad.message
+    assert bad.metrics["dv_bound_use"] > 1 and bad.metrics["dq_bound_use"] < 1 and bad.metrics["dk_bound_use"] < 1
+    for correct in ("sdpa-math", "sdpa-flash", "naive"):
+        good = check_grads(get_backend(correct), case)
+        assert good.passed and good.bound_use < 0.5, (correct, good.metrics)
+
+
+def test_a_nonfinite_baseline_cannot_lift_the_limit() -> None:
+    # fp16 logits of ~1e5: naive fp16 math overflows (its error is infinite, so the old limit was),
+    # the fp64 reference and the fused kernels do not: a wrong GQA head mapping hid behind it.
+    from attnparity.backends.registry import get_backend
+    from attnparity.check.cases import AttnCase
+    from attnparity.check.parity import check_parity
+
+    case = AttnCase(batch=1, heads=4, kv_heads=2, sq=8, skv=15, head_dim=64, magnitude=60.0, scale=1.0,
+                    dtype="fp16", seed=5)
+    bad = check_parity(mutant("mutant-gqa-wrong"), case)
+    assert bad.metrics["base_nonfinite"] > 0 and _old_rule_use(bad, ("",))[""] == 0.0
+    assert not bad.passed and bad.failure_classes == ("out:bound",), bad.message
+    for correct in ("sdpa-math", "sdpa-flash"):
+        good = check_parity(get_backend(correct), case)
+        assert good.passed, (correct, good.message)
+
+
+def test_the_mean_abs_limit_has_its_own_floor() -> None:
+    # Every element 8 roundings of its row's largest element off: within each row's max-abs floor
+    # (16), but most elements are 100x smaller than their row's largest, so the mean error is 8
+    # roundings of the row's max against a mean magnitude ~25x smaller. The old mean-abs limit used
+    # the max-abs floor and let it through.
+    import torch
+
+    from attnparity.check.tolerance import EPS, Bound, judge
+
+    ref = torch.full((1, 2, 8, 16), 0.01, dtype=torch.float64)
+    ref[..., 0] = 1.0
+    out = ref + 8 * EPS["fp32"]
+    j = judge(out, ref.clone(), ref, None, Bound(32.0, 16.0), "fp32")
+    assert j.failed == ("mean-abs",), j.verdict.reason
+    assert judge(out, ref.clone(), ref, None, Bound(32.0, 16.0, floor_mean=400.0), "fp32").verdict.passed
+    exact_but_rounded = ref.float().double()  # one rounding per element: a correct fp32 result
+    assert judge(exact_but_rounded, ref.clone(), ref, None, Bound(32.0, 16.0), "fp32").verdict.passed
+
+
+def _classes_backend():
+    """NaN on odd query counts, 1% off on even ones (D > 8 only): two failure classes in one cell."""
+    import torch
+
+    from attnparity import Backend, Capabilities
+
+    def two_bugs(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale)
+        if q.shape[-1] > 8:
+            return out.clone().fill_(float("nan")) if q.shape[2] % 2 else out * 1.01
+        return out
+
+    return Backend("two-bugs", two_bugs, Capabilities(dtypes={"fp32"}, masks=set(), causal=False, gqa=False))
+
+
+def _tiny_cases():
+    from hypothesis import strategies as st
+
+    from attnparity.check.cases import AttnCase
+
+    return st.builds(AttnCase, sq=st.integers(1, 4), skv=st.integers(1, 4), head_dim=st.integers(4, 12),
+                     seed=st.integers(0, 3))
+
+
+@pytest.mark.parametrize("corpus_fails", [False, True], ids=["drawn", "corpus-fails-first"])
+def test_distinct_failure_classes_do_not_hide_one_another(corpus_fails: bool) -> None:
+    from hypothesis import settings
+
+    from attnparity.check.cases import AttnCase
+    from attnparity.check.parity import check_parity
+    from attnparity.check.search import failure_class, search
+    from attnparity.check.tolerance import Tolerances
+
+    corpus = [AttnCase(sq=3, skv=2, head_dim=16)] if corpus_fails else []  # NaN: the corpus ends hypothesis' run
+    outcome = search(check_parity, _classes_backend(), _tiny_cases(), settings(max_examples=40, deadline=None, database=None),
+                     tolerances=Tolerances(), corpus=corpus, seed=3, label="classes")
+    classes = {failure_class(r): r for r in outcome.failures}
+    assert set(classes) == {"out:nonfinite", "out:bound"}, outcome.failures
+    assert outcome.failure is outcome.failures[0]
+    # each class shrunk on its own: the smallest head_dim that fails (9), the smallest Sq of its parity
+    nonfinite = classes["out:nonfinite"].case  # a corpus case is reported as it is (explicit examples are not shrunk)
+    assert (nonfinite.sq, nonfinite.head_dim) == ((3, 16) if corpus_fails else (1, 9))
+    assert (classes["out:bound"].case.sq, classes["out:bound"].case.head_dim) == (2, 9)
+
+
+def test_search_targets_bound_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hypothesis
+    from hypothesis import settings
+
+    from attnparity.backends.registry import get_backend
+    from attnparity.check.parity import check_parity
+    from attnparity.check.search import search
+    from attnparity.check.tolerance import Tolerances
+
+    seen: list[tuple[float, str]] = []
+    real = hypothesis.target
+
+    def spy(observation, *, label=""):
+        seen.append((observation, label))
+        return real(observation, label=label)
+
+    monkeypatch.setattr(hypothesis, "target", spy)
+    outcome = search(check_parity, get_backend("sdpa-math"), _tiny_cases(), settings(max_examples=8, deadline=None, database=None),
+                     tolerances=Tolerances(), seed=1, label="target")
+    assert outcome.failure is None and seen and {label for _, label in seen} == {"bound use"}
+    assert max(use for use, _ in seen) == pytest.approx(outcome.closest.bound_use)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from attnparity.backends.base import Backend, Unsupported, torch_dtype
 from .cases import AttnCase
-from .tolerance import Errors, Tolerances, errors, verdict
+from .tolerance import EPS, Errors, Tolerances, judge
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +30,9 @@ class ParityResult:
     #: what a failing check found, by name (the kwargs check: the kwargs it found ignored), so a
     #: known-findings ledger can match the failure, not only the drawn case
     ignored_kwargs: tuple[str, ...] = ()
+    #: what failed, as classes the search keeps apart ("dv:bound", "out:nonfinite", "contract"); the
+    #: first is the one a failing example is filed under. Empty: the check name is the class.
+    failure_classes: tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -125,35 +128,44 @@ def dead_rows(case: AttnCase) -> "torch.Tensor | None":
 
 
 def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances, pairs: dict[str, tuple],
-           *, grad: bool = False, term_scale: float = 0.0) -> ParityResult:
-    """Apply the rule to each named output: {label: (backend_out, baseline_out, reference)}."""
+           *, grad: bool = False) -> ParityResult:
+    """Apply the rule to each named tensor on its own: {label: (backend, baseline, reference, magnitude,
+    logit terms)}, magnitude being the componentwise size of the sums the reference is made of (its
+    own floor's scale), logit terms the error P's logits carry into it (tolerance.judge)."""
     bound = tolerances.bound(backend.name, case.dtype, grad=grad)
     metrics: dict[str, float] = {}
     failures: list[str] = []
+    classes: list[str] = []
     worst_ratio = -1.0
     use = 0.0
-    # One scale for all outputs judged together: dQ and dK are exactly 0 with a single key, and a
-    # floor of "a few roundings of 0" would demand bitwise zeros there.
-    scale = max((float(ref.abs().max()) for _, _, ref in pairs.values() if ref.numel()), default=0.0)
-    scale = max(scale, term_scale)
-    for label, (out, base, ref) in pairs.items():
-        err_b, err_0 = errors(out, ref), errors(base, ref)
-        v = verdict(err_b, err_0, bound, case.dtype, scale)
+    for label, (out, base, ref, magnitude, logit_terms) in pairs.items():
+        j = judge(out, base, ref, magnitude, bound, case.dtype, logit_terms)
+        v = j.verdict
         prefix = "" if label == "out" else f"{label}_"
-        metrics.update({f"{prefix}err_max": err_b.max_abs, f"{prefix}err_mean": err_b.mean_abs,
-                        f"{prefix}base_max": err_0.max_abs, f"{prefix}base_mean": err_0.mean_abs})
+        metrics.update({f"{prefix}err_max": j.backend.max_abs, f"{prefix}err_mean": j.backend.mean_abs,
+                        f"{prefix}base_max": j.baseline.max_abs, f"{prefix}base_mean": j.baseline.mean_abs,
+                        f"{prefix}scale": j.scale, f"{prefix}bound_use": v.use})
+        if j.baseline_nonfinite:
+            metrics[f"{prefix}base_nonfinite"] = j.baseline_nonfinite
         r = max(v.ratio_max, v.ratio_mean)
         use = max(use, v.use)
         if r > worst_ratio:
             worst_ratio = r
             metrics["ratio_max"], metrics["ratio_mean"] = v.ratio_max, v.ratio_mean
         if not v.passed:
-            failures.append(_explain(label, v.reason, err_b, err_0, out, ref))
-    metrics["k"], metrics["floor"], metrics["scale"], metrics["bound_use"] = bound.k, bound.floor, scale, use
+            failures.append(_explain(label, v.reason, j.backend, j.baseline, out, ref))
+            # NaN/Inf first: the class a failing example is filed under (search.py) is its first.
+            classes.extend(f"{label}:{'nonfinite' if part == 'nonfinite' else 'bound'}" for part in j.failed
+                           if part != "mean-abs" or "max-abs" not in j.failed)
+    classes.sort(key=lambda c: not c.endswith(":nonfinite"))
+    metrics["k"], metrics["floor"], metrics["bound_use"] = bound.k, bound.floor, use
+    metrics["scale"] = max((metrics.get(f"{'' if label == 'out' else label + '_'}scale", 0.0) for label in pairs),
+                           default=0.0)
     message = "" if not failures else (
         f"{backend.name} {check} differs from the fp64 reference on {case.short()}\n"
         + "\n".join(failures) + f"\nreproduce: {repro_line(check, backend.name, case)}")
-    return ParityResult(check, backend.name, case, not failures, message=message, metrics=metrics)
+    return ParityResult(check, backend.name, case, not failures, message=message, metrics=metrics,
+                        failure_classes=tuple(dict.fromkeys(classes)))
 
 
 def _explain(label: str, reason: str, err_b: Errors, err_0: Errors, out, ref) -> str:
@@ -168,20 +180,20 @@ def _explain(label: str, reason: str, err_b: Errors, err_0: Errors, out, ref) ->
 
 def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None = None) -> ParityResult:
     """Forward output of ``backend`` on ``case`` against fp64 math, judged by the tolerance rule."""
-    from .reference import reference_forward
+    from .reference import reference_forward_terms
 
     tolerances = tolerances or Tolerances()
     outside = case.outside(backend.capabilities)
     if outside:
         return ParityResult("forward", backend.name, case, True, skipped=outside)
     q, k, v, mask = case.tensors()
-    ref = reference_forward(q, k, v, mask, case.causal, case.scale)
+    ref, magnitude, logit_terms = reference_forward_terms(q, k, v, mask, case.causal, case.scale, EPS["fp32"] / EPS[case.dtype])
     base = baseline_forward(case, q, k, v, mask)
     try:
         out = call_backend(backend, case, q, k, v, mask)
     except ContractViolation as exc:
         return ParityResult("forward", backend.name, case, False, metrics={"ratio_max": float("inf")},
-                            message=f"{backend.name} {exc} on {case.short()}\nreproduce: {repro_line('forward', backend.name, case)}")
+                            failure_classes=("contract",), message=f"{backend.name} {exc} on {case.short()}\nreproduce: {repro_line('forward', backend.name, case)}")
     dead = dead_rows(case)
     if dead is not None and backend.capabilities.fully_masked == "finite":
         # The backend documents its own value for rows with no key: judge only the other rows here
@@ -189,7 +201,7 @@ def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None
         dead = dead.expand_as(ref).to(ref.device)
         out = out.masked_fill(dead, 0.0)
         base = base.masked_fill(dead, 0.0)
-    return _judge("forward", backend, case, tolerances, {"out": (out, base, ref)})
+    return _judge("forward", backend, case, tolerances, {"out": (out, base, ref, magnitude, logit_terms)})
 
 
 def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None = None) -> ParityResult:
@@ -219,44 +231,53 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
         got = grads_of(lambda a, b, c: call_backend(backend, case, a, b, c, mask))
     except (ContractViolation, RuntimeError) as exc:
         return ParityResult("backward", backend.name, case, False, metrics={"ratio_max": float("inf")},
-                            message=f"{backend.name} backward failed on {case.short()}: {exc}\n"
+                            failure_classes=("contract",), message=f"{backend.name} backward failed on {case.short()}: {exc}\n"
                                     f"reproduce: {repro_line('backward', backend.name, case)}")
-    pairs = {name: (g, b, r) for name, g, b, r in zip(("dq", "dk", "dv"), got, base, ref)}
-    return _judge("backward", backend, case, tolerances, pairs, grad=True, term_scale=_grad_term_scale(case, q, k, v, mask, grad_out))
+    terms = _grad_terms(case, q, k, v, mask, grad_out)
+    pairs = {name: (g, b, r, *t) for name, g, b, r, t in zip(("dq", "dk", "dv"), got, base, ref, terms)}
+    return _judge("backward", backend, case, tolerances, pairs, grad=True)
 
 
-def _grad_term_scale(case: AttnCase, q, k, v, mask, grad_out) -> float:
-    """The componentwise magnitude of the sums dQ, dK and dV are made of, in fp64.
+def _grad_terms(case: AttnCase, q, k, v, mask, grad_out) -> tuple:
+    """The componentwise magnitude of the sums dQ, dK and dV are made of, in fp64, each the shape of
+    its gradient: each tensor's (and row's) own floor scale.
 
     Floating-point error in a sum is a few roundings of the sum of its terms' magnitudes, not of the
     sum (Higham, Accuracy and Stability of Numerical Algorithms, sec. 3.1: |fl(a.b) - a.b| <= g_n |a|.|b|).
     It matters where the result cancels: with one key, or a one-hot softmax, dS = P * (dP - rowsum)
     is exactly 0, so dQ and dK are 0 while every kernel still rounds dP and the row sum, and adds
-    those roundings up over Sq (for dK) or Skv (for dQ) terms. So the floor is a few roundings of
+    those roundings up over Sq (for dK) or Skv (for dQ) terms. So the floors are a few roundings of
 
-        dQ: scale * (P * (|dP| + |rowsum|)) @ |K|     dK: scale * (P * (|dP| + |rowsum|))^T @ |Q|
+        dQ: scale * (P * (|dO| |V|^T + |dO|.|O|)) @ |K|     dK: scale * (P * (...))^T @ |Q|
         dV: P^T @ |dO|
 
-    summed over the query heads that share a kv head, at their largest element."""
+    summed over the query heads that share a kv head, with P weighted by the roundings it carries
+    itself (reference.probs_and_rounding: large logits). Until issue 13 one scale, the largest element
+    of all three, served every tensor: at magnitude 6 it was 1.3e3 while max|dV| was 6.7."""
     import torch
 
-    from attnparity.backends.naive import attention_probs, expand_kv
+    from attnparity.backends.naive import expand_kv
+
+    from .reference import probs_and_rounding
 
     heads, kv_heads = case.heads, k.shape[1]
     if not (q.numel() and k.numel()):
-        return 0.0
+        return ((None, None),) * 3
     softmax_scale = abs(case.scale if case.scale is not None else case.head_dim ** -0.5)
     q64, k64, v64, do = q.double(), expand_kv(k, heads).double(), expand_kv(v, heads).double(), grad_out.double()
-    mask64 = mask if mask is None or mask.dtype == torch.bool else mask.double()
-    p = attention_probs(q64, k64, mask64, case.causal, case.scale, compute_dtype=torch.float64, softmax_dtype=torch.float64)
-    dp = do @ v64.transpose(-2, -1)
-    rowsum = (do * (p @ v64)).sum(-1, keepdim=True)
-    ds = p * (dp.abs() + rowsum.abs())
+    p, amp = probs_and_rounding(q, k, mask, case.causal, case.scale, EPS["fp32"] / EPS[case.dtype])
+    # dP = dO V^T and the row sum dO . O are dot products too: their roundings are of sum |dO||V| and
+    # sum |dO||O|, not of the (often cancelling) results: with one key dP - rowsum is exactly 0, yet
+    # torch's flash backward is ~300 roundings of |dP - rowsum|-based terms off in dQ there.
+    dp = do.abs() @ v64.abs().transpose(-2, -1)
+    rowsum = (do.abs() * (p @ v64).abs()).sum(-1, keepdim=True)
 
     def per_kv_head(t):  # (B, H, Skv, D) -> (B, Hkv, Skv, D): GQA sums the heads of a group
         return t.unflatten(1, (kv_heads, heads // kv_heads)).sum(2)
 
-    dq = softmax_scale * (ds @ k64.abs())
-    dk = per_kv_head(softmax_scale * (ds.transpose(-2, -1) @ q64.abs()))
-    dv = per_kv_head(p.transpose(-2, -1) @ do.abs())
-    return max(float(t.max()) for t in (dq, dk, dv))
+    def terms(p):
+        ds = p * (dp + rowsum)
+        return (softmax_scale * (ds @ k64.abs()), per_kv_head(softmax_scale * (ds.transpose(-2, -1) @ q64.abs())),
+                per_kv_head(p.transpose(-2, -1) @ do.abs()))
+
+    return tuple(zip(terms(p), terms(p * amp)))

@@ -39,7 +39,7 @@ def _check_fn(name: str):
 def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
            known: "tuple[Finding, ...]" = ()) -> ResultRecord:
     """One op cell; ``known``: the ledger's findings about this cell (results/known.py)."""
-    from attnparity.check.search import search
+    from attnparity.check.search import failure_class, search
     from attnparity.check.strategies import attn_cases, edge_corpus
 
     from attnparity.check.progress import note_case
@@ -97,6 +97,12 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
         extra["found_at"] = outcome.found_at
         message = (f"{failure.message}\n(found at example {outcome.found_at} of {outcome.examples}; "
                    f"case shrunk by hypothesis; Python: {failure.case.literal()})")
+        others = outcome.failures[1:]
+        if others:  # distinct failure classes of the same cell, each shrunk on its own (check/search.py)
+            extra["failure_classes"] = [failure_class(r) for r in outcome.failures]
+            message += f"\n{len(others)} more distinct failure class(es) in this cell:" + "".join(
+                f"\n-- {failure_class(r)} (found at example {outcome.found_at_by_class.get(failure_class(r))}; "
+                f"Python: {r.case.literal()})\n{r.message}" for r in others)
         if known_text:
             message += "\nThe ledger explains other failures of this cell, not this one:\n" + "\n".join(known_text)
         return ResultRecord(kind, name, backend.name, dtype, "fail", metrics=metrics, examples=outcome.examples,
