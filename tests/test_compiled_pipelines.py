@@ -100,6 +100,7 @@ def test_compiled_pipeline_passes_and_a_wrong_compiled_scale_fails_by_ssim(tmp_p
     assert good.verdict == "pass", good.message
     assert good.metrics["graphs"] >= 1 and good.metrics["sdpa_nodes"] >= 1
     assert "ssim_golden" in good.metrics  # compared against the committed golden too
+    assert "another pipeline config" not in good.message  # the golden's config hash is the eager model's
 
     mutant = _ScaleOne()
     bad = pipelines.run_compiled_check(ctx, spec, "fp32", limits, row="sdpa+compile-scale-one",
@@ -108,3 +109,19 @@ def test_compiled_pipeline_passes_and_a_wrong_compiled_scale_fails_by_ssim(tmp_p
     assert bad.verdict == "fail", f"a compiled denoiser with softmax scale 1.0 passed: {bad.message}"
     assert bad.metrics["ssim_ref"] < limits[0] and "moved the image" in bad.message
     assert Path(bad.artifacts["reference_ssim_map"]).is_file()
+
+
+@needs_compile
+def test_compiled_perf_reports_speedup_and_compile_time_apart(tmp_path: Path) -> None:
+    """Reuses the compiled pixart of the test above when run after it (one compile per process)."""
+    from attnparity.suite.perf import GateSettings
+
+    ctx = _ctx(tmp_path, compile=True)
+    spec = specs.builtin_spec(compiled.CPU_PIPELINES[0])
+    record = perf_pipelines.run_compiled_perf(ctx, spec, "fp32", "quick", None, GateSettings.from_options(ctx.options))
+    assert record.verdict == "pass", record.message
+    m = record.metrics
+    assert m["images_per_s"] > 0 and m["eager_images_per_s"] > 0 and m["speedup_eager"] > 0
+    # the first image compiled: it took longer than a steady one, and that time is reported apart
+    assert m["first_image_s"] * 1e3 > m["ms"] and m["compile_s"] > 0 and m["inductor_s"] > 0
+    assert "compile" in record.message and "x eager" in record.message

@@ -15,6 +15,11 @@ routed ``sdpa`` run (1 / ``speedup_default``, results.gate.compare_timing). The 
 own reference, so it falls back to absolute ms with an allowance widened by both runs' cv: unlike
 every other row, it is not load-proof.
 
+``--attn-compile`` adds ``perf-pipeline:<pipeline>[sdpa+compile-<dtype>]`` for its compiled cells
+(suite/pipelines.compiled_cells), in either mode: the pipeline with the denoiser compiled against
+the same pipeline eager, both unrouted, interleaved (``speedup_eager``); the first compiled image
+(trace + inductor) is reported apart (``compile_s``, ``first_image_s``, ``inductor_s``).
+
 A tiny pipeline takes about a second per image on a 2-core CPU, so on CPU these items belong to
 ``--attn-perf=full``; on CUDA they are part of the quick set too. On CPU ``specs.run_pipeline`` runs
 single-threaded (image determinism across machines), so the timing is taken, and labelled, with one

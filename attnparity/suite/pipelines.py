@@ -13,6 +13,12 @@ turns a failing cell into an xfail only when the image passes with exactly those
 the fp64 reference and every other call still by the backend (a second run): what is left failing
 is another bug, and fails the cell.
 
+``--attn-compile`` adds compiled-pipeline cells (row ``sdpa+compile``, pipelines/compiled.py): the
+denoiser compiled by torch.compile with its own SDPA, not routed (dynamo traces routing's
+TorchFunctionMode into the graph), compared by the same two SSIMs; the SDPA nodes in the compiled
+graph stand in for routed calls (zero fails). They replace the routed cells of the ``sdpa+compile``
+op row, which would share their item ids.
+
 Thresholds per dtype (DEFAULT_SSIM, calibrated on this project's CPU runs, see the numbers below),
 overridable with the ``attn_pipeline_ssim`` ini key, one rule per line: ``bf16 ref=0.98 golden=0.96``
 (``*`` for every dtype; later lines win).
@@ -272,7 +278,9 @@ def run_compiled_check(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, limi
         artifacts_for.append(("reference", reference, ssim_ref))
     else:
         lines.append(f"SSIM {ssim_ref.score:.4f} >= {ref_limit} against the eager fp64-attention image")
-    _golden_check(ctx, spec, row, dtype, holder.pipe, image, reference, golden_limit,
+    # the eager pipeline's config: the compiled one names its denoiser OptimizedModule, and the golden's
+    # config hash would then call the same model another one
+    _golden_check(ctx, spec, row, dtype, specs.load_pipeline(spec, dtype, ctx.device), image, reference, golden_limit,
                   attention_ok=bool(ssim_ref.score >= ref_limit), record=record, problems=problems, lines=lines,
                   artifacts_for=artifacts_for)
     if artifacts_for:
