@@ -16,8 +16,14 @@ import time
 
 
 def main(argv: list[str]) -> int:
+    import signal
+
     import pytest
 
+    def interrupt(*_: object) -> None:  # `timeout` sends TERM: stop pytest cleanly and still print the stats
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     args = argv or ["--attn-backends=*+compile,flex", "-m", "attn_op", "-q", "-p", "no:cacheprovider"]
     wall = time.perf_counter()
     code = pytest.main(args)
@@ -26,7 +32,7 @@ def main(argv: list[str]) -> int:
 
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     print(json.dumps({
-        "exit": int(code), "wall_s": round(wall, 1),
+        "exit": int(code), "args": args, "wall_s": round(wall, 1),
         "cpu_s_self": round(own.ru_utime + own.ru_stime, 1), "cpu_s_children": round(kids.ru_utime + kids.ru_stime, 1),
         "loadavg_end": open("/proc/loadavg").read().split()[:3], "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
         "compile_stats": {name: vars(s) for name, s in compile_stats().items()},
