@@ -5,7 +5,7 @@ and the same cell compiled with an inductor graph pass that sets every SDPA call
 (the classic softmax-scale bug, planted in the compiled code only) fails by SSIM. Each compile of
 the pixart transformer is a few CPU seconds in this process plus inductor's C++ builds: 207 s wall
 at load 10 on the shared 2-core machine, far less on a quiet one or on an FX-graph-cache hit
-(docs/compile.md); the two compiles are this file's whole cost.
+(docs/compile.md); the two compiles are this file's whole cost (whole file: 76 s at load 6-7).
 """
 
 from __future__ import annotations
