@@ -124,6 +124,7 @@ class Options:
     pipeline: tuple[str, ...] = _opt("a local diffusers checkpoint directory to add to the pipeline checks (repeatable; ini: one per line)", (), "lines")
     golden_dir: Path | None = _opt("where golden images are read and written (default <rootdir>/golden; built-in pipelines fall back to the goldens shipped with attnparity)", None, "rootpath")
     golden_update: bool = _opt("write the golden images of the pipelines that run (made with fp64 reference attention); never done otherwise", False, "bool")
+    compile: bool = _opt("pipeline items also run with the denoiser (unet / transformer) compiled by torch.compile (fullgraph, inductor, its own SDPA): a 'sdpa+compile' cell judged by SSIM against the eager fp64-attention image and the golden, and a perf item with compile's speed-up in images/s over eager, compile time apart. On CPU only pixart in fp32 (a compile takes minutes there)", False, "bool")
     pipeline_ssim: tuple[Rule, ...] = _opt("pipeline SSIM thresholds, one per line: '<dtype|*> ref=<ssim> golden=<ssim>'",
                                            (), "rules", grammar=PIPELINE_SSIM_RULES)
     perf: str = _opt("perf shape set: 'quick' (a few real diffusion shapes; fewer tokens on CPU) or 'full' (every catalogued shape; meant for GPUs, hours on a small CPU)", "quick", "choice", choices=PERF_MODES)

@@ -15,6 +15,11 @@ routed ``sdpa`` run (1 / ``speedup_default``, results.gate.compare_timing). The 
 own reference, so it falls back to absolute ms with an allowance widened by both runs' cv: unlike
 every other row, it is not load-proof.
 
+``--attn-compile`` adds ``perf-pipeline:<pipeline>[sdpa+compile-<dtype>]`` for its compiled cells
+(suite/pipelines.compiled_cells), in either mode: the pipeline with the denoiser compiled against
+the same pipeline eager, both unrouted, interleaved (``speedup_eager``); the first compiled image
+(trace + inductor) is reported apart (``compile_s``, ``first_image_s``, ``inductor_s``).
+
 A tiny pipeline takes about a second per image on a 2-core CPU, so on CPU these items belong to
 ``--attn-perf=full``; on CUDA they are part of the quick set too. On CPU ``specs.run_pipeline`` runs
 single-threaded (image determinism across machines), so the timing is taken, and labelled, with one
@@ -46,9 +51,12 @@ def wanted(ctx: SuiteContext, mode: str) -> bool:
 
 def checks(ctx: SuiteContext) -> list[Check]:
     from .perf import GateSettings, load_baseline, xdist_refusal
+    from .pipelines import COMPILED_ROW, compile_unavailable, compiled_cells
 
     mode, gate = ctx.options.perf, GateSettings.from_options(ctx.options)
-    if not wanted(ctx, mode):
+    # --attn-compile times its compiled cells in either mode: the compile is paid for by the
+    # pipeline cell anyway, and a few steady-state images cost seconds.
+    if not (wanted(ctx, mode) or ctx.options.compile):
         return []
     from attnparity.pipelines.specs import specs_for
 
@@ -56,8 +64,19 @@ def checks(ctx: SuiteContext) -> list[Check]:
     refused = xdist_refusal(ctx.device)
 
     out: list[Check] = []
-    for spec in specs_for(list(ctx.options.pipeline), ctx.rootdir):
+    specs = specs_for(list(ctx.options.pipeline), ctx.rootdir)
+    compiled = compiled_cells(ctx, [spec.name for spec in specs]) if ctx.options.compile else set()
+    for spec in specs:
+        for dtype in ctx.dtypes:
+            if (spec.name, dtype) in compiled:
+                run = functools.partial(run_compiled_perf, ctx, spec, dtype, mode, baseline, gate)
+                out.append(Check("perf", f"perf-pipeline:{spec.name}", COMPILED_ROW, dtype, run,
+                                 marks=("attn_perf",), skip=compile_unavailable() or refused))
+        if not wanted(ctx, mode):
+            continue
         for backend in ctx.backends:
+            if backend.name == COMPILED_ROW and compiled:
+                continue  # under --attn-compile this row's pipeline perf items are the compiled-denoiser ones
             for dtype in ctx.dtypes:
                 skip = ctx.unavailable(backend) or refused
                 if skip is None and dtype not in backend.capabilities.dtype_names:
@@ -144,3 +163,60 @@ def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend
     if verdict == "fail":
         message = verdict_text + "\n" + summary
     return ResultRecord("perf", check, backend.name, dtype, verdict, metrics=metrics, message=message, extra=extra)
+
+
+def run_compiled_perf(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, mode: str,
+                      baseline: "Baseline | None", gate: "GateSettings") -> "ResultRecord":
+    """images/s with the denoiser compiled (pipelines/compiled.py) against the same pipeline eager,
+    interleaved run by run; the first compiled image (tracing and compiling) is reported apart."""
+    from attnparity.perf.timer import Timing, cpu_contention, ratio_cv, time_many
+    from attnparity.pipelines import compiled, specs
+    from attnparity.pipelines.specs import PipelineSpecError
+    from attnparity.results.record import ResultRecord
+    from .perf import compare_to_baseline, xdist_note
+    from .pipelines import COMPILED_ROW
+
+    check = f"perf-pipeline:{spec.name}"
+    try:
+        pipe = specs.load_pipeline(spec, dtype, ctx.device)
+        holder = compiled.compiled_pipeline(spec, dtype, ctx.device)
+    except (PipelineSpecError, ValueError) as exc:
+        return ResultRecord("perf", check, COMPILED_ROW, dtype, "error", message=str(exc))
+    threads = None if ctx.device.startswith("cuda") else 1
+    with torch_threads(threads):
+        compiled.run_compiled(holder, spec)  # compiles here unless the pipeline cell already did
+        timings = time_many({COMPILED_ROW: lambda: compiled.run_compiled(holder, spec),
+                             "eager": lambda: specs.run_pipeline(pipe, spec)},
+                            ctx.device, pipeline_settings(ctx.device, mode))
+    mine, eager = timings[COMPILED_ROW], timings["eager"]
+    assert isinstance(mine, Timing) and isinstance(eager, Timing)
+    first_s = holder.first_image_s or 0.0
+    metrics: dict[str, float] = {
+        "ms": mine.median_ms, "ms_cv": mine.cv, "images_per_s": 1e3 / mine.median_ms,
+        "eager_images_per_s": 1e3 / eager.median_ms, "speedup_eager": eager.median_ms / mine.median_ms,
+        # the gate's in-item reference (results.gate.REFERENCES): the pipeline's default SDPA, eager
+        "speedup_default": eager.median_ms / mine.median_ms,
+        "compile_s": max(first_s - mine.median_ms / 1e3, 0.0), "first_image_s": first_s,
+        "first_image_cpu_s": holder.first_image_cpu_s or 0.0, "inductor_s": holder.inductor_s,
+        "graphs": holder.graphs, "sdpa_nodes": holder.sdpa_nodes, "reps": mine.reps,
+    }
+    extra: dict[str, Any] = {**spec.describe(), **holder.describe(), "device_label": mine.device_label,
+                             "method": mine.method, "mode": mode, "default_attention": "sdpa (eager, unrouted)",
+                             "default_routed_ms": eager.median_ms, "default_routed_cv": eager.cv,
+                             "default_routed_ratio_cv": ratio_cv(mine, eager), "eager_ms": eager.median_ms}
+    notes: list[str] = []
+    for contended in (xdist_note(ctx.device), None if ctx.device.startswith("cuda") else cpu_contention()):
+        if contended:
+            extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
+            notes.append(contended)
+    summary = (f"compiled {holder.component}: {metrics['images_per_s']:.3g} images/s ({mine.median_ms:.4g} ms per "
+               f"{spec.size}px image, {spec.steps} steps; cv {100 * mine.cv:.0f}%, {mine.reps} runs), "
+               f"{metrics['speedup_eager']:.2f}x eager ({metrics['eager_images_per_s']:.3g} images/s); "
+               f"compile (first image minus a steady one) {metrics['compile_s']:.1f} s, {holder.inductor_s:.1f} s "
+               f"in inductor, {holder.graphs} graph(s) [{mine.device_label}, {mine.method}]")
+    verdict, verdict_text = compare_to_baseline(baseline, gate, ("perf", check, COMPILED_ROW, dtype),
+                                                mine.device_label, metrics, extra)
+    message = "\n".join([summary, *notes, *([verdict_text] if verdict_text else [])])
+    if verdict == "fail":
+        message = verdict_text + "\n" + summary
+    return ResultRecord("perf", check, COMPILED_ROW, dtype, verdict, metrics=metrics, message=message, extra=extra)

@@ -13,6 +13,12 @@ turns a failing cell into an xfail only when the image passes with exactly those
 the fp64 reference and every other call still by the backend (a second run): what is left failing
 is another bug, and fails the cell.
 
+``--attn-compile`` adds compiled-pipeline cells (row ``sdpa+compile``, pipelines/compiled.py): the
+denoiser compiled by torch.compile with its own SDPA, not routed (dynamo traces routing's
+TorchFunctionMode into the graph), compared by the same two SSIMs; the SDPA nodes in the compiled
+graph stand in for routed calls (zero fails). They replace the routed cells of the ``sdpa+compile``
+op row, which would share their item ids.
+
 Thresholds per dtype (DEFAULT_SSIM, calibrated on this project's CPU runs, see the numbers below),
 overridable with the ``attn_pipeline_ssim`` ini key, one rule per line: ``bf16 ref=0.98 golden=0.96``
 (``*`` for every dtype; later lines win).
@@ -76,8 +82,16 @@ def checks(ctx: SuiteContext) -> list[Check]:
     specs = specs_for(list(ctx.options.pipeline), ctx.rootdir)
     missing = missing_packages()
     out: list[Check] = []
+    compiled = compiled_cells(ctx, [spec.name for spec in specs]) if ctx.options.compile else set()
     for spec in specs:
+        for dtype in ctx.dtypes:
+            if (spec.name, dtype) in compiled:
+                run = functools.partial(run_compiled_check, ctx, spec, dtype, table[dtype])
+                out.append(Check("pipeline", f"pipeline:{spec.name}", COMPILED_ROW, dtype, run,
+                                 marks=("attn_pipeline",), skip=missing or compile_unavailable()))
         for backend in ctx.backends:
+            if backend.name == COMPILED_ROW and compiled:
+                continue  # under --attn-compile this row's pipeline cells are the compiled-denoiser ones
             for dtype in ctx.dtypes:
                 skip = missing or ctx.unavailable(backend)
                 if skip is None and dtype not in backend.capabilities.dtype_names:
@@ -87,6 +101,29 @@ def checks(ctx: SuiteContext) -> list[Check]:
                 out.append(Check("pipeline", f"pipeline:{spec.name}", backend.name, dtype, run,
                                  marks=("attn_pipeline",), skip=skip))
     return out
+
+
+#: The row of compiled-pipeline cells (pipelines/compiled.py): the denoiser compiled, its own SDPA.
+COMPILED_ROW = "sdpa+compile"
+
+
+def compiled_cells(ctx: SuiteContext, names: list[str]) -> set[tuple[str, str]]:
+    """(pipeline, dtype) pairs that get a compiled-denoiser cell under --attn-compile: every one on
+    CUDA; on CPU, where compiling a denoiser takes minutes, CPU_PIPELINES x CPU_DTYPES only (and a
+    user checkpoint, which the user asked for by name)."""
+    from attnparity.pipelines.compiled import CPU_DTYPES, CPU_PIPELINES
+    from attnparity.pipelines.specs import BUILTIN
+
+    cuda = ctx.device.startswith("cuda")
+    return {(name, dtype) for name in names for dtype in ctx.dtypes
+            if cuda or ((name in CPU_PIPELINES or name not in BUILTIN) and dtype in CPU_DTYPES)}
+
+
+def compile_unavailable() -> str | None:
+    """Why torch.compile cannot run here (no torch.compile, no C++ compiler for inductor on CPU)."""
+    from attnparity.backends.compiled import available
+
+    return available()
 
 
 _references: dict[tuple[str, str, str, str], tuple[Any, dict[str, Any]]] = {}
@@ -187,6 +224,73 @@ def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype
         _judge_known(ctx, spec, backend, dtype, pipe, reference, limits, known, stats, explain, record, label,
                      problems + lines)
     elif problems:
+        record.verdict = "fail"
+        record.message = f"{label}:\n  " + "\n  ".join(problems + lines)
+    else:
+        record.message = f"{label}: " + "; ".join(lines)
+    return record
+
+
+def run_compiled_check(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, limits: tuple[float, float], *,
+                       inductor_config: dict[str, Any] | None = None, row: str = COMPILED_ROW) -> "ResultRecord":
+    """A compiled-pipeline cell: the image with the denoiser compiled (pipelines/compiled.py), by SSIM
+    against the eager fp64-attention image and against the golden. ``inductor_config`` and ``row``
+    let a test plant a wrong graph pass under a row name of its own."""
+    import numpy as np
+
+    from attnparity.pipelines import compiled, specs
+    from attnparity.pipelines.specs import PipelineSpecError
+    from attnparity.pipelines.ssim import ssim
+    from attnparity.results.record import ResultRecord
+
+    record = ResultRecord("pipeline", f"pipeline:{spec.name}", row, dtype, "pass")
+    try:
+        reference, _ = reference_image(spec, dtype, ctx.device)
+        holder = compiled.compiled_pipeline(spec, dtype, ctx.device, inductor_config=inductor_config,
+                                            key="" if row == COMPILED_ROW else row)
+    except (PipelineSpecError, ValueError) as exc:
+        record.verdict, record.message = "error", str(exc)
+        return record
+    wall, cpu = time.perf_counter(), time.process_time()
+    image = compiled.run_compiled(holder, spec)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+    ref_limit, golden_limit = limits
+    ssim_ref = ssim(image, reference)
+    record.metrics = {"ssim_ref": round(ssim_ref.score, 6), "sdpa_nodes": holder.sdpa_nodes, "graphs": holder.graphs,
+                      "seconds": round(wall, 4), "cpu_seconds": round(cpu, 4)}
+    record.extra = {**holder.describe(), "thresholds": {"ref": ref_limit, "golden": golden_limit},
+                    "compiled": "torch.compile(fullgraph=True, dynamic=False), inductor", **spec.describe()}
+    label = f"pipeline {spec.name} with its {holder.component} compiled ({row}) in {dtype}"
+    problems: list[str] = []
+    lines: list[str] = []
+    artifacts_for: list[tuple[str, Any, Any]] = []
+    if holder.graphs == 0:
+        problems.append(f"torch.compile handed no graph to inductor: the {holder.component} ran eagerly")
+    elif holder.sdpa_nodes == 0:
+        problems.append(f"no scaled_dot_product_attention in the {holder.graphs} compiled graph(s): the "
+                        f"{holder.component}'s attention is not what was compiled; the image proves nothing about it")
+    bad = int((~np.isfinite(image)).sum())
+    if bad:
+        problems.append(f"{bad} image values are NaN or Inf (the fp64-reference image has none)")
+    if not ssim_ref.score >= ref_limit:
+        problems.append(f"SSIM {ssim_ref.score:.4f} < {ref_limit} against the eager pipeline with fp64 reference "
+                        f"attention: the compiled {holder.component} moved the image")
+        artifacts_for.append(("reference", reference, ssim_ref))
+    else:
+        lines.append(f"SSIM {ssim_ref.score:.4f} >= {ref_limit} against the eager fp64-attention image")
+    # the eager pipeline's config: the compiled one names its denoiser OptimizedModule, and the golden's
+    # config hash would then call the same model another one
+    _golden_check(ctx, spec, row, dtype, specs.load_pipeline(spec, dtype, ctx.device), image, reference, golden_limit,
+                  attention_ok=bool(ssim_ref.score >= ref_limit), record=record, problems=problems, lines=lines,
+                  artifacts_for=artifacts_for)
+    if artifacts_for:
+        record.artifacts = _write_artifacts(ctx, spec.name, row, dtype, image, artifacts_for)
+        lines.append("images: " + ", ".join(f"{k} {v}" for k, v in record.artifacts.items()))
+    first = "" if holder.first_image_s is None else f", first image (compile) {holder.first_image_s:.1f} s"
+    lines.append(f"{holder.graphs} graph(s), {holder.sdpa_nodes} SDPA call(s) compiled, "
+                 f"{holder.inductor_s:.1f} s in inductor{first}")
+    if problems:
         record.verdict = "fail"
         record.message = f"{label}:\n  " + "\n  ".join(problems + lines)
     else:
