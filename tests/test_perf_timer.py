@@ -170,6 +170,7 @@ class FakeCuda:
         monkeypatch.setattr(torch.cuda, "device", lambda dev: contextlib.nullcontext())
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev=None: "Fake GPU")
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda dev=None: (9, 0))
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
         monkeypatch.setattr(perf, "l2_flush_buffer", lambda device: flush_buffer)
 
 

@@ -16,8 +16,10 @@ def backend_rows(device: str = "auto") -> list[tuple[str, str, str, str]]:
         reason = backend.unavailable_reason()
         if reason is None and dev.split(":")[0] not in backend.capabilities.devices:
             reason = f"does not run on {dev}"
-        rows.append((backend.name, "available" if reason is None else f"unavailable: {reason}",
-                     backend.origin, backend.capabilities.describe()))
+        status = "available" if reason is None else f"unavailable: {reason}"
+        if reason is None and backend.opt_in:  # runs here, but `all` leaves it out: say so
+            status += f" (opt-in, not in 'all': {backend.opt_in})"
+        rows.append((backend.name, status, backend.origin, backend.capabilities.describe()))
     for name, error in load_errors().items():
         rows.append((name, f"unavailable: {error}", "entry point", "-"))
     return rows
