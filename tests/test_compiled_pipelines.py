@@ -83,9 +83,15 @@ class _ScaleOne:
                         node.kwargs = {**node.kwargs, "scale": 1.0}
                         outer.changed += 1
 
-            def uuid(self) -> str:  # keys the FX graph cache: the mutant never reuses a correct graph
-                return "attnparity-test-sdpa-scale-one"
+            def uuid(self) -> str:
+                # Keys the FX graph cache: unique per instance, so the mutant reuses neither a
+                # correct graph nor its own graph cached by an earlier run (inductor's cache outlives
+                # the process: a hit would skip the pass and count nothing).
+                return token
 
+        import uuid as _uuid
+
+        token = f"attnparity-test-sdpa-scale-one-{_uuid.uuid4()}"
         self.changed = 0
         self.graph_pass = Pass()
 
