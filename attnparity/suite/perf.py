@@ -152,6 +152,17 @@ def xdist_note(device: str = "") -> str | None:
     return None
 
 
+def note_contention(device: str, extra: dict[str, Any], notes: list[str]) -> None:
+    """What else may have run beside a timing (other xdist workers; a busy CPU): in the record's
+    extra["contended"] and in its message notes."""
+    from attnparity.perf.timer import cpu_contention
+
+    for contended in (xdist_note(device), None if device.startswith("cuda") else cpu_contention()):
+        if contended:
+            extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
+            notes.append(contended)
+
+
 # -- timing ---------------------------------------------------------------------------------------
 def reference_backends(ctx: SuiteContext, case: "AttnCase") -> tuple[dict[str, "Backend"], dict[str, str]]:
     """The speed-up references that can run ``case`` here, and why the others cannot."""
@@ -192,7 +203,7 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
              baseline: Baseline | None, gate: "GateSettings") -> "ResultRecord":
     from attnparity.perf.flops import FLOPS_CONVENTION, speedup, tflops
     from attnparity.perf.peak import matmul_peak
-    from attnparity.perf.timer import Timing, cpu_contention, ratio_cv, settings_for
+    from attnparity.perf.timer import Timing, ratio_cv, settings_for
     from attnparity.results.record import ResultRecord
 
     settings = settings_for(ctx.device, mode)
@@ -225,10 +236,7 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
                  warmup_runs=timing.warmup_runs, ms_min=min(timing.times_ms), ms_max=max(timing.times_ms),
                  matmul_peak=peak.describe(),
                  matmul_peak_tflops=peak.tflops)
-    for contended in (xdist_note(ctx.device), cpu_contention() if not ctx.device.startswith("cuda") else None):
-        if contended:
-            extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
-            notes.append(contended)
+    note_contention(ctx.device, extra, notes)
     summary = (f"{ms:.3g} ms (cv {100 * timing.cv:.0f}%, {timing.reps} runs), {metrics['tflops']:.3g} TFLOP/s = "
                f"{metrics['pct_peak']:.0f}% of matmul peak"
                + "".join(f", {metrics[m]:.2f}x {r}" for r, m in REFERENCES if m in metrics)

@@ -99,11 +99,11 @@ def pipeline_settings(device: str, mode: str) -> Any:
 def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str, mode: str,
                       baseline: "Baseline | None", gate: "GateSettings") -> "ResultRecord":
     from attnparity.backends.registry import get_backend
-    from attnparity.perf.timer import Timing, cpu_contention, ratio_cv, time_many
+    from attnparity.perf.timer import Timing, ratio_cv, time_many
     from attnparity.pipelines import routing, specs
     from attnparity.pipelines.specs import PipelineSpecError
     from attnparity.results.record import ResultRecord
-    from .perf import compare_to_baseline, xdist_note
+    from .perf import compare_to_baseline, note_contention
 
     check = f"perf-pipeline:{spec.name}"
     try:
@@ -149,10 +149,7 @@ def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend
         notes.append(f"routing caught no attention call: {backend.name} was never exercised; the timing says nothing about it")
     if route_stats.fallback:
         notes.append(route_stats.describe_fallback() + " (included in the time)")
-    for contended in (xdist_note(ctx.device), None if ctx.device.startswith("cuda") else cpu_contention()):
-        if contended:
-            extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
-            notes.append(contended)
+    note_contention(ctx.device, extra, notes)
     summary = (f"{metrics['images_per_s']:.3g} images/s ({mine.median_ms:.4g} ms per {spec.size}px image, "
                f"{spec.steps} steps; cv {100 * mine.cv:.0f}%, {mine.reps} runs), {metrics['speedup_default']:.2f}x "
                f"the default attention ({DEFAULT_ATTENTION}, routed alike); unrouted pipeline "
@@ -169,11 +166,11 @@ def run_compiled_perf(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, mode:
                       baseline: "Baseline | None", gate: "GateSettings") -> "ResultRecord":
     """images/s with the denoiser compiled (pipelines/compiled.py) against the same pipeline eager,
     interleaved run by run; the first compiled image (tracing and compiling) is reported apart."""
-    from attnparity.perf.timer import Timing, cpu_contention, ratio_cv, time_many
+    from attnparity.perf.timer import Timing, ratio_cv, time_many
     from attnparity.pipelines import compiled, specs
     from attnparity.pipelines.specs import PipelineSpecError
     from attnparity.results.record import ResultRecord
-    from .perf import compare_to_baseline, xdist_note
+    from .perf import compare_to_baseline, note_contention
     from .pipelines import COMPILED_ROW
 
     check = f"perf-pipeline:{spec.name}"
@@ -205,10 +202,7 @@ def run_compiled_perf(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, mode:
                              "default_routed_ms": eager.median_ms, "default_routed_cv": eager.cv,
                              "default_routed_ratio_cv": ratio_cv(mine, eager), "eager_ms": eager.median_ms}
     notes: list[str] = []
-    for contended in (xdist_note(ctx.device), None if ctx.device.startswith("cuda") else cpu_contention()):
-        if contended:
-            extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
-            notes.append(contended)
+    note_contention(ctx.device, extra, notes)
     summary = (f"compiled {holder.component}: {metrics['images_per_s']:.3g} images/s ({mine.median_ms:.4g} ms per "
                f"{spec.size}px image, {spec.steps} steps; cv {100 * mine.cv:.0f}%, {mine.reps} runs), "
                f"{metrics['speedup_eager']:.2f}x eager ({metrics['eager_images_per_s']:.3g} images/s); "
