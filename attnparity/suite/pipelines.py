@@ -223,11 +223,8 @@ def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype
     if problems and stats.known and attention_failed and "golden" in record.extra:
         _judge_known(ctx, spec, backend, dtype, pipe, reference, limits, known, stats, explain, record, label,
                      problems + lines)
-    elif problems:
-        record.verdict = "fail"
-        record.message = f"{label}:\n  " + "\n  ".join(problems + lines)
     else:
-        record.message = f"{label}: " + "; ".join(lines)
+        _conclude(record, label, problems, lines)
     return record
 
 
@@ -290,12 +287,17 @@ def run_compiled_check(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, limi
     first = "" if holder.first_image_s is None else f", first image (compile) {holder.first_image_s:.1f} s"
     lines.append(f"{holder.graphs} graph(s), {holder.sdpa_nodes} SDPA call(s) compiled, "
                  f"{holder.inductor_s:.1f} s in inductor{first}")
+    _conclude(record, label, problems, lines)
+    return record
+
+
+def _conclude(record: "ResultRecord", label: str, problems: list[str], lines: list[str]) -> None:
+    """A pipeline cell's verdict and message: failed with every problem first, or passed with its lines."""
     if problems:
         record.verdict = "fail"
         record.message = f"{label}:\n  " + "\n  ".join(problems + lines)
     else:
         record.message = f"{label}: " + "; ".join(lines)
-    return record
 
 
 def _judge_known(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str, pipe: Any,
