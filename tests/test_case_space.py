@@ -106,7 +106,8 @@ def test_drawn_cases_stay_inside_claims_and_budgets(data) -> None:
 
 
 def test_every_class_is_drawn() -> None:
-    from hypothesis import Phase
+    from hypothesis import Phase, find
+    from hypothesis.errors import NoSuchExample
 
     classes = {"2-D mask": lambda c: c.mask != "none" and c.mask_dims == "",
                "3-D per-head mask": lambda c: c.mask != "none" and c.mask_dims == "H",
@@ -117,15 +118,17 @@ def test_every_class_is_drawn() -> None:
                "outlier channels": lambda c: c.k_outliers > 0, "packed": lambda c: c.layout == "packed",
                "long pair": lambda c: min(c.sq, c.skv) > LONG_PAIR_SEQS[0],
                "head_dim above 256": lambda c: c.head_dim > 256}
-    seen: set[str] = set()
-
-    @settings(max_examples=250, deadline=None, database=None, phases=[Phase.generate])
-    @given(attn_cases(Capabilities(), "bf16"))
-    def draw(case: AttnCase) -> None:
-        seen.update(name for name, holds in classes.items() if holds(case))
-
-    draw()
-    assert seen == set(classes), f"never drawn in 250 examples: {set(classes) - seen}"
+    # find() per class, not a count over one run: a class drawn 1 time in 24 came up 0-16 times in
+    # ten random 250-example runs (hypothesis's draws are correlated within a run), so one run made
+    # this test flaky. What it asks is that the strategy reaches every class at all.
+    never = []
+    for name, holds in classes.items():
+        try:
+            find(attn_cases(Capabilities(), "bf16"), holds,
+                 settings=settings(max_examples=1000, database=None, phases=[Phase.generate]))
+        except NoSuchExample:
+            never.append(name)
+    assert not never, f"never drawn in 1000 examples: {never}"
 
 
 def test_a_backend_that_writes_into_its_inputs_breaks_the_contract() -> None:
