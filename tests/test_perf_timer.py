@@ -222,3 +222,92 @@ def test_cuda_timer_interleaves_several_functions(monkeypatch: pytest.MonkeyPatc
     assert isinstance(result["no"], Unsupported)
     assert result["fast"].reps == result["slow"].reps >= 3
     assert 1.3 < flops.speedup(result["slow"].median_ms, result["fast"].median_ms) < 7
+
+
+# -- others_cpu: the share of the CPU other processes used beside a timing ------------------------
+def test_others_cpu_is_the_machines_busy_time_less_our_own() -> None:
+    start = perf.CpuUsage(total_s=100.0, busy_s=10.0, own_s=5.0)
+    # 2 s of machine time (two CPUs for a second): 1.5 s busy, 1 s of it ours -> others 0.5 s = 25 %
+    assert perf.others_cpu_between(start, perf.CpuUsage(102.0, 11.5, 6.0)) == pytest.approx(0.25)
+    # our own time read a tick above the machine's (two clocks): never below 0
+    assert perf.others_cpu_between(start, perf.CpuUsage(102.0, 11.0, 6.02)) == 0.0
+    assert perf.others_cpu_between(start, perf.CpuUsage(100.0, 10.0, 5.0)) is None  # no time passed
+    assert perf.others_cpu_between(None, start) is None and perf.others_cpu_between(start, None) is None
+
+
+def test_without_proc_stat_there_is_no_measure_and_no_crash(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert perf.cpu_usage(str(tmp_path / "missing")) is None
+    (tmp_path / "junk").write_text("intr 1 2 3\n")
+    assert perf.cpu_usage(str(tmp_path / "junk")) is None
+    (tmp_path / "stat").write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 100 0 50 800 50 0 0 0 0 0\n")
+    hz = __import__("os").sysconf("SC_CLK_TCK")
+    reading = perf.cpu_usage(str(tmp_path / "stat"))
+    assert reading is not None and (reading.total_s, reading.busy_s) == pytest.approx((1000 / hz, 150 / hz))
+    monkeypatch.setattr(perf, "cpu_usage", lambda stat="/proc/stat": None)
+    with perf.OthersCpu() as others:
+        pass
+    assert others.share is None
+
+
+#: A load generator bounded in time whatever the test does.
+SPINNER = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def _process_cpu_s(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat (an account independent of /proc/stat's)."""
+    import os
+
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_others_cpu_sees_a_busy_neighbour() -> None:
+    import os
+    import subprocess
+    import sys
+
+    if perf.cpu_usage() is None:
+        pytest.skip("no /proc/stat here")
+    cpus = os.cpu_count() or 1
+    child = subprocess.Popen([sys.executable, "-c", SPINNER.format(s=5)])
+    try:
+        time.sleep(0.3)  # past the interpreter's start-up
+        start, child_before = perf.cpu_usage(), _process_cpu_s(child.pid)
+        time.sleep(1.0)  # idle here: all the work is the neighbour's (and whoever else shares the machine)
+        end, child_after = perf.cpu_usage(), _process_cpu_s(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert start is not None and end is not None
+    share = perf.others_cpu_between(start, end)
+    spinner = (child_after - child_before) / (end.total_s - start.total_s)
+    assert spinner > 0.5 / cpus, f"the spinner barely ran ({spinner:.0%} of the machine): no proof"
+    # everything else on the machine only adds to it; two ticks' rounding per reading allowed
+    assert share is not None and share >= spinner - 0.05 and share > 0.4 / cpus, (share, spinner)
+
+
+def test_others_cpu_does_not_count_our_own_threads() -> None:
+    import os
+    import resource
+
+    import torch
+
+    from attnparity.machine import torch_threads
+
+    if perf.cpu_usage() is None:
+        pytest.skip("no /proc/stat here")
+    a = torch.randn(256, 256)
+    own_before, start = resource.getrusage(resource.RUSAGE_SELF), perf.cpu_usage()
+    with torch_threads(min(2, os.cpu_count() or 1)):
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            a @ a
+    own_after, end = resource.getrusage(resource.RUSAGE_SELF), perf.cpu_usage()
+    assert start is not None and end is not None
+    total = end.total_s - start.total_s
+    # every thread's time, from getrusage (independent of the measure's os.times)
+    own = (own_after.ru_utime + own_after.ru_stime - own_before.ru_utime - own_before.ru_stime) / total
+    share = perf.others_cpu_between(start, end)
+    assert own > 0.3 / (os.cpu_count() or 1), f"we barely ran ({own:.0%} of the machine): no proof"
+    # ours and the others' together never exceed the machine: counting our work as theirs would
+    assert share is not None and share + own <= 1.05, (share, own)

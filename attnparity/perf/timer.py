@@ -282,3 +282,73 @@ def cpu_contention() -> str | None:
         return None
     return (f"CPU busy: load average {load:.1f} on {cpus} CPUs while timing; absolute times are unreliable, "
             "speed-ups come from interleaved runs")
+
+
+# -- what else ran beside a timing ----------------------------------------------------------------
+@dataclass(frozen=True)
+class CpuUsage:
+    """A reading to measure other processes' CPU use from (``OthersCpu``), in seconds of CPU."""
+
+    #: all CPUs' time (idle included) and their non-idle part, from /proc/stat
+    total_s: float
+    busy_s: float
+    #: this process's CPU time, every thread, plus its reaped children's (os.times)
+    own_s: float
+
+
+def cpu_usage(stat: str = "/proc/stat") -> CpuUsage | None:
+    """The machine's CPU time so far and this process's share of it; None where ``stat`` is
+    missing or unreadable (not Linux)."""
+    import os
+
+    try:
+        with open(stat, encoding="ascii") as f:
+            first = f.readline().split()
+        ticks = [int(x) for x in first[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    if first[:1] != ["cpu"] or len(ticks) < 8 or hz <= 0:
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = ticks
+    # guest time is already inside user and nice; steal is CPU a hypervisor gave to other machines,
+    # which is other work slowing ours as much as a process here
+    busy = user + nice + system + irq + softirq + steal
+    own = os.times()
+    return CpuUsage((busy + idle + iowait) / hz, busy / hz,
+                    own.user + own.system + own.children_user + own.children_system)
+
+
+def others_cpu_between(start: CpuUsage | None, end: CpuUsage | None) -> float | None:
+    """The share of the machine's CPU (0..1, 1 = every CPU busy) that processes other than this
+    one used between two readings: the non-idle time of all CPUs minus this process's, over all
+    CPUs' time. None without both readings or when no time passed. Both clocks tick at 1/CLK_TCK s,
+    so a window of a few ticks per CPU is coarse; perf items time for a tenth of a second and more."""
+    if start is None or end is None:
+        return None
+    total = end.total_s - start.total_s
+    if total <= 0:
+        return None
+    others = (end.busy_s - start.busy_s) - (end.own_s - start.own_s)
+    return min(max(others / total, 0.0), 1.0)
+
+
+def others_cpu_since(start: CpuUsage | None) -> float | None:
+    """``others_cpu_between(start, now)``."""
+    return others_cpu_between(start, cpu_usage())
+
+
+class OthersCpu:
+    """``with OthersCpu() as others: <timing>``, then ``others.share``: what ``others_cpu_since``
+    says of the block (None where it cannot be measured). Unlike the load average (cpu_contention),
+    a minute's mean that also counts this process, it covers exactly the timing and only others."""
+
+    share: float | None = None
+    _start: CpuUsage | None = None
+
+    def __enter__(self) -> "OthersCpu":
+        self._start = cpu_usage()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.share = others_cpu_since(self._start)
