@@ -71,6 +71,7 @@ def test_perf_items_selected_by_marker_and_record_metrics(suite: pytest.Pytester
     assert m["tflops"] == pytest.approx(4 * 1 * 2 * 64 * 64 * 16 / (m["ms"] / 1e3) / 1e12)
     assert rec["extra"]["device_label"].startswith("CPU (")
     assert rec["extra"]["method"] == "perf_counter"
+    assert 0.0 <= rec["extra"]["others_cpu"] <= 1.0  # measured around the timing (perf.timer.OthersCpu)
 
 
 def test_not_attn_perf_deselects_them(suite: pytest.Pytester) -> None:
@@ -99,6 +100,27 @@ def test_baseline_equal_timing_passes_and_slowdown_fails(suite: pytest.Pytester,
     # the margin, or more when the timings' noise calls for it (tests/test_perf_gate.py)
     result.stdout.fnmatch_lines(["*SLOWER than baseline: relative to sdpa-math*allowed +*",
                                  "*repro: pytest --attn-backends=sleepy*--attn-perf-margin=0.5*"])
+
+
+def test_note_contention_records_the_share_of_the_cpu_others_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnparity.perf import timer
+    from attnparity.suite.perf import note_contention
+
+    monkeypatch.setattr(timer, "cpu_contention", lambda: None)  # this machine's load average is not the test
+    extra: dict = {}
+    notes: list[str] = []
+    note_contention("cpu", extra, notes, 0.6234)
+    assert extra["others_cpu"] == 0.623
+    assert extra["contended"] == notes[0] and notes[0].startswith(
+        "CPU busy: other processes used 62% of this machine's CPU while timing")
+    extra, notes = {}, []
+    note_contention("cpu", extra, notes, 0.1)
+    assert extra == {"others_cpu": 0.1} and notes == []
+    # not measured (no /proc/stat), or a GPU timing: no figure at all, never a made-up 0
+    for device, share in (("cpu", None), ("cuda:0", 0.9)):
+        extra, notes = {}, []
+        note_contention(device, extra, notes, share)
+        assert extra == {} and notes == []
 
 
 def test_baseline_from_another_device_is_not_compared(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -110,6 +110,11 @@ class FoldedCell:
         return self.verdict in ("pass", "xfail", "fail", "error")
 
 
+#: A timing was taken beside other work when other processes used more than this share of the
+#: machine's CPU meanwhile (extra["others_cpu"], suite/perf.py note_contention): a quarter is half a
+#: core of a two-core machine, beyond what the system's own daemons use.
+BUSY_SHARE = 0.25
+
 #: The in-run references a perf record's time can be taken relative to, in order of preference:
 #: (metric = reference median / backend median, the reference's backend, the extra key of its cv,
 #: the extra key of the cv of the round-by-round ratios backend / reference). suite/perf.py and

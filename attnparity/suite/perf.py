@@ -152,12 +152,23 @@ def xdist_note(device: str = "") -> str | None:
     return None
 
 
-def note_contention(device: str, extra: dict[str, Any], notes: list[str]) -> None:
-    """What else may have run beside a timing (other xdist workers; a busy CPU): in the record's
-    extra["contended"] and in its message notes."""
+def note_contention(device: str, extra: dict[str, Any], notes: list[str], others_cpu: float | None) -> None:
+    """What else may have run beside a timing, in the record's extra["contended"] and its message
+    notes: other xdist workers, a CPU busy by its load average and, on CPU, ``others_cpu``, the share
+    of the machine other processes used while the item timed (perf.timer.OthersCpu around it), kept
+    as extra["others_cpu"]. The gate reads others_cpu first (results.gate.TimingSample.busy): the
+    load average is a minute's mean that counts this process too, and older records have only it."""
     from attnparity.perf.timer import cpu_contention
+    from attnparity.results.gate import BUSY_SHARE
 
-    for contended in (xdist_note(device), None if device.startswith("cuda") else cpu_contention()):
+    on_cpu = not device.startswith("cuda")
+    busy = None
+    if on_cpu and others_cpu is not None:
+        extra["others_cpu"] = round(others_cpu, 3)
+        if others_cpu > BUSY_SHARE:
+            busy = (f"CPU busy: other processes used {others_cpu:.0%} of this machine's CPU while timing; "
+                    "a memory-heavy neighbour slows some kernels more than their reference")
+    for contended in (xdist_note(device), cpu_contention() if on_cpu else None, busy):
         if contended:
             extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
             notes.append(contended)
@@ -203,7 +214,7 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
              baseline: Baseline | None, gate: "GateSettings") -> "ResultRecord":
     from attnparity.perf.flops import FLOPS_CONVENTION, speedup, tflops
     from attnparity.perf.peak import matmul_peak
-    from attnparity.perf.timer import Timing, ratio_cv, settings_for
+    from attnparity.perf.timer import OthersCpu, Timing, ratio_cv, settings_for
     from attnparity.results.record import ResultRecord
 
     settings = settings_for(ctx.device, mode)
@@ -212,7 +223,8 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
     extra: dict[str, Any] = {"shape": shape.describe(), "note": shape.note, "mode": mode, "flops": shape.flops,
                              "flops_convention": FLOPS_CONVENTION}
     with torch_threads(None if ctx.device.startswith("cuda") else ctx.options.perf_threads):
-        timings, missing = time_with_references(ctx, backend, case, settings)
+        with OthersCpu() as others:
+            timings, missing = time_with_references(ctx, backend, case, settings)
         peak = matmul_peak(ctx.device, dtype, settings)  # under the same thread count as the timing
     timing = timings[backend.name]
     if isinstance(timing, BaseException):
@@ -236,7 +248,7 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
                  warmup_runs=timing.warmup_runs, ms_min=min(timing.times_ms), ms_max=max(timing.times_ms),
                  matmul_peak=peak.describe(),
                  matmul_peak_tflops=peak.tflops)
-    note_contention(ctx.device, extra, notes)
+    note_contention(ctx.device, extra, notes, others.share)
     summary = (f"{ms:.3g} ms (cv {100 * timing.cv:.0f}%, {timing.reps} runs), {metrics['tflops']:.3g} TFLOP/s = "
                f"{metrics['pct_peak']:.0f}% of matmul peak"
                + "".join(f", {metrics[m]:.2f}x {r}" for r, m in REFERENCES if m in metrics)

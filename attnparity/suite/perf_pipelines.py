@@ -99,7 +99,7 @@ def pipeline_settings(device: str, mode: str) -> Any:
 def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str, mode: str,
                       baseline: "Baseline | None", gate: "GateSettings") -> "ResultRecord":
     from attnparity.backends.registry import get_backend
-    from attnparity.perf.timer import Timing, ratio_cv, time_many
+    from attnparity.perf.timer import OthersCpu, Timing, ratio_cv, time_many
     from attnparity.pipelines import routing, specs
     from attnparity.pipelines.specs import PipelineSpecError
     from attnparity.results.record import ResultRecord
@@ -125,7 +125,8 @@ def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend
            "default (unrouted)": lambda: specs.run_pipeline(pipe, spec)}
     if backend.name == DEFAULT_ATTENTION:
         del fns[f"{DEFAULT_ATTENTION} (routed)"]
-    with torch_threads(None if ctx.device.startswith("cuda") else 1):  # what run_pipeline uses anyway; the label must say so
+    # one thread: what run_pipeline uses anyway; the label must say so
+    with torch_threads(None if ctx.device.startswith("cuda") else 1), OthersCpu() as others:
         timings = time_many(fns, ctx.device, pipeline_settings(ctx.device, mode))
     mine = timings[backend.name]
     ref = timings.get(f"{DEFAULT_ATTENTION} (routed)", mine)
@@ -149,7 +150,7 @@ def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend
         notes.append(f"routing caught no attention call: {backend.name} was never exercised; the timing says nothing about it")
     if route_stats.fallback:
         notes.append(route_stats.describe_fallback() + " (included in the time)")
-    note_contention(ctx.device, extra, notes)
+    note_contention(ctx.device, extra, notes, others.share)
     summary = (f"{metrics['images_per_s']:.3g} images/s ({mine.median_ms:.4g} ms per {spec.size}px image, "
                f"{spec.steps} steps; cv {100 * mine.cv:.0f}%, {mine.reps} runs), {metrics['speedup_default']:.2f}x "
                f"the default attention ({DEFAULT_ATTENTION}, routed alike); unrouted pipeline "
@@ -166,7 +167,7 @@ def run_compiled_perf(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, mode:
                       baseline: "Baseline | None", gate: "GateSettings") -> "ResultRecord":
     """images/s with the denoiser compiled (pipelines/compiled.py) against the same pipeline eager,
     interleaved run by run; the first compiled image (tracing and compiling) is reported apart."""
-    from attnparity.perf.timer import Timing, ratio_cv, time_many
+    from attnparity.perf.timer import OthersCpu, Timing, ratio_cv, time_many
     from attnparity.pipelines import compiled, specs
     from attnparity.pipelines.specs import PipelineSpecError
     from attnparity.results.record import ResultRecord
@@ -182,9 +183,10 @@ def run_compiled_perf(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, mode:
     threads = None if ctx.device.startswith("cuda") else 1
     with torch_threads(threads):
         compiled.run_compiled(holder, spec)  # compiles here unless the pipeline cell already did
-        timings = time_many({COMPILED_ROW: lambda: compiled.run_compiled(holder, spec),
-                             "eager": lambda: specs.run_pipeline(pipe, spec)},
-                            ctx.device, pipeline_settings(ctx.device, mode))
+        with OthersCpu() as others:
+            timings = time_many({COMPILED_ROW: lambda: compiled.run_compiled(holder, spec),
+                                 "eager": lambda: specs.run_pipeline(pipe, spec)},
+                                ctx.device, pipeline_settings(ctx.device, mode))
     mine, eager = timings[COMPILED_ROW], timings["eager"]
     assert isinstance(mine, Timing) and isinstance(eager, Timing)
     first_s = holder.first_image_s or 0.0
@@ -202,7 +204,7 @@ def run_compiled_perf(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, mode:
                              "default_routed_ms": eager.median_ms, "default_routed_cv": eager.cv,
                              "default_routed_ratio_cv": ratio_cv(mine, eager), "eager_ms": eager.median_ms}
     notes: list[str] = []
-    note_contention(ctx.device, extra, notes)
+    note_contention(ctx.device, extra, notes, others.share)
     summary = (f"compiled {holder.component}: {metrics['images_per_s']:.3g} images/s ({mine.median_ms:.4g} ms per "
                f"{spec.size}px image, {spec.steps} steps; cv {100 * mine.cv:.0f}%, {mine.reps} runs), "
                f"{metrics['speedup_eager']:.2f}x eager ({metrics['eager_images_per_s']:.3g} images/s); "
