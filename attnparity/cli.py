@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                          help=f"a time may grow by this fraction ({defaults.compare_slowdown:g})")
     compare.add_argument("--noise", type=float, default=defaults.perf_noise,
                          help=f"... and by this many times its measured noise ({defaults.perf_noise:g})")
+    compare.add_argument("--busy-slowdown", type=float, default=defaults.perf_busy_slowdown,
+                         help="a timing taken beside other work (either run) that grew beyond that but within this "
+                              f"fraction is inconclusive, not worse ({defaults.perf_busy_slowdown:g})")
     table = sub.add_parser("perf-table", help="the perf records of a results.json as Markdown tables")
     table.add_argument("results", help="a results.json written with --attn-report=DIR")
     merge = sub.add_parser("merge", help="one matrix and one HTML report of runs on several devices (GPUs, machines)")
@@ -52,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    """0: nothing got worse; 1: something did (the differences are printed); 2: bad input."""
+    """0: nothing got worse (inconclusive timings included); 1: something did (the differences are
+    printed); 2: bad input."""
     from attnparity.results.gate import Thresholds, compare_files, format_comparison
     from attnparity.results.record import ResultsFileError
 
     try:
-        comparison = compare_files(args.old, args.new, Thresholds(args.ratio, args.ssim, args.slowdown, args.noise))
+        comparison = compare_files(args.old, args.new, Thresholds(args.ratio, args.ssim, args.slowdown, args.noise,
+                                                                     args.busy_slowdown))
     except (ResultsFileError, ValueError) as exc:
         print(f"attnparity compare: {exc}", file=sys.stderr)
         return 2

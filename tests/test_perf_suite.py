@@ -102,6 +102,31 @@ def test_baseline_equal_timing_passes_and_slowdown_fails(suite: pytest.Pytester,
                                  "*repro: pytest --attn-backends=sleepy*--attn-perf-margin=0.5*"])
 
 
+def test_baseline_timed_beside_other_work_makes_a_moderate_slowdown_inconclusive(
+        suite: pytest.Pytester) -> None:
+    reprec = suite.inline_run(*ARGS, "-m", "attn_perf")
+    baseline = suite.path / "old.json"
+    write_baseline(baseline, reprec)
+    data = json.loads(baseline.read_text())
+    (old,) = data["records"]
+    # planted: the baseline 1.4x faster relative to its reference, timed while others used 90% of the CPU
+    for metric in ("speedup_math", "speedup_naive"):
+        old["metrics"][metric] *= 1.4
+    old["extra"]["others_cpu"] = 0.9
+    baseline.write_text(json.dumps(data))
+    # no margin, no noise allowance: every change is beyond the normal allowance, none beyond 2x
+    gate = ("-m", "attn_perf", f"--attn-perf-baseline={baseline}", "--attn-perf-margin=0", "--attn-perf-noise=0")
+    reprec = suite.inline_run(*ARGS, *gate)
+    reprec.assertoutcome(passed=1)
+    (rec,) = perf_records(reprec)
+    assert "INCONCLUSIVE against baseline (not failed): relative to sdpa-math" in rec["message"]
+    assert "timed beside other work (before: others used 90% of the CPU" in rec["message"]
+    # with no busy allowance the same timings are judged as on an idle machine: slower, or faster
+    reprec = suite.inline_run(*ARGS, *gate, "--attn-perf-busy-slowdown=0")
+    (rec,) = perf_records(reprec)
+    assert "INCONCLUSIVE" not in rec["message"]
+
+
 def test_note_contention_records_the_share_of_the_cpu_others_used(monkeypatch: pytest.MonkeyPatch) -> None:
     from attnparity.perf import timer
     from attnparity.suite.perf import note_contention

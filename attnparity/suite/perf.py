@@ -91,14 +91,15 @@ class Baseline:
 
 @dataclass(frozen=True)
 class GateSettings:
-    """--attn-perf-margin and --attn-perf-noise, as the baseline gate uses them."""
+    """--attn-perf-margin, --attn-perf-noise and --attn-perf-busy-slowdown, as the baseline gate uses them."""
 
     margin: float
     noise: float
+    busy_slowdown: float
 
     @classmethod
     def from_options(cls, options: "Options") -> "GateSettings":
-        return cls(options.perf_margin, options.perf_noise)
+        return cls(options.perf_margin, options.perf_noise, options.perf_busy_slowdown)
 
 
 def load_baseline(path: Any) -> Baseline | None:
@@ -280,7 +281,7 @@ def compare_to_baseline(baseline: Baseline | None, gate: "GateSettings", cell: t
         return "pass", f"baseline cell has no timing ({old.verdict}: {old.message.splitlines()[0] if old.message else ''})"
     new_sample = TimingSample.of(cell[2], metrics, extra, label)
     assert new_sample is not None, "a perf record always has a positive ms"
-    change = compare_timing(old_sample, new_sample, gate.margin, gate.noise)
+    change = compare_timing(old_sample, new_sample, gate.margin, gate.noise, gate.busy_slowdown)
     if not change.compared:
         return "pass", f"baseline {baseline.path}: {change.text}"
     metrics["baseline_ms"] = old_sample.ms
@@ -292,6 +293,8 @@ def compare_to_baseline(baseline: Baseline | None, gate: "GateSettings", cell: t
             f"then {100 * old_sample.cv:.0f}%)")
     if change.worse:
         return "fail", "SLOWER than baseline: " + text
+    if change.inconclusive:
+        return "pass", "INCONCLUSIVE against baseline (not failed): " + text
     return "pass", "within baseline: " + text
 
 
@@ -300,4 +303,5 @@ def _repro(backend: str, dtype: str, shape: str, mode: str, baseline: Baseline |
     return (f"pytest --attn-backends={backend} --attn-dtypes={dtype} -m attn_perf -k '{shape}' --attn-perf={mode}"
             f" --attn-perf-threads={threads}"
             + (f" --attn-perf-baseline={baseline.path} --attn-perf-margin={gate.margin:g}"
-               f" --attn-perf-noise={gate.noise:g}" if baseline else ""))
+               f" --attn-perf-noise={gate.noise:g} --attn-perf-busy-slowdown={gate.busy_slowdown:g}"
+               if baseline else ""))
