@@ -128,6 +128,51 @@ def test_report_files_are_self_contained(tmp_path):
     assert html.count("<svg") == 2 and "sdpa-flash" in html
 
 
+def gate_comparison():
+    """A comparison with one cell in each group: worse, inconclusive (timed beside other work), better."""
+    from attnparity.results.gate import compare_records
+
+    def perf(backend, ms, others=0.0):
+        return ResultRecord("perf", "perf:sd15-4096x40", backend, "fp32", "pass", device="cpu",
+                            metrics={"ms": ms, "ms_cv": 0.02, "reps": 20, "speedup_math": 12.0 / ms},
+                            extra={"device_label": "CPU (1 torch thread)", "others_cpu": others})
+
+    return compare_records([perf("slower", 4.0), perf("busy", 4.0), perf("faster", 4.0)],
+                           [perf("slower", 12.0), perf("busy", 6.0, others=0.7), perf("faster", 2.0)])
+
+
+def test_gate_groups_are_coloured_in_the_terminal_and_listed_apart_in_the_report(tmp_path):
+    from attnparity.report.terminal import write_comparison
+
+    comparison = gate_comparison()
+    assert [d.outcome for d in comparison.differences] == ["worse", "inconclusive", "better"]
+    out = io.StringIO()
+    tw = TerminalWriter(out)
+    tw.hasmarkup = True
+
+    class Term:
+        def write_sep(self, sep, title=None, **kw):
+            tw.sep(sep, title, **kw)
+
+        def write_line(self, line, **kw):
+            tw.line(line, **kw)
+
+    write_comparison(comparison, Term())
+    lines = out.getvalue().splitlines()
+    assert "1 worse, 1 inconclusive (timed beside other work" in ANSI.sub("", lines[1])
+    red, yellow, green = lines[2:5]
+    assert red.startswith("\x1b[31m  WORSE perf:sd15-4096x40 slower fp32")
+    assert yellow.startswith("\x1b[33m  ?     perf:sd15-4096x40 busy fp32: relative to sdpa-math")
+    assert green.startswith("\x1b[32m  ok    perf:sd15-4096x40 faster fp32")
+    html = (write_report(tmp_path / "rep", [], device="cpu", comparison=comparison) / "index.html").read_text()
+    assert '<tr class="inconclusive"><td>inconclusive</td><td>perf:sd15-4096x40 busy fp32</td>' in html
+    assert '<tr class="worse"><td>worse</td>' in html and '<tr class="better"><td>ok</td>' in html
+    assert "1 worse, 1 inconclusive,\n1 better or new" in html
+    assert "rerun on an idle machine to judge" in html
+    data = __import__("json").loads((tmp_path / "rep" / "comparison.json").read_text())
+    assert [d["inconclusive"] for d in data["differences"]] == [False, True, False] and data["inconclusive"] == 1
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -288,13 +288,15 @@ def write_repros(failed: list[ResultRecord], terminal: Terminal, limit: int = 20
         terminal.write_line(f"  ... and {len(repros) - limit} more in results.json")
 
 
+#: How each group of the gate's differences is coloured (results.gate.comparison_lines).
+GATE_MARKUP: dict[str, dict[str, bool]] = {"": {}, "worse": {"red": True}, "inconclusive": {"yellow": True},
+                                           "better": {"green": True}}
+
+
 def write_comparison(comparison: Any, terminal: Terminal) -> None:
-    from attnparity.results.gate import format_comparison
+    from attnparity.results.gate import comparison_lines
 
     title = "attnparity upgrade gate: " + ("FAILED" if comparison.failed else "passed")
     terminal.write_sep("=", title, red=comparison.failed, green=not comparison.failed)
-    lines = format_comparison(comparison, WIDTH)
-    terminal.write_line(lines[0])
-    for line in lines[1:]:
-        worse = line.lstrip().startswith("WORSE")
-        terminal.write_line(line, red=worse, green=not worse)
+    for group, line in comparison_lines(comparison, WIDTH):
+        terminal.write_line(line, **GATE_MARKUP[group])
