@@ -27,13 +27,15 @@ if TYPE_CHECKING:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnparity", "attention backend parity matrix")
     for opt in OPTIONS:
+        # argparse %-formats a flag's help: a bare "25%" made `pytest --help` raise
+        text = opt.help.replace("%", "%%")
         # Every value arrives as text (or lines) and is read by options.Options.resolve alone.
         if opt.kind == "bool":
-            group.addoption(opt.flag, action="store_true", default=None, dest=opt.ini, help=opt.help)
+            group.addoption(opt.flag, action="store_true", default=None, dest=opt.ini, help=text)
         elif opt.kind in ("lines", "rules", "paths"):
-            group.addoption(opt.flag, action="append", default=None, dest=opt.ini, help=opt.help)
+            group.addoption(opt.flag, action="append", default=None, dest=opt.ini, help=text)
         else:
-            group.addoption(opt.flag, action="store", default=None, dest=opt.ini, help=opt.help)
+            group.addoption(opt.flag, action="store", default=None, dest=opt.ini, help=text)
         parser.addini(opt.ini, opt.help + " (ini)", type="linelist" if opt.kind in ("lines", "rules", "paths") else "string")
     group.addoption("--attn-list", action="store_true", default=False,
                     help="list every registered attention backend, whether it runs here and why not, and exit")

@@ -34,6 +34,16 @@ def test_node_ids_are_short_and_selectable(pytester: pytest.Pytester) -> None:
     marked.assert_outcomes(deselected=7 + PIPELINES + PERF_ITEMS)
 
 
+def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
+    from attnparity.options import OPTIONS
+
+    result = pytester.runpytest("--help")
+    assert result.ret == 0, result.stderr.str()
+    text = result.stdout.str()
+    assert [o.flag for o in OPTIONS if o.flag not in text] == []
+    assert "(0.25 = 25%)" in text  # a help's % shown as written, not taken as a format
+
+
 def test_unknown_backend_is_a_usage_error_listing_known_names(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--attn-backends=naive,sdpa-flsh")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
