@@ -36,9 +36,28 @@ def _check_fn(name: str):
     return partial(run_semantic, name)
 
 
+#: The checks that keep torch's own CPU thread count: run-to-run variation is what they look for,
+#: and a multi-threaded kernel's reductions are where it comes from.
+THREADED_CHECKS = frozenset({"deterministic"})
+
+
 def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
            known: "tuple[Finding, ...]" = ()) -> ResultRecord:
-    """One op cell; ``known``: the ledger's findings about this cell (results/known.py)."""
+    """One op cell; ``known``: the ledger's findings about this cell (results/known.py).
+
+    On CPU the cell runs with one torch thread (except THREADED_CHECKS). The cases are small, so a
+    second thread saved 7 % of the wall time on an idle 2-core machine while burning 62 % more CPU
+    (docs/matrix-cpu.md), and beside any other process it stalls at every OpenMP barrier: items
+    took 20-40x their time in a run that shared the machine. The verdict does not depend on it."""
+    from attnparity.machine import torch_threads
+
+    single = ctx.device == "cpu" and name not in THREADED_CHECKS
+    with torch_threads(1 if single else None):
+        return _run_op(ctx, backend, dtype, name, known)
+
+
+def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
+            known: "tuple[Finding, ...]") -> ResultRecord:
     from attnparity.check.search import failure_class, search
     from attnparity.check.strategies import attn_cases, edge_corpus
 
