@@ -333,13 +333,8 @@ def others_cpu_between(start: CpuUsage | None, end: CpuUsage | None) -> float | 
     return min(max(others / total, 0.0), 1.0)
 
 
-def others_cpu_since(start: CpuUsage | None) -> float | None:
-    """``others_cpu_between(start, now)``."""
-    return others_cpu_between(start, cpu_usage())
-
-
 class OthersCpu:
-    """``with OthersCpu() as others: <timing>``, then ``others.share``: what ``others_cpu_since``
+    """``with OthersCpu() as others: <timing>``, then ``others.share``: what ``others_cpu_between``
     says of the block (None where it cannot be measured). Unlike the load average (cpu_contention),
     a minute's mean that also counts this process, it covers exactly the timing and only others."""
 
@@ -351,4 +346,4 @@ class OthersCpu:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.share = others_cpu_since(self._start)
+        self.share = others_cpu_between(self._start, cpu_usage())
