@@ -4,10 +4,6 @@ regression, while a backend that got slower than its reference is."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +12,8 @@ import torch  # noqa: F401  (imported before any inline run: pytester's sys.modu
 
 # kept across the inline runs, so the matmul peak is measured once, not once per run
 import attnparity.perf.peak  # noqa: F401
+
+from cpuload import cpu_load
 
 from attnparity.cli import main as cli_main
 from attnparity.results.gate import (BUSY_SHARE, Thresholds, TimingSample, compare_records, compare_timing,
@@ -324,22 +322,8 @@ register_backend(Backend("sleepy", sleepy), replace=True)
 #: Big enough that a call (about 10 ms on one busy core) spans several scheduler time slices, so load
 #: slows it and its interleaved references alike instead of hitting single calls at random.
 MATMUL_SHAPE = (1, 4, 512, 512, 64)
-#: The load generator: bounded in count (one spinner per core) and in time, whatever the test does.
+#: How long the load generator may spin (cpuload.cpu_load): longer than the loaded run takes.
 SPIN_S = 45.0
-SPINNER = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
-
-
-@contextlib.contextmanager
-def cpu_load() -> Iterator[list[subprocess.Popen]]:
-    procs: list[subprocess.Popen] = []
-    try:
-        for _ in range(os.cpu_count() or 1):
-            procs.append(subprocess.Popen([sys.executable, "-c", SPINNER.format(s=SPIN_S)]))
-        yield procs
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 @pytest.fixture
@@ -393,7 +377,7 @@ def test_load_is_not_worse_and_a_backend_three_times_as_slow_is(e2e: pytest.Pyte
     baseline = e2e.path / "idle" / "results.json"
     gate = (f"--attn-perf-baseline={baseline}", f"--attn-compare={baseline}")
 
-    with cpu_load() as spinners:
+    with cpu_load(SPIN_S) as spinners:
         loaded = e2e.runpytest_inprocess(*E2E_ARGS, *gate, "--attn-report=loaded")
         assert all(p.poll() is None for p in spinners), "the load generator stopped before the run ended"
     idle, busy = perf_of(baseline), perf_of(e2e.path / "loaded" / "results.json")

@@ -249,10 +249,6 @@ def test_without_proc_stat_there_is_no_measure_and_no_crash(tmp_path, monkeypatc
     assert others.share is None
 
 
-#: A load generator bounded in time whatever the test does.
-SPINNER = "import time\nend = time.monotonic() + {s}\nwhile time.monotonic() < end:\n    pass\n"
-
-
 def _process_cpu_s(pid: int) -> float:
     """utime + stime of a process, from /proc/<pid>/stat (an account independent of /proc/stat's)."""
     import os
@@ -263,21 +259,17 @@ def _process_cpu_s(pid: int) -> float:
 
 def test_others_cpu_sees_a_busy_neighbour() -> None:
     import os
-    import subprocess
-    import sys
+
+    from cpuload import cpu_load
 
     if perf.cpu_usage() is None:
         pytest.skip("no /proc/stat here")
     cpus = os.cpu_count() or 1
-    child = subprocess.Popen([sys.executable, "-c", SPINNER.format(s=5)])
-    try:
+    with cpu_load(5, count=1) as (child,):
         time.sleep(0.3)  # past the interpreter's start-up
         start, child_before = perf.cpu_usage(), _process_cpu_s(child.pid)
         time.sleep(1.0)  # idle here: all the work is the neighbour's (and whoever else shares the machine)
         end, child_after = perf.cpu_usage(), _process_cpu_s(child.pid)
-    finally:
-        child.kill()
-        child.wait()
     assert start is not None and end is not None
     share = perf.others_cpu_between(start, end)
     spinner = (child_after - child_before) / (end.total_s - start.total_s)
