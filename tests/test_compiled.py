@@ -133,3 +133,30 @@ def test_naive_compile_classic_processor_matches_fp64() -> None:
     result = check_parity(backend, _case("fp32", **CASES[3]), Tolerances())
     assert result.passed, result.message
     assert compiled.compile_stats()[backend.name].graphs >= 1  # it really went through inductor
+
+
+def test_a_compiled_item_compiles_about_a_graph_per_structure_not_per_case() -> None:
+    """suite/op.py keeps a compiled row's item to Backend.structures input structures (spread over
+    mask kind, causal, GQA, scale, sizes of 1), with many shapes and values in each; dynamic shapes
+    make each structure one graph. Measured on the whole compiled set: 4 to 10 graphs a forward
+    item (docs/compile.md) where there had been about one every two cases."""
+    from pathlib import Path
+
+    from attnparity.options import Options
+    from attnparity.session import hypothesis_settings
+    from attnparity.suite import SuiteContext, op
+
+    backend = get_backend("sdpa+compile")
+    ctx = SuiteContext([backend], "cpu", Options(backends=backend.name, dtypes=("fp32",), seed=3), Tolerances(),
+                       hypothesis_settings(10), Path("."))
+    before = compiled.compile_stats().get(backend.name, compiled.CompileStats())
+    graphs, calls = before.graphs, before.calls
+    record = op.run_op(ctx, backend, "fp32", "forward")
+    after = compiled.compile_stats()[backend.name]
+    assert record.verdict == "pass", record.message
+    assert record.extra["structures"] == backend.structures == compiled.STRUCTURES["sdpa+compile"]
+    assert after.calls - calls >= 40  # the corpus's edges and the draws, within those structures
+    # a few more than the structures: dynamo also guards on what a structure cannot see (a size
+    # range on either side of a kernel's choice), measured 10 for 8 on the whole set
+    new = after.graphs - graphs
+    assert new <= backend.structures + 3, f"{new} graphs for {after.calls - calls} calls"

@@ -151,12 +151,25 @@ class Backend:
     #: When set, why ``--attn-backends=all`` leaves the backend out (it costs too much to run by
     #: default, e.g. a compiled row on CPU); a name or a glob still selects it.
     opt_in: str | None = None
+    #: For a backend whose cost is per input *structure*, not per call (a torch.compile'd row with
+    #: dynamic shapes compiles one graph per dtype, mask kind, causal, GQA, baked-in scale and size
+    #: 1; check/strategies.structure): how many distinct structures one forward item tries. Its
+    #: cases, edge corpus and drawn, then keep to those structures, spread over their axes; shapes
+    #: and values within them are searched as for any backend. The other items try fewer
+    #: (suite/op.py). None (the default): no bound, every case is drawn freely.
+    structures: int | None = None
+    #: With ``structures``: the structure of a case (an AttnCase) for this backend, when its code
+    #: is specialized on more than check/strategies.structure says (flex: head counts and head_dim);
+    #: a tuple that starts with ``structure(case)``. None: ``structure`` itself.
+    structure_key: Callable[[Any], tuple[Any, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or any(c.isspace() for c in self.name) or "[" in self.name or "]" in self.name:
             raise ValueError(f"backend name {self.name!r} must be non-empty, with no spaces or brackets")
         if not callable(self.fn):
             raise TypeError(f"backend {self.name!r}: fn must be callable, got {type(self.fn).__name__}")
+        if self.structures is not None and self.structures < 1:
+            raise ValueError(f"backend {self.name!r}: structures must be None or at least 1, not {self.structures}")
 
     def unavailable_reason(self) -> str | None:
         """None when usable here; else why not. A crash while asking is itself the reason."""

@@ -22,7 +22,10 @@ Compilation cost is kept bounded, not per drawn shape:
 * a Python float scale is a constant of the graph (as a model's scale is, and as the pattern
   matcher requires), so each scale compiles its own graph: the rows claim ``CLAIMED_SCALES`` only,
   and the rows whose code inductor generates claim the diffusion head dims only
-  (``CODEGEN_HEAD_DIMS``: the default scale 1/sqrt(D) is a constant per head_dim).
+  (``CODEGEN_HEAD_DIMS``: the default scale 1/sqrt(D) is a constant per head_dim);
+* each item keeps to a few input structures (``Backend.structures``, ``STRUCTURES``; suite/op.py),
+  drawing many shapes and values within them: a bounded number of graphs per item, not per case;
+* on CPU they claim fp32 and bf16 only (``claimed_dtypes``).
 
 ``compile_stats()`` counts, per row, the graphs handed to inductor, the seconds spent there and how
 often the attention pattern matcher rewrote a graph (``counters["inductor"]["fuse_attention"]``;
@@ -47,6 +50,12 @@ CLAIMED_SCALES = (None, 1.0, 0.5, 0.05)
 #: discuss (SD1.5 40/80/160, SDXL/SD3 64, PixArt 72, Flux 128). A model has a handful; each is a
 #: graph of its own when the scale defaults to 1/sqrt(D) (a constant), 20-70 s each on a loaded CPU.
 CODEGEN_HEAD_DIMS = frozenset({40, 64, 72, 80, 128, 160})
+
+#: Input structures (check/strategies.structure: a graph each) a forward item of a compiled row tries;
+#: its other items try a third, at least two (suite/op.py). Within them the search draws shapes and
+#: values freely. Chosen with the measured cost of a graph (docs/compile.md): under a second for
+#: sdpa+compile (an extern kernel), ~4 s cold for the rows whose code inductor generates.
+STRUCTURES = {"sdpa+compile": 8, "naive+compile": 6, "matmul+compile": 6}
 
 #: dynamo's default recompile limit (8) would silently fall back to eager code once hit, and the row
 #: would judge eager math; raise it for these calls and make a hit an error.
@@ -108,6 +117,20 @@ def dynamo_limits() -> dict[str, Any]:
     return {k: v for k, v in DYNAMO_LIMITS.items() if hasattr(torch._dynamo.config, k)}
 
 
+def _dense(t: Any) -> Any:
+    """``t`` with the strides of a new contiguous tensor. ``.contiguous()`` is not enough: a size-1
+    dim does not count for contiguity, so its stride stays whatever the layout left, and dynamo
+    guards on it (a case with Sq = 1 drawn transposed compiled a graph of its own)."""
+    import math
+
+    import torch
+
+    canonical = tuple(math.prod(t.shape[i + 1:]) for i in range(t.dim()))
+    if t.is_contiguous() and tuple(t.stride()) == canonical:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def compiled_fn(name: str, inner: Callable[..., Any], *,
                 inductor_config: dict[str, Any] | None = None) -> Callable[..., Any]:
     """A contract fn running ``inner(q, k, v, attn_mask, is_causal, scale, gqa)`` compiled by inductor.
@@ -128,9 +151,9 @@ def compiled_fn(name: str, inner: Callable[..., Any], *,
         # The scale as a Python float: a constant of the graph, as a model's is (a scale derived
         # from a dynamic head_dim would be symbolic, and the pattern matcher only takes constants).
         scale = d ** -0.5 if scale is None else float(scale)
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        q, k, v = _dense(q), _dense(k), _dense(v)
         if attn_mask is not None:
-            attn_mask = attn_mask.expand(b, h, sq, k.shape[2]).contiguous()
+            attn_mask = _dense(attn_mask.expand(b, h, sq, k.shape[2]))
         # No duck sizing: equal sizes (B == H == 2) would otherwise become one symbol, and the
         # next case with B != H a recompile.
         with torch._dynamo.config.patch(**dynamo_limits()), \
@@ -220,6 +243,20 @@ def available() -> str | None:
     return None
 
 
+def claimed_dtypes() -> set[Any]:
+    """fp32, fp16 and bf16 on CUDA; fp32 and bf16 on CPU.
+
+    On CPU, diffusion runs in fp32 or bf16 (CPU autocast and AMX are bf16), hardly in fp16; and
+    inductor's C++ code treats fp16 and bf16 alike (DTYPE_LOWP_FP in torch/_inductor/codegen/cpp.py:
+    load, upcast to fp32, compute, store converted), so bf16 judges that path. The eager rows still
+    judge fp16 on CPU; each dtype is a graph of its own, so a third dtype is a third of the cost."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {torch.float32, torch.float16, torch.bfloat16}
+    return {torch.float32, torch.bfloat16}
+
+
 def opt_in() -> str | None:
     """Why the compiled rows stay out of ``all`` on this machine (CPU), or None (CUDA)."""
     import torch
@@ -228,25 +265,23 @@ def opt_in() -> str | None:
 
 
 def backends() -> list[Backend]:
-    import torch
-
     from .sdpa import _kernel_rules
 
-    every = {torch.float32, torch.float16, torch.bfloat16}
+    dtypes = claimed_dtypes()
     reason = opt_in()
     return [
         Backend("sdpa+compile", compiled_fn("sdpa+compile", _sdpa),
-                Capabilities(dtypes=every, backward=True, constraint=_with_scale_rule(_kernel_rules(None))),  # type: ignore[arg-type]
+                Capabilities(dtypes=dtypes, backward=True, constraint=_with_scale_rule(_kernel_rules(None))),  # type: ignore[arg-type]
                 available, "torch.compile(scaled_dot_product_attention): inductor around torch's kernel choice",
-                opt_in=reason),
+                opt_in=reason, structures=STRUCTURES["sdpa+compile"]),
         Backend("naive+compile", compiled_fn("naive+compile", _classic),
-                Capabilities(dtypes=every, head_dims=CODEGEN_HEAD_DIMS, backward=True,
+                Capabilities(dtypes=dtypes, head_dims=CODEGEN_HEAD_DIMS, backward=True,
                              constraint=_with_scale_rule(None)),
                 available, "diffusers' classic AttnProcessor math (baddbmm, fp32 softmax, bmm) compiled by inductor",
-                opt_in=reason),
+                opt_in=reason, structures=STRUCTURES["naive+compile"]),
         Backend("matmul+compile", compiled_fn("matmul+compile", _matmul),
-                Capabilities(dtypes=every, head_dims=CODEGEN_HEAD_DIMS, masks=(), causal=False, backward=True,
+                Capabilities(dtypes=dtypes, head_dims=CODEGEN_HEAD_DIMS, masks=(), causal=False, backward=True,
                              constraint=_with_scale_rule(None)),
                 available, "(q @ k^T * scale).softmax @ v compiled: the form inductor's pattern matcher rewrites into SDPA",
-                opt_in=reason),
+                opt_in=reason, structures=STRUCTURES["matmul+compile"]),
     ]

@@ -109,6 +109,23 @@ def _head_dims(lowest: int) -> "frozenset[int] | range | None":
     return range(lowest, 257) if lowest > 1 else None
 
 
+#: Input structures a forward item of ``flex`` tries (Backend.structures): fewer than the other
+#: compiled rows', as each costs more (its structure is finer, and a graph is 8-10 s in inductor on
+#: a quiet 2-core CPU against 3-4 s for naive+compile: docs/compile.md).
+STRUCTURES = 4
+#: flex's block size: create_block_mask guards a sequence length on either side of it.
+BLOCK = 128
+
+
+def structure_key(case: Any) -> tuple[Any, ...]:
+    """What compiled flex compiles a graph per (measured with TORCH_LOGS=recompiles, torch 2.13 CPU):
+    check/strategies.structure, and the head counts and head_dim, which flex's checks and the GQA
+    split fix as constants, and whether each sequence length is within one block."""
+    from attnparity.check.strategies import structure
+
+    return structure(case) + (case.heads, case.kv_heads, case.head_dim, case.sq <= BLOCK, case.skv <= BLOCK)
+
+
 def backends() -> list[Backend]:
     import torch
 
@@ -120,10 +137,10 @@ def backends() -> list[Backend]:
         # Compiled with dynamic shapes (compiled.compiled_fn): a graph per mask kind, dtype and scale,
         # not per drawn shape, so the row runs on CPU too (opt-in there: docs/compile.md).
         Backend("flex", compiled.compiled_fn("flex", _flex_call),
-                Capabilities(dtypes=every, head_dims=_head_dims(16), backward=backward,
+                Capabilities(dtypes=compiled.claimed_dtypes(), head_dims=_head_dims(16), backward=backward,
                              constraint=compiled.scale_rule),
                 _compiled_available, "torch.compile(flex_attention): the fused kernel (Triton on CUDA, C++ on CPU)",
-                opt_in=compiled.opt_in()),
+                opt_in=compiled.opt_in(), structures=STRUCTURES, structure_key=structure_key),
         Backend("flex-eager", _eager,
                 Capabilities(dtypes=every, head_dims=_head_dims(1), backward=backward),
                 _eager_available, "flex_attention uncompiled (unfused math path)"),

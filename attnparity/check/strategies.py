@@ -7,6 +7,8 @@ the product, not on each axis, so long sequences still appear with few heads and
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import strategies as st
@@ -172,9 +174,11 @@ def edge_corpus(caps: Capabilities, dtype: str, device: str = "cpu") -> list[Att
     """The cases always tried (hypothesis @example), kept to those inside ``caps``."""
     base = AttnCase(dtype=dtype, device=device, seed=1234)
     corpus: list[AttnCase] = []
-    # Sequence-length edges: non-multiples of block sizes, ≡ 64 mod 128, Sq != Skv.
+    # Sequence-length edges: non-multiples of block sizes, ≡ 64 mod 128, Sq != Skv. At head_dim 32,
+    # or where that is not claimed the first claimed edge head_dim (else the edges would be lost).
+    seq_dim = next((d for d in (32, *EDGE_HEAD_DIMS) if caps.supports_head_dim(d)), 32)
     for s in EDGE_SEQS:
-        corpus.append(base.with_(batch=2, heads=2, sq=min(s, 33), skv=s, head_dim=32))
+        corpus.append(base.with_(batch=2, heads=2, sq=min(s, 33), skv=s, head_dim=seq_dim))
     corpus.append(base.with_(sq=129, skv=127, head_dim=64, heads=3))
     # Head-dim edges, including odd and > 128 sizes.
     for d in EDGE_HEAD_DIMS:
@@ -201,6 +205,164 @@ def edge_corpus(caps: Capabilities, dtype: str, device: str = "cpu") -> list[Att
         corpus.append(base.with_(batch=1, heads=heads, kv_heads=heads, sq=DIFFUSION_QUERY_SLICE, skv=keys, head_dim=d))
     fitted = [f for c in corpus if (f := fit(c, caps)) is not None]
     return list(dict.fromkeys(fitted))  # the class cases repeat some edges (head_dim 96, 192, 288)
+
+
+# -- structures: what a compiled backend compiles a graph for ----------------------------------------
+#: Sizes dynamo specializes (0/1 specialization), named as in a case's short form.
+ONE_SIZES = ("B", "H", "Hkv", "Sq", "Skv")
+
+
+def structure(case: AttnCase) -> tuple[Any, ...]:
+    """The structure of a case, as torch.compile with dynamic shapes sees it (backends/compiled.py):
+    cases of one structure run one compiled graph, at any other sizes and values.
+
+    dtype; the scale, a constant of the graph (1/sqrt(D) when None: one per head_dim); the mask
+    kind (none, bool, float); causal; GQA; and which of B, H, Hkv, Sq, Skv are 1. A backend that
+    compiles less per structure (SDPA's own default scale) only shares graphs between them."""
+    scale = ("1/sqrt(D)", case.head_dim) if case.scale is None else ("scale", float(case.scale))
+    return (case.dtype, scale, case.mask_tensor_kind, case.causal, case.kv_heads != case.heads,
+            tuple(n == 1 for n in (case.batch, case.heads, case.kv_heads, case.sq, case.skv)))
+
+
+#: The axes whose every value an item's first structures cover: what changes the graph's code most
+#: (the mask tensor and its kind, the causal mask, the KV-head expansion).
+PRIMARY_AXES = ("mask", "causal", "gqa")
+
+
+#: A sequence longer than this spans more than one block of the usual tile sizes (flex's BlockMask
+#: blocks are 128): the "long" axis.
+ONE_BLOCK = 128
+
+
+def _axes(case: AttnCase) -> frozenset[tuple[str, Any]]:
+    """The axis values a case covers: default or given scale, mask kind, causal, GQA, a batch of 1,
+    another size of 1 (a head count, a sequence length or none: one axis, so that these rarer
+    corners do not outweigh the others), and a sequence beyond one block. Which D or which given
+    scale only changes a constant of the graph; draws vary D freely under a given scale."""
+    unit = "seq" if 1 in (case.sq, case.skv) else "heads" if 1 in (case.heads, case.kv_heads) else "none"
+    return frozenset({("scale", "1/sqrt(D)" if case.scale is None else "scale"), ("mask", case.mask_tensor_kind),
+                      ("causal", case.causal), ("gqa", case.kv_heads != case.heads), ("B=1", case.batch == 1),
+                      ("size 1", unit), ("long", max(case.sq, case.skv) > ONE_BLOCK)})
+
+
+def neighbours(case: AttnCase, caps: Capabilities) -> list[AttnCase]:
+    """``case`` changed along one structure axis, kept to ``caps``: as many KV heads as query heads
+    (MHA) or half as many (GQA), causal on or off, a batch of 1 or 2, a given scale or the default.
+    Candidates for structures the corpus has no case of (a masked causal case, a masked MHA one)."""
+    out = [case.with_(kv_heads=case.heads), case.with_(causal=None if case.causal else caps.causal_mode),
+           case.with_(batch=2 if case.batch == 1 else 1), case.with_(scale=1.0 if case.scale is None else None)]
+    if case.heads % 2 == 0 and case.kv_heads == case.heads:
+        out.append(case.with_(kv_heads=case.heads // 2))
+    return [c for c in out if c.outside(caps) is None]
+
+
+StructureKey = Callable[[AttnCase], tuple[Any, ...]]
+
+
+def spread_structures(candidates: list[AttnCase], budget: int, corpus: list[AttnCase] | tuple[()] = (),
+                      key: StructureKey = structure) -> list[tuple[Any, ...]]:
+    """Up to ``budget`` structures (``key``) of the candidates, chosen greedily: each adds the most
+    values not yet covered of the PRIMARY_AXES (mask kind, causal, GQA), then of every axis (scale,
+    sizes of 1, long sequences too: ``_axes``), then the most pairs of values not yet covered
+    together, of the primary axes and then of all, then holds the most ``corpus`` cases; ties go to
+    candidate order. Deterministic, and the structures chosen under a smaller budget are the first
+    of those chosen under a larger one."""
+    covers: dict[tuple[Any, ...], frozenset[tuple[str, Any]]] = {}
+    for c in candidates:  # a structure covers what its cases do (draws vary the lengths within it)
+        covers[key(c)] = covers.get(key(c), frozenset()) | _axes(c)
+    keys = list(covers)
+    held = Counter(key(c) for c in corpus)
+    chosen: list[tuple[Any, ...]] = []
+    singles: set[tuple[str, Any]] = set()
+    pairs: set[frozenset[tuple[str, Any]]] = set()
+
+    def gain(k: tuple[Any, ...]) -> tuple[int, ...]:
+        axes = covers[k]
+        new, new_pairs = axes - singles, {frozenset((a, b)) for a in axes for b in axes if a != b} - pairs
+        return (sum(a[0] in PRIMARY_AXES for a in new), len(new),
+                sum(all(a[0] in PRIMARY_AXES for a in p) for p in new_pairs), len(new_pairs), held[k])
+
+    while keys and len(chosen) < budget:
+        best = max(keys, key=gain)  # max keeps the first of equal gains: candidate order
+        if not any(gain(best)):
+            break
+        keys.remove(best)
+        chosen.append(best)
+        axes = covers[best]
+        singles |= axes
+        pairs |= {frozenset((a, b)) for a in axes for b in axes if a != b}
+    return chosen
+
+
+def onto(case: AttnCase, template: AttnCase, caps: Capabilities, budget: int = WORK_BUDGET,
+         key: StructureKey = structure) -> AttnCase:
+    """``case`` moved into ``template``'s structure (``key``): the template's scale, mask kind,
+    causal, GQA and sizes of 1 (and head_dim where the scale is 1/sqrt(D)), the drawn case's other
+    sizes, mask pattern and layout, values and seed. Where that leaves the structure (a ``key``
+    finer than ``structure``), the claims or the work budget: also the template's head counts and
+    head_dim, then its sequence lengths too, and at last the template itself with the drawn seed."""
+    def size(drawn: int, fixed: int) -> int:
+        return 1 if fixed == 1 else (drawn if drawn > 1 else fixed)
+
+    same_heads = ((case.heads != case.kv_heads) == (template.heads != template.kv_heads)
+                  and (case.heads == 1) == (template.heads == 1) and (case.kv_heads == 1) == (template.kv_heads == 1))
+    heads, kv_heads = (case.heads, case.kv_heads) if same_heads else (template.heads, template.kv_heads)
+    changes: dict[str, Any] = dict(batch=size(case.batch, template.batch), heads=heads, kv_heads=kv_heads,
+                                   sq=size(case.sq, template.sq), skv=size(case.skv, template.skv),
+                                   scale=template.scale, causal=template.causal, mask_type=template.mask_type)
+    if template.scale is None:
+        changes["head_dim"] = template.head_dim
+    if template.mask == "none":
+        changes.update(mask="none", masked_value="-inf")
+    elif case.mask == "none":
+        changes.update(mask=template.mask, masked_value=template.masked_value, mask_dims=template.mask_dims,
+                       mask_layout=template.mask_layout, pad_side=template.pad_side)
+    elif template.mask_type != case.mask_type:
+        changes["masked_value"] = template.masked_value
+    moved = case.with_(**changes)
+    target = key(template)
+    for attempt in (moved,
+                    moved.with_(heads=template.heads, kv_heads=template.kv_heads, head_dim=template.head_dim),
+                    moved.with_(batch=template.batch, heads=template.heads, kv_heads=template.kv_heads,
+                                sq=template.sq, skv=template.skv, head_dim=template.head_dim)):
+        if attempt.work <= max(budget, case.work) and key(attempt) == target and attempt.outside(caps) is None:
+            return attempt
+    return template.with_(seed=case.seed)
+
+
+@st.composite
+def structured_cases(draw: Any, caps: Capabilities, dtype: str, templates: list[AttnCase], device: str = "cpu",
+                     budget: int = WORK_BUDGET, key: StructureKey = structure) -> AttnCase:
+    """A case of ``attn_cases`` moved onto the structure of one of ``templates`` (``onto``)."""
+    case = draw(attn_cases(caps, dtype, device, budget))
+    return onto(case, draw(st.sampled_from(templates)), caps, budget, key)
+
+
+def within_structures(corpus: list[AttnCase], count: int, caps: Capabilities, dtype: str, device: str = "cpu",
+                      key: StructureKey = structure) -> tuple[list[AttnCase], Any, int]:
+    """For a backend that compiles per structure (Backend.structures; ``key``: its structure_key):
+    (the corpus moved into at most ``count`` structures spread over the axes, a strategy drawing
+    cases of those structures only, the number of structures).
+
+    The structures are chosen among the corpus's and their neighbours' (one axis changed). Each
+    corpus case of another structure is moved ``onto`` the chosen one nearest to it (most axis
+    values shared), keeping its sizes, mask pattern and values where it can, so the edges the
+    corpus was made for still run; a structure only a neighbour has gets that neighbour as a case.
+    Without a corpus case to start from: the corpus and ``attn_cases`` unchanged, and 0."""
+    candidates = list(corpus) + [n for c in corpus for n in neighbours(c, caps)]
+    chosen = spread_structures(candidates, count, corpus, key)
+    if not chosen:
+        return corpus, attn_cases(caps, dtype, device), 0
+    # The first case of each structure, in the order chosen (draws shrink toward the first).
+    templates = [next(c for c in candidates if key(c) == k) for k in chosen]
+
+    def nearest(case: AttnCase) -> AttnCase:
+        axes = _axes(case)
+        return max(templates, key=lambda t: len(axes & _axes(t)))
+
+    moved = [c if key(c) in chosen else onto(c, nearest(c), caps, key=key) for c in corpus]
+    kept = list(dict.fromkeys(moved + templates))
+    return kept, structured_cases(caps, dtype, templates, device, key=key), len(chosen)
 
 
 def fit(case: AttnCase, caps: Capabilities) -> AttnCase | None:

@@ -63,9 +63,22 @@ def _fully_masked_rows(case: "AttnCase") -> bool:
     return case.mask != "none" and dead_rows(case.with_(masked_value="-inf")) is not None
 
 
+def _large_kept_bias(case: "AttnCase") -> bool:
+    """A float mask that gives some kept position a bias of magnitude >= 8 (the case space's ALiBi
+    over a long row): there bf16's spacing is 1/16 or more, so a logit rounded with its bias loses
+    up to 1/32 or more."""
+    if case.mask == "none" or case.mask_type != "float":
+        return False
+    mask = case.with_(device="cpu").tensors()[3]
+    keep = case.keep()
+    kept = mask.float()[keep.expand(mask.shape)]
+    return bool(kept.numel()) and float(kept.abs().max()) >= 8
+
+
 #: Predicates a ``when`` table may use besides AttnCase's fields.
 DERIVED: dict[str, Callable[["AttnCase"], Any]] = {
     "fully_masked_rows": _fully_masked_rows,
+    "large_kept_bias": _large_kept_bias,
     "sq_ne_skv": lambda case: case.sq != case.skv,
     "gqa": lambda case: case.kv_heads != case.heads,
 }

@@ -26,6 +26,16 @@ OP_CHECKS = NUMERIC_CHECKS + tuple(SEMANTIC_CHECKS)
 SECONDARY_SHARE = 3
 #: The corpus for gradients keeps to the smaller edge cases (fp64 autograd of a 4096-key case is slow).
 GRAD_CORPUS_WORK = 2 ** 19
+#: A backend that compiles per input structure (Backend.structures) tries that many structures in its
+#: forward items, and 1/SECONDARY_SHARE of them, at least this many, in the others.
+MIN_STRUCTURES = 2
+
+
+def structure_count(backend: Backend, name: str) -> int | None:
+    """How many input structures an item of check ``name`` tries for ``backend`` (None: no bound)."""
+    if backend.structures is None:
+        return None
+    return backend.structures if name == "forward" else max(MIN_STRUCTURES, backend.structures // SECONDARY_SHARE)
 
 
 def _check_fn(name: str):
@@ -59,7 +69,7 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
 def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
             known: "tuple[Finding, ...]") -> ResultRecord:
     from attnparity.check.search import failure_class, search
-    from attnparity.check.strategies import attn_cases, edge_corpus
+    from attnparity.check.strategies import attn_cases, edge_corpus, structure, within_structures
 
     from attnparity.check.progress import note_case
 
@@ -90,15 +100,23 @@ def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
     corpus = edge_corpus(caps, dtype, ctx.device)
     if name == "backward":
         corpus = [c for c in corpus if c.work <= GRAD_CORPUS_WORK]
-    elif name != "forward":
+    strategy = attn_cases(caps, dtype, ctx.device)
+    count = structure_count(backend, name)
+    structures = None
+    if count is not None:  # a compiled backend: a few graph structures, many shapes and values in each
+        corpus, strategy, structures = within_structures(corpus, count, caps, dtype, ctx.device,
+                                                         key=backend.structure_key or structure)
+    if name not in NUMERIC_CHECKS:
         corpus = corpus[:: max(1, len(corpus) // 8)]  # a spread of the corpus: masks, layouts, shapes
-    outcome = search(check_fn, backend, attn_cases(caps, dtype, ctx.device), settings,
+    outcome = search(check_fn, backend, strategy, settings,
                      tolerances=ctx.tolerances, corpus=corpus, seed=ctx.seed, label=f"{name}:{dtype}",
                      explain=explain if known else None)
     kind = "op" if name in NUMERIC_CHECKS else "semantic"
     shown = outcome.failure or outcome.worst
     metrics = dict(shown.metrics) if shown else {}
     extra: dict = {"rejected": outcome.rejected}
+    if structures is not None:
+        extra["structures"] = structures  # input structures tried (check/strategies.structure)
     if outcome.closest is not None:  # how close a pass came, and on what (the margin studies read it)
         metrics["bound_use_max"] = outcome.closest.bound_use
         extra["closest_case"] = outcome.closest.case.as_dict()
