@@ -128,3 +128,35 @@ def test_an_item_calls_a_structured_backend_on_its_bound_of_structures(check: st
 def test_structures_must_be_positive() -> None:
     with pytest.raises(ValueError, match="structures"):
         Backend("x", naive_attention, structures=0)
+    with pytest.raises(ValueError, match="structure_key is only read with structures"):
+        Backend("x", naive_attention, structure_key=structure)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 9])
+def test_the_other_items_never_try_more_structures_than_forward(n: int) -> None:
+    backend = Backend("x", naive_attention, CODEGEN, structures=n)
+    bounds = [op.structure_count(backend, check) for check in op.OP_CHECKS]
+    assert max(bounds) == op.structure_count(backend, "forward") == n
+    assert min(bounds) == min(n, op.MIN_STRUCTURES) or min(bounds) == n // op.SECONDARY_SHARE
+
+
+def test_claims_no_edge_case_fits_still_keep_to_the_bound() -> None:
+    caps = Capabilities(dtypes={torch.float32}, head_dims=frozenset({48}))
+    assert edge_corpus(caps, "fp32") == []
+    kept, strategy, n = within_structures([], 3, caps, "fp32")
+    assert n == 3 and len({structure(c) for c in kept}) == 3
+    assert all(c.head_dim == 48 and c.outside(caps) is None for c in kept)
+
+
+def test_flex_keeps_most_edges_and_masks_over_several_blocks() -> None:
+    from attnparity.backends.flex import STRUCTURES
+
+    flex = Capabilities(dtypes={torch.float32, torch.bfloat16}, head_dims=range(16, 257))
+    corpus = edge_corpus(flex, "fp32")
+    kept, _, n = within_structures(corpus, STRUCTURES, flex, "fp32", key=_flex_key)
+    assert n == STRUCTURES == len({_flex_key(c) for c in kept})
+    # flex's key fixes H, Hkv and D per structure, so those edges go; the sequence lengths stay
+    assert len(kept) >= 0.6 * len(corpus)
+    assert {1023, 1025, 320} <= {c.skv for c in kept}
+    # a mask beyond one block: where a block-sparse kernel splits and skips blocks
+    assert any(c.mask != "none" and max(c.sq, c.skv) > 128 for c in kept)

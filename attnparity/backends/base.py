@@ -170,6 +170,9 @@ class Backend:
             raise TypeError(f"backend {self.name!r}: fn must be callable, got {type(self.fn).__name__}")
         if self.structures is not None and self.structures < 1:
             raise ValueError(f"backend {self.name!r}: structures must be None or at least 1, not {self.structures}")
+        if self.structure_key is not None and self.structures is None:
+            raise ValueError(f"backend {self.name!r}: structure_key is only read with structures; set "
+                             "structures=N (how many structures a forward item tries) too")
 
     def unavailable_reason(self) -> str | None:
         """None when usable here; else why not. A crash while asking is itself the reason."""

@@ -208,10 +208,6 @@ def edge_corpus(caps: Capabilities, dtype: str, device: str = "cpu") -> list[Att
 
 
 # -- structures: what a compiled backend compiles a graph for ----------------------------------------
-#: Sizes dynamo specializes (0/1 specialization), named as in a case's short form.
-ONE_SIZES = ("B", "H", "Hkv", "Sq", "Skv")
-
-
 def structure(case: AttnCase) -> tuple[Any, ...]:
     """The structure of a case, as torch.compile with dynamic shapes sees it (backends/compiled.py):
     cases of one structure run one compiled graph, at any other sizes and values.
@@ -225,13 +221,17 @@ def structure(case: AttnCase) -> tuple[Any, ...]:
 
 
 #: The axes whose every value an item's first structures cover: what changes the graph's code most
-#: (the mask tensor and its kind, the causal mask, the KV-head expansion).
-PRIMARY_AXES = ("mask", "causal", "gqa")
+#: (the mask tensor and its kind, the causal mask, the KV-head expansion), and a mask over more than
+#: one block (where a block-sparse kernel such as flex's skips or splits blocks: with few structures
+#: and no such axis, every masked structure could be a one-block one).
+PRIMARY_AXES = ("mask", "causal", "gqa", "masked long")
 
 
 #: A sequence longer than this spans more than one block of the usual tile sizes (flex's BlockMask
 #: blocks are 128): the "long" axis.
 ONE_BLOCK = 128
+#: Keys of a masked neighbour beyond one block: two and a half blocks (the last one partial).
+LONG_MASKED_KEYS = 320
 
 
 def _axes(case: AttnCase) -> frozenset[tuple[str, Any]]:
@@ -240,19 +240,23 @@ def _axes(case: AttnCase) -> frozenset[tuple[str, Any]]:
     corners do not outweigh the others), and a sequence beyond one block. Which D or which given
     scale only changes a constant of the graph; draws vary D freely under a given scale."""
     unit = "seq" if 1 in (case.sq, case.skv) else "heads" if 1 in (case.heads, case.kv_heads) else "none"
+    long = max(case.sq, case.skv) > ONE_BLOCK
     return frozenset({("scale", "1/sqrt(D)" if case.scale is None else "scale"), ("mask", case.mask_tensor_kind),
                       ("causal", case.causal), ("gqa", case.kv_heads != case.heads), ("B=1", case.batch == 1),
-                      ("size 1", unit), ("long", max(case.sq, case.skv) > ONE_BLOCK)})
+                      ("size 1", unit), ("long", long), ("masked long", long and case.mask != "none")})
 
 
 def neighbours(case: AttnCase, caps: Capabilities) -> list[AttnCase]:
     """``case`` changed along one structure axis, kept to ``caps``: as many KV heads as query heads
-    (MHA) or half as many (GQA), causal on or off, a batch of 1 or 2, a given scale or the default.
-    Candidates for structures the corpus has no case of (a masked causal case, a masked MHA one)."""
+    (MHA) or half as many (GQA), causal on or off, a batch of 1 or 2, a given scale or the default,
+    and a masked case's keys beyond one block. Candidates for structures the corpus has no case of (a
+    masked causal case, a masked MHA one, a mask over several blocks)."""
     out = [case.with_(kv_heads=case.heads), case.with_(causal=None if case.causal else caps.causal_mode),
            case.with_(batch=2 if case.batch == 1 else 1), case.with_(scale=1.0 if case.scale is None else None)]
     if case.heads % 2 == 0 and case.kv_heads == case.heads:
         out.append(case.with_(kv_heads=case.heads // 2))
+    if case.mask != "none" and max(case.sq, case.skv) <= ONE_BLOCK:  # the corpus masks within one block
+        out.append(case.with_(skv=LONG_MASKED_KEYS))
     return [c for c in out if c.outside(caps) is None]
 
 
@@ -300,7 +304,9 @@ def onto(case: AttnCase, template: AttnCase, caps: Capabilities, budget: int = W
     causal, GQA and sizes of 1 (and head_dim where the scale is 1/sqrt(D)), the drawn case's other
     sizes, mask pattern and layout, values and seed. Where that leaves the structure (a ``key``
     finer than ``structure``), the claims or the work budget: also the template's head counts and
-    head_dim, then its sequence lengths too, and at last the template itself with the drawn seed."""
+    head_dim (with fewer queries where that outgrows the budget), then its lengths put on the
+    template's side of one block (ONE_BLOCK: flex's key), then its sequence lengths too, and at last
+    the template itself with the drawn seed."""
     def size(drawn: int, fixed: int) -> int:
         return 1 if fixed == 1 else (drawn if drawn > 1 else fixed)
 
@@ -321,11 +327,22 @@ def onto(case: AttnCase, template: AttnCase, caps: Capabilities, budget: int = W
         changes["masked_value"] = template.masked_value
     moved = case.with_(**changes)
     target = key(template)
-    for attempt in (moved,
-                    moved.with_(heads=template.heads, kv_heads=template.kv_heads, head_dim=template.head_dim),
+    def side(drawn: int, fixed: int) -> int:  # a length on the template's side of ONE_BLOCK
+        return min(drawn, ONE_BLOCK) if fixed <= ONE_BLOCK else max(drawn, ONE_BLOCK + 1)
+
+    limit = max(budget, case.work)
+
+    def fewer_queries(c: AttnCase) -> AttnCase:  # the template's heads or D can outgrow the budget
+        if c.work <= limit or c.sq == 1:
+            return c
+        return c.with_(sq=max(2, limit // (c.batch * c.heads * c.skv * c.head_dim)))
+
+    fixed = moved.with_(heads=template.heads, kv_heads=template.kv_heads, head_dim=template.head_dim)
+    for attempt in (moved, fixed, fewer_queries(fixed),
+                    fixed.with_(sq=side(moved.sq, template.sq), skv=side(moved.skv, template.skv)),
                     moved.with_(batch=template.batch, heads=template.heads, kv_heads=template.kv_heads,
                                 sq=template.sq, skv=template.skv, head_dim=template.head_dim)):
-        if attempt.work <= max(budget, case.work) and key(attempt) == target and attempt.outside(caps) is None:
+        if attempt.work <= limit and key(attempt) == target and attempt.outside(caps) is None:
             return attempt
     return template.with_(seed=case.seed)
 
@@ -348,21 +365,34 @@ def within_structures(corpus: list[AttnCase], count: int, caps: Capabilities, dt
     corpus case of another structure is moved ``onto`` the chosen one nearest to it (most axis
     values shared), keeping its sizes, mask pattern and values where it can, so the edges the
     corpus was made for still run; a structure only a neighbour has gets that neighbour as a case.
-    Without a corpus case to start from: the corpus and ``attn_cases`` unchanged, and 0."""
-    candidates = list(corpus) + [n for c in corpus for n in neighbours(c, caps)]
+    Without a corpus case (no edge fits the claims), the structures start from the smallest case
+    at the first claimed head_dim, so the bound holds for any claims."""
+    seeds = list(corpus) or _smallest_case(caps, dtype, device)
+    candidates = seeds + [n for c in seeds for n in neighbours(c, caps)]
     chosen = spread_structures(candidates, count, corpus, key)
     if not chosen:
-        return corpus, attn_cases(caps, dtype, device), 0
+        raise ValueError(f"no case fits these claims ({caps}): nothing to choose structures from")
     # The first case of each structure, in the order chosen (draws shrink toward the first).
     templates = [next(c for c in candidates if key(c) == k) for k in chosen]
 
     def nearest(case: AttnCase) -> AttnCase:
-        axes = _axes(case)
-        return max(templates, key=lambda t: len(axes & _axes(t)))
+        # most axis values shared, then most of the fields a finer key adds to ``structure`` (flex's
+        # head counts, D, block sides), which decide whether ``onto`` can keep the case's sizes
+        axes, own = _axes(case), finer(case)
+        return max(templates, key=lambda t: (len(axes & _axes(t)), sum(a == b for a, b in zip(own, finer(t)))))
+
+    def finer(case: AttnCase) -> tuple[Any, ...]:
+        return key(case)[len(structure(case)):]
 
     moved = [c if key(c) in chosen else onto(c, nearest(c), caps, key=key) for c in corpus]
     kept = list(dict.fromkeys(moved + templates))
     return kept, structured_cases(caps, dtype, templates, device, key=key), len(chosen)
+
+
+def _smallest_case(caps: Capabilities, dtype: str, device: str) -> list[AttnCase]:
+    dims = [d for d in range(1, 1025) if caps.supports_head_dim(d)]
+    case = dims and fit(AttnCase(dtype=dtype, device=device, batch=2, heads=2, sq=17, skv=33, head_dim=dims[0], seed=1234), caps)
+    return [case] if case else []
 
 
 def fit(case: AttnCase, caps: Capabilities) -> AttnCase | None:

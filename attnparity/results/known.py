@@ -20,7 +20,8 @@ the versions where each finding was seen (``--attn-known=none`` turns it off)::
 ``when`` keys are AttnCase fields (a value or a list of values), the derived predicates of the
 case in ``DERIVED``, or what the failure itself says in ``FAILURE`` (``ignored_kwargs``: the kwargs
 the kwargs check found ignored; it builds its own variants of the drawn case, so only the failure
-can say which kwarg was lost). ``repro`` cases (the dtype is the cell's unless a case names one) are run first in
+can say which kwarg was lost; ``error_size``: "rounding" within 4x the limit, else "gross", so a
+finding about rounding cannot explain a NaN or a wrong mask on the same cases). ``repro`` cases (the dtype is the cell's unless a case names one) are run first in
 every cell the finding applies to: a cell whose repro case fails is a strict xfail that shows the
 reason; one whose repro case now passes, and where no drawn case met the finding, fails with "no
 longer reproduces". Drawn cases the finding explains do not stop the search, so a second, unknown
@@ -67,12 +68,31 @@ def _large_kept_bias(case: "AttnCase") -> bool:
     """A float mask that gives some kept position a bias of magnitude >= 8 (the case space's ALiBi
     over a long row): there bf16's spacing is 1/16 or more, so a logit rounded with its bias loses
     up to 1/32 or more."""
+    import torch
+
+    from attnparity.backends.naive import causal_keep
+
     if case.mask == "none" or case.mask_type != "float":
         return False
     mask = case.with_(device="cpu").tensors()[3]
     keep = case.keep()
-    kept = mask.float()[keep.expand(mask.shape)]
+    if case.causal:  # a bias causal masking removes is never added to a kept logit
+        keep = keep & causal_keep(case.sq, case.skv, case.causal)
+    mask, keep = torch.broadcast_tensors(mask.float(), keep)
+    kept = mask[keep]
     return bool(kept.numel()) and float(kept.abs().max()) >= 8
+
+
+#: A failure at most this many times its limit is the size of a rounding error; a larger one (or a
+#: non-finite output) is something else, which a finding about rounding must not explain.
+ROUNDING_SIZED = 4.0
+
+
+def _error_size(result: "ParityResult") -> tuple[str]:
+    import math
+
+    use = result.bound_use
+    return ("rounding" if 0 < use <= ROUNDING_SIZED and math.isfinite(use) else "gross",)
 
 
 #: Predicates a ``when`` table may use besides AttnCase's fields.
@@ -86,6 +106,8 @@ DERIVED: dict[str, Callable[["AttnCase"], Any]] = {
 #: items is allowed.
 FAILURE: dict[str, Callable[["ParityResult"], Any]] = {
     "ignored_kwargs": lambda result: result.ignored_kwargs,
+    # "rounding" for a failure within ROUNDING_SIZED times its limit, else "gross"
+    "error_size": _error_size,
 }
 
 

@@ -27,7 +27,8 @@ SECONDARY_SHARE = 3
 #: The corpus for gradients keeps to the smaller edge cases (fp64 autograd of a 4096-key case is slow).
 GRAD_CORPUS_WORK = 2 ** 19
 #: A backend that compiles per input structure (Backend.structures) tries that many structures in its
-#: forward items, and 1/SECONDARY_SHARE of them, at least this many, in the others.
+#: forward items, and 1/SECONDARY_SHARE of them in the others, at least this many (never more than
+#: forward's).
 MIN_STRUCTURES = 2
 
 
@@ -35,7 +36,9 @@ def structure_count(backend: Backend, name: str) -> int | None:
     """How many input structures an item of check ``name`` tries for ``backend`` (None: no bound)."""
     if backend.structures is None:
         return None
-    return backend.structures if name == "forward" else max(MIN_STRUCTURES, backend.structures // SECONDARY_SHARE)
+    if name == "forward":
+        return backend.structures
+    return min(backend.structures, max(MIN_STRUCTURES, backend.structures // SECONDARY_SHARE))
 
 
 def _check_fn(name: str):
