@@ -16,7 +16,7 @@ from attnparity import Backend, Capabilities
 from attnparity.backends.naive import naive_attention
 from attnparity.check.cases import AttnCase
 from attnparity.check.strategies import (WORK_BUDGET, edge_corpus, neighbours, onto, spread_structures, structure,
-                                         within_structures)
+                                         structure_with, within_structures)
 from attnparity.check.tolerance import Tolerances
 from attnparity.options import Options
 from attnparity.session import hypothesis_settings
@@ -57,7 +57,7 @@ def test_onto_moves_a_case_into_the_template_structure_keeping_what_it_can() -> 
 def _flex_key(case: AttnCase) -> tuple:
     from attnparity.backends.flex import structure_key
 
-    return structure_key(case)
+    return structure_with(structure_key)(case)
 
 
 @settings(max_examples=80, deadline=None, database=None)

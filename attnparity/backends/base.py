@@ -158,9 +158,9 @@ class Backend:
     #: and values within them are searched as for any backend. The other items try fewer
     #: (suite/op.py). None (the default): no bound, every case is drawn freely.
     structures: int | None = None
-    #: With ``structures``: the structure of a case (an AttnCase) for this backend, when its code
-    #: is specialized on more than check/strategies.structure says (flex: head counts and head_dim);
-    #: a tuple that starts with ``structure(case)``. None: ``structure`` itself.
+    #: With ``structures``, for a backend whose code is specialized on more than
+    #: check/strategies.structure says: what more, of a case (an AttnCase), as a tuple (flex: head
+    #: counts, head_dim, block sides); the structure is ``structure(case)`` plus it. None: nothing more.
     structure_key: Callable[[Any], tuple[Any, ...]] | None = None
 
     def __post_init__(self) -> None:

@@ -115,13 +115,15 @@ def _head_dims(lowest: int) -> "frozenset[int] | range | None":
 STRUCTURES = 4
 
 
-def structure_key(case: Any) -> tuple[Any, ...]:
-    """What compiled flex compiles a graph per (measured with TORCH_LOGS=recompiles, torch 2.13 CPU):
-    check/strategies.structure, and the head counts and head_dim, which flex's checks and the GQA
-    split fix as constants, and whether each sequence length is within one block."""
-    from attnparity.check.strategies import ONE_BLOCK, structure  # flex's block: 128
+#: flex's block size: create_block_mask guards a sequence length on either side of it.
+BLOCK = 128
 
-    return structure(case) + (case.heads, case.kv_heads, case.head_dim, case.sq <= ONE_BLOCK, case.skv <= ONE_BLOCK)
+
+def structure_key(case: Any) -> tuple[Any, ...]:
+    """What compiled flex compiles a graph per besides check/strategies.structure (measured with
+    TORCH_LOGS=recompiles, torch 2.13 CPU): the head counts and head_dim, which flex's checks and the
+    GQA split fix as constants, and whether each sequence length is within one block."""
+    return (case.heads, case.kv_heads, case.head_dim, case.sq <= BLOCK, case.skv <= BLOCK)
 
 
 def backends() -> list[Backend]:

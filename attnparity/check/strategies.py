@@ -228,7 +228,7 @@ PRIMARY_AXES = ("mask", "causal", "gqa", "masked long")
 
 
 #: A sequence longer than this spans more than one block of the usual tile sizes (flex's BlockMask
-#: blocks are 128): the "long" axis.
+#: blocks are 128, backends/flex.BLOCK; check may not import backends' modules): the "long" axis.
 ONE_BLOCK = 128
 #: Keys of a masked neighbour beyond one block: two and a half blocks (the last one partial).
 LONG_MASKED_KEYS = 320
@@ -261,6 +261,14 @@ def neighbours(case: AttnCase, caps: Capabilities) -> list[AttnCase]:
 
 
 StructureKey = Callable[[AttnCase], tuple[Any, ...]]
+
+
+def structure_with(more: StructureKey | None) -> StructureKey:
+    """The structure key of a backend whose code is specialized on ``more`` besides ``structure``
+    (Backend.structure_key; backends define only the extra fields, as they may not import check)."""
+    if more is None:
+        return structure
+    return lambda case: structure(case) + tuple(more(case))
 
 
 def spread_structures(candidates: list[AttnCase], budget: int, corpus: list[AttnCase] | tuple[()] = (),
@@ -357,7 +365,8 @@ def structured_cases(draw: Any, caps: Capabilities, dtype: str, templates: list[
 
 def within_structures(corpus: list[AttnCase], count: int, caps: Capabilities, dtype: str, device: str = "cpu",
                       key: StructureKey = structure) -> tuple[list[AttnCase], Any, int]:
-    """For a backend that compiles per structure (Backend.structures; ``key``: its structure_key):
+    """For a backend that compiles per structure (Backend.structures; ``key``: ``structure_with`` its
+    structure_key):
     (the corpus moved into at most ``count`` structures spread over the axes, a strategy drawing
     cases of those structures only, the number of structures).
 
