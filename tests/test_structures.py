@@ -65,9 +65,12 @@ def _flex_key(case: AttnCase) -> tuple:
 def test_drawn_cases_keep_to_the_chosen_structures(data) -> None:
     dtype = data.draw(st.sampled_from(["fp32", "bf16"]))
     count = data.draw(st.integers(1, 10))
-    key = data.draw(st.sampled_from([structure, _flex_key]))  # the generic one, and a finer one (flex's)
+    from attnparity.backends.flex import structure_key
+
+    more = data.draw(st.sampled_from([None, structure_key]))  # the generic key, and a finer one (flex's)
+    key = structure_with(more)
     corpus = edge_corpus(CODEGEN, dtype)
-    kept, strategy, n = within_structures(corpus, count, CODEGEN, dtype, key=key)
+    kept, strategy, n = within_structures(corpus, count, CODEGEN, dtype, more=more)
     chosen = {key(c) for c in kept}
     assert len(chosen) == n <= count
     case = data.draw(strategy)
@@ -149,11 +152,11 @@ def test_claims_no_edge_case_fits_still_keep_to_the_bound() -> None:
 
 
 def test_flex_keeps_most_edges_and_masks_over_several_blocks() -> None:
-    from attnparity.backends.flex import STRUCTURES
+    from attnparity.backends.flex import STRUCTURES, structure_key
 
     flex = Capabilities(dtypes={torch.float32, torch.bfloat16}, head_dims=range(16, 257))
     corpus = edge_corpus(flex, "fp32")
-    kept, _, n = within_structures(corpus, STRUCTURES, flex, "fp32", key=_flex_key)
+    kept, _, n = within_structures(corpus, STRUCTURES, flex, "fp32", more=structure_key)
     assert n == STRUCTURES == len({_flex_key(c) for c in kept})
     # flex's key fixes H, Hkv and D per structure, so those edges go; the sequence lengths stay
     assert len(kept) >= 0.6 * len(corpus)

@@ -111,16 +111,23 @@ def baseline_forward(case: AttnCase, q, k, v, mask) -> "torch.Tensor":
     return attention_math(q, k, v, mask, case.causal, case.scale, compute_dtype=q.dtype, softmax_dtype=torch.float32)
 
 
-def dead_rows(case: AttnCase) -> "torch.Tensor | None":
-    """Bool (B, 1|H, Sq, 1): query rows with no key left after mask and causal, or None if none."""
+def kept_positions(case: AttnCase) -> "torch.Tensor | None":
+    """Bool, True = the logit is kept: the mask's keep pattern (at its own shape) and causal
+    together, broadcastable to (B, H, Sq, Skv); None with neither."""
     from attnparity.backends.naive import causal_keep
 
-    if case.mask_type == "float" and case.masked_value != "-inf":
-        return None  # a finite "masked" logit still gets weight: no row is dead in the math
     keep = case.keep()
     if case.causal:
         tri = causal_keep(case.sq, case.skv, case.causal)
         keep = tri.view(1, 1, case.sq, case.skv) if keep is None else keep & tri
+    return keep
+
+
+def dead_rows(case: AttnCase) -> "torch.Tensor | None":
+    """Bool (B, 1|H, Sq, 1): query rows with no key left after mask and causal, or None if none."""
+    if case.mask_type == "float" and case.masked_value != "-inf":
+        return None  # a finite "masked" logit still gets weight: no row is dead in the math
+    keep = kept_positions(case)
     if keep is None:
         return None
     dead = ~keep.any(dim=-1, keepdim=True)

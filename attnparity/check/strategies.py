@@ -335,6 +335,7 @@ def onto(case: AttnCase, template: AttnCase, caps: Capabilities, budget: int = W
         changes["masked_value"] = template.masked_value
     moved = case.with_(**changes)
     target = key(template)
+
     def side(drawn: int, fixed: int) -> int:  # a length on the template's side of ONE_BLOCK
         return min(drawn, ONE_BLOCK) if fixed <= ONE_BLOCK else max(drawn, ONE_BLOCK + 1)
 
@@ -364,9 +365,9 @@ def structured_cases(draw: Any, caps: Capabilities, dtype: str, templates: list[
 
 
 def within_structures(corpus: list[AttnCase], count: int, caps: Capabilities, dtype: str, device: str = "cpu",
-                      key: StructureKey = structure) -> tuple[list[AttnCase], Any, int]:
-    """For a backend that compiles per structure (Backend.structures; ``key``: ``structure_with`` its
-    structure_key):
+                      more: StructureKey | None = None) -> tuple[list[AttnCase], Any, int]:
+    """For a backend that compiles per structure (Backend.structures; ``more``: its structure_key,
+    what its code is specialized on besides ``structure``):
     (the corpus moved into at most ``count`` structures spread over the axes, a strategy drawing
     cases of those structures only, the number of structures).
 
@@ -376,6 +377,7 @@ def within_structures(corpus: list[AttnCase], count: int, caps: Capabilities, dt
     corpus was made for still run; a structure only a neighbour has gets that neighbour as a case.
     Without a corpus case (no edge fits the claims), the structures start from the smallest case
     at the first claimed head_dim, so the bound holds for any claims."""
+    key = structure_with(more)
     seeds = list(corpus) or _smallest_case(caps, dtype, device)
     candidates = seeds + [n for c in seeds for n in neighbours(c, caps)]
     chosen = spread_structures(candidates, count, corpus, key)
@@ -384,14 +386,13 @@ def within_structures(corpus: list[AttnCase], count: int, caps: Capabilities, dt
     # The first case of each structure, in the order chosen (draws shrink toward the first).
     templates = [next(c for c in candidates if key(c) == k) for k in chosen]
 
-    def nearest(case: AttnCase) -> AttnCase:
-        # most axis values shared, then most of the fields a finer key adds to ``structure`` (flex's
-        # head counts, D, block sides), which decide whether ``onto`` can keep the case's sizes
-        axes, own = _axes(case), finer(case)
-        return max(templates, key=lambda t: (len(axes & _axes(t)), sum(a == b for a, b in zip(own, finer(t)))))
+    extra = more or (lambda case: ())
 
-    def finer(case: AttnCase) -> tuple[Any, ...]:
-        return key(case)[len(structure(case)):]
+    def nearest(case: AttnCase) -> AttnCase:
+        # most axis values shared, then most of the fields ``more`` adds (flex's head counts, D,
+        # block sides), which decide whether ``onto`` can keep the case's sizes
+        axes, own = _axes(case), extra(case)
+        return max(templates, key=lambda t: (len(axes & _axes(t)), sum(a == b for a, b in zip(own, extra(t)))))
 
     moved = [c if key(c) in chosen else onto(c, nearest(c), caps, key=key) for c in corpus]
     kept = list(dict.fromkeys(moved + templates))

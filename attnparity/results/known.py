@@ -70,15 +70,13 @@ def _large_kept_bias(case: "AttnCase") -> bool:
     up to 1/32 or more."""
     import torch
 
-    from attnparity.backends.naive import causal_keep
+    from attnparity.check.parity import kept_positions
 
     if case.mask == "none" or case.mask_type != "float":
         return False
     mask = case.with_(device="cpu").tensors()[3]
-    keep = case.keep()
-    if case.causal:  # a bias causal masking removes is never added to a kept logit
-        keep = keep & causal_keep(case.sq, case.skv, case.causal)
-    mask, keep = torch.broadcast_tensors(mask.float(), keep)
+    # after causal too: a bias causal masking removes is never added to a kept logit
+    mask, keep = torch.broadcast_tensors(mask.float(), kept_positions(case))
     kept = mask[keep]
     return bool(kept.numel()) and float(kept.abs().max()) >= 8
 

@@ -72,7 +72,7 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
 def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
             known: "tuple[Finding, ...]") -> ResultRecord:
     from attnparity.check.search import failure_class, search
-    from attnparity.check.strategies import attn_cases, edge_corpus, structure_with, within_structures
+    from attnparity.check.strategies import attn_cases, edge_corpus, within_structures
 
     from attnparity.check.progress import note_case
 
@@ -108,7 +108,7 @@ def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
     structures = None
     if count is not None:  # a compiled backend: a few graph structures, many shapes and values in each
         corpus, strategy, structures = within_structures(corpus, count, caps, dtype, ctx.device,
-                                                         key=structure_with(backend.structure_key))
+                                                         more=backend.structure_key)
     if name not in NUMERIC_CHECKS:
         corpus = corpus[:: max(1, len(corpus) // 8)]  # a spread of the corpus: masks, layouts, shapes
     outcome = search(check_fn, backend, strategy, settings,
