@@ -20,7 +20,9 @@ plugin import.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,13 +183,39 @@ def _availability(name: str, checks: list[Any]):
             major, minor = claims["arch"]
             return f"diffusers backend {name!r} needs sm{major}{minor}+"
         if hub is not None and hub.kernel_fn is None:
-            from huggingface_hub.constants import HF_HUB_OFFLINE
-
-            if HF_HUB_OFFLINE:
-                return f"needs the HF hub kernel download ({hub.repo_id}); HF_HUB_OFFLINE is set"
+            return _hub_build_missing(hub.repo_id, hub.revision, hub.version)
         return None
 
     return is_available
+
+
+@functools.cache
+def _hub_build_missing(repo_id: str, revision: str | None, version: int | None) -> str | None:
+    """Why the hub kernel ``repo_id`` cannot be fetched for this torch and device, or None.
+
+    diffusers' requirement check passes as soon as the ``kernels`` package is installed (transformers
+    depends on it), and the fetch happens only inside the first call: without this probe every hub
+    row claimed the machine and failed each case with a network error. ``kernels.has_kernel`` reads
+    the repository's build list, not the build, so asking downloads nothing; it is asked once per
+    repository and process."""
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    hint = "set HF_HUB_OFFLINE=1 to skip the hub rows without asking"
+    if HF_HUB_OFFLINE:
+        return f"needs the HF hub kernel download ({repo_id}); HF_HUB_OFFLINE is set"
+    try:
+        from kernels import has_kernel
+    except ImportError:  # a kernels release before has_kernel: diffusers' own check has to do
+        return None
+    trust = os.environ.get("DIFFUSERS_TRUST_REMOTE_KERNELS", "").lower() in ("1", "true", "yes")
+    try:
+        found = has_kernel(repo_id, revision=revision, version=version, trust_remote_code=trust)
+    except Exception as exc:  # no network, an untrusted publisher, a hub error: all say "not here"
+        return (f"needs the HF hub kernel download ({repo_id}), and asking the hub failed: "
+                f"{type(exc).__name__}: {exc}; {hint}")
+    if not found:
+        return f"needs the HF hub kernel download ({repo_id}): the hub has no build of it for this torch and device"
+    return None
 
 
 def _make_fn(name: str, arg_names: set[str]):
