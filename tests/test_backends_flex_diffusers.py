@@ -144,23 +144,29 @@ def test_bridge_reasons(bridge):
 
 @pytest.fixture
 def hub_answers(monkeypatch):
-    """A ``kernels`` whose has_kernel gives the answer the test sets, and counts the questions."""
+    """A ``kernels`` whose has_kernel gives the answer the test sets and records each question, and
+    a hub host that is reachable or not as the test sets."""
     import types
 
     from attnparity.backends import diffusers as bridge_module
 
-    asked: list[str] = []
-    state = {"answer": True}
+    asked: list[tuple[str, dict]] = []
+    state = {"answer": True, "unreachable": None}
 
     def has_kernel(repo_id, **kwargs):
-        asked.append(repo_id)
+        asked.append((repo_id, kwargs))
         if isinstance(state["answer"], Exception):
             raise state["answer"]
         return state["answer"]
 
     monkeypatch.setitem(sys.modules, "kernels", types.SimpleNamespace(has_kernel=has_kernel))
-    bridge_module._hub_build_missing.cache_clear()
-    yield state, asked
+    monkeypatch.setattr(bridge_module, "_unreachable", lambda endpoint: state["unreachable"])
+
+    def ask(row):
+        bridge_module._hub_build_missing.cache_clear()
+        return row.unavailable_reason()
+
+    yield state, asked, ask
     bridge_module._hub_build_missing.cache_clear()
 
 
@@ -169,26 +175,58 @@ def test_hub_rows_claim_only_what_the_hub_serves(bridge, hub_answers, monkeypatc
     must still say it is unavailable when the hub cannot be asked or has no build, not fail every
     case with a network error (2026-12-06: 23 red cells of `--attn-backends=all` on a fresh machine)."""
     import huggingface_hub.constants
+    from diffusers.models import attention_dispatch as ad
+
+    state, asked, ask = hub_answers
+    row = bridge["diffusers:flash_hub"]
+    config = ad._HUB_KERNELS_REGISTRY[ad.AttentionBackendName.FLASH_HUB]
+
+    state["unreachable"] = "TimeoutError: timed out"
+    reason = ask(row)
+    assert "https://huggingface.co cannot be reached (TimeoutError: timed out)" in reason
+    assert "HF_HUB_OFFLINE=1" in reason and asked == []  # not asked: it would wait without a timeout
+    state["unreachable"] = None
+
+    state["answer"] = OSError("Name or service not known")
+    reason = ask(row)
+    assert "asking the hub failed: OSError: Name or service not known" in reason
+    assert bridge["diffusers:flash_varlen_hub"].unavailable_reason() == reason  # same repository: asked once
+    assert asked == [(config.repo_id, {"revision": config.revision, "version": config.version,
+                                       "trust_remote_code": bool(ad.DIFFUSERS_TRUST_REMOTE_KERNELS)})]
+
+    state["answer"] = ValueError("publisher not trusted")
+    monkeypatch.setattr(ad, "DIFFUSERS_TRUST_REMOTE_KERNELS", False)
+    reason = ask(row)
+    assert "kernels refused: publisher not trusted; if you trust its publisher, set DIFFUSERS_TRUST_REMOTE_KERNELS=true" in reason
+    monkeypatch.setattr(ad, "DIFFUSERS_TRUST_REMOTE_KERNELS", True)  # diffusers' reading, passed on as it is
+    assert "DIFFUSERS_TRUST_REMOTE_KERNELS" not in ask(row) and asked[-1][1]["trust_remote_code"] is True
+
+    state["answer"] = False
+    assert "has no build of it for this torch and device" in ask(row)
+    state["answer"] = True
+    assert ask(row) is None
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    count = len(asked)
+    assert "HF_HUB_OFFLINE is set" in ask(row) and len(asked) == count  # offline: the hub is not asked
+
+
+def test_hub_host_probe_says_why_it_cannot_connect(monkeypatch):
+    import socket
 
     from attnparity.backends import diffusers as bridge_module
 
-    state, asked = hub_answers
-    row = bridge["diffusers:flash_hub"]
-    state["answer"] = OSError("Name or service not known")
-    reason = row.unavailable_reason()
-    assert "asking the hub failed: OSError: Name or service not known" in reason and "HF_HUB_OFFLINE=1" in reason
-    assert bridge["diffusers:flash_varlen_hub"].unavailable_reason() == reason  # same repository: asked once
-    assert asked == ["kernels-community/flash-attn2"]
-    bridge_module._hub_build_missing.cache_clear()
-    state["answer"] = False
-    assert "has no build of it for this torch and device" in row.unavailable_reason()
-    bridge_module._hub_build_missing.cache_clear()
-    state["answer"] = True
-    assert row.unavailable_reason() is None
-    bridge_module._hub_build_missing.cache_clear()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    assert "HF_HUB_OFFLINE is set" in row.unavailable_reason()
-    assert len(asked) == 3  # offline: the hub is not asked
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    probe = bridge_module._unreachable.__wrapped__
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert probe(f"http://127.0.0.1:{port}") is None
+    assert probe(f"http://127.0.0.1:{port}").startswith("ConnectionRefusedError")  # closed now
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert probe(f"http://127.0.0.1:{port}") is None  # behind a proxy the hub's own answer decides
 
 
 def test_bridge_without_diffusers(monkeypatch):

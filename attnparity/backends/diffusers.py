@@ -183,39 +183,67 @@ def _availability(name: str, checks: list[Any]):
             major, minor = claims["arch"]
             return f"diffusers backend {name!r} needs sm{major}{minor}+"
         if hub is not None and hub.kernel_fn is None:
-            return _hub_build_missing(hub.repo_id, hub.revision, hub.version)
+            trusted = bool(getattr(ad, "DIFFUSERS_TRUST_REMOTE_KERNELS", False))
+            return _hub_build_missing(hub.repo_id, hub.revision, hub.version, trusted)
         return None
 
     return is_available
 
 
 @functools.cache
-def _hub_build_missing(repo_id: str, revision: str | None, version: int | None) -> str | None:
+def _hub_build_missing(repo_id: str, revision: str | None, version: int | None, trusted: bool) -> str | None:
     """Why the hub kernel ``repo_id`` cannot be fetched for this torch and device, or None.
 
     diffusers' requirement check passes as soon as the ``kernels`` package is installed (transformers
     depends on it), and the fetch happens only inside the first call: without this probe every hub
-    row claimed the machine and failed each case with a network error. ``kernels.has_kernel`` reads
-    the repository's build list, not the build, so asking downloads nothing; it is asked once per
-    repository and process."""
-    from huggingface_hub.constants import HF_HUB_OFFLINE
+    row claimed the machine and failed each case with a network error. ``kernels.has_kernel``
+    downloads the build's metadata, not the build; it checks that a build exists for this torch and
+    GPU architecture, not the build's Python dependencies, which the fetch checks later (a row can
+    still fail there, with kernels' own message). ``trusted`` is diffusers' own reading of
+    DIFFUSERS_TRUST_REMOTE_KERNELS, the value its fetch passes on. Asked once per repository and
+    process."""
+    from huggingface_hub.constants import ENDPOINT, HF_HUB_OFFLINE
 
-    hint = "set HF_HUB_OFFLINE=1 to skip the hub rows without asking"
     if HF_HUB_OFFLINE:
         return f"needs the HF hub kernel download ({repo_id}); HF_HUB_OFFLINE is set"
     try:
         from kernels import has_kernel
     except ImportError:  # a kernels release before has_kernel: diffusers' own check has to do
         return None
-    trust = os.environ.get("DIFFUSERS_TRUST_REMOTE_KERNELS", "").lower() in ("1", "true", "yes")
+    unreachable = _unreachable(ENDPOINT)
+    if unreachable:
+        return (f"needs the HF hub kernel download ({repo_id}), and {ENDPOINT} cannot be reached "
+                f"({unreachable}); set HF_HUB_OFFLINE=1 to skip the hub rows without asking")
     try:
-        found = has_kernel(repo_id, revision=revision, version=version, trust_remote_code=trust)
-    except Exception as exc:  # no network, an untrusted publisher, a hub error: all say "not here"
+        found = has_kernel(repo_id, revision=revision, version=version, trust_remote_code=trusted)
+    except ValueError as exc:  # kernels refuses a publisher it does not trust
+        hint = "" if trusted else "; if you trust its publisher, set DIFFUSERS_TRUST_REMOTE_KERNELS=true"
+        return f"needs the HF hub kernel download ({repo_id}), which kernels refused: {exc}{hint}"
+    except Exception as exc:  # a hub or network error: not here, said as it is
         return (f"needs the HF hub kernel download ({repo_id}), and asking the hub failed: "
-                f"{type(exc).__name__}: {exc}; {hint}")
+                f"{type(exc).__name__}: {exc}")
     if not found:
         return f"needs the HF hub kernel download ({repo_id}): the hub has no build of it for this torch and device"
     return None
+
+
+@functools.cache
+def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
+    """Why a TCP connection to the hub's host fails within ``timeout`` s, or None. huggingface_hub
+    asks with no timeout of its own, so a network that drops packets would hold each hub row's probe
+    for the system's connect timeout (minutes) at collection. Behind a proxy the host is not dialled
+    directly, so there the hub's own answer has to do."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(endpoint)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return None
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _make_fn(name: str, arg_names: set[str]):
