@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import pytest
 from known import CORRECT, CORRECT_CI, FALSE_ALARM_SEEDS, known_finding
@@ -87,21 +88,26 @@ def test_one_hot_softmax_over_many_queries_is_no_false_alarm() -> None:
     assert result.passed and result.bound_use < 0.25, result.metrics
 
 
-def test_margin_study_tells_a_false_alarm_from_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    # docs/detection.md's margins come from scripts/detection.py: it must report a wrong backend as a
-    # failure nobody knows of, and a correct one as a pass below its bound.
+def _detection_script(monkeypatch: pytest.MonkeyPatch) -> Any:
     import importlib.util
     from pathlib import Path
-
-    from mutants import mutant
-
-    from attnparity.backends import registry
 
     path = Path(__file__).parent.parent / "scripts" / "detection.py"
     spec = importlib.util.spec_from_file_location("detection_script", path)
     script = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up there
     spec.loader.exec_module(script)
+    return script
+
+
+def test_margin_study_tells_a_false_alarm_from_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/detection.md's margins come from scripts/detection.py: it must report a wrong backend as a
+    # failure nobody knows of, and a correct one as a pass below its bound.
+    from mutants import mutant
+
+    from attnparity.backends import registry
+
+    script = _detection_script(monkeypatch)
     registry.register_backend(mutant("mutant-wrong-scale"), replace=True)
     try:
         rows = script.margins_for_seed(FALSE_ALARM_SEEDS.start, 5, ["sdpa-math", "mutant-wrong-scale"], ["fp32"])
@@ -110,3 +116,12 @@ def test_margin_study_tells_a_false_alarm_from_a_pass(monkeypatch: pytest.Monkey
     forward = {r["backend"]: r for r in rows if r["check"] == "forward"}
     assert forward["sdpa-math"]["verdict"] == "pass" and 0 < forward["sdpa-math"]["use"] < 1
     assert forward["mutant-wrong-scale"]["verdict"] == "fail" and forward["mutant-wrong-scale"]["known"] is None
+
+
+def test_layer_study_skips_the_dtypes_a_mutant_does_not_claim(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The layers section ran every mutant's pipelines in every dtype and stopped at the first mutant
+    # that claims half precision only, losing the sections before it (2026-12-06).
+    pytest.importorskip("diffusers")
+    script = _detection_script(monkeypatch)
+    cells = script.pipelines_for_mutant("mutant-int8-k-no-smoothing", ["fp32"])
+    assert len(cells) == 5 and {c[2] for c in cells} == {"unclaimed"}
