@@ -125,3 +125,19 @@ def test_layer_study_skips_the_dtypes_a_mutant_does_not_claim(monkeypatch: pytes
     script = _detection_script(monkeypatch)
     cells = script.pipelines_for_mutant("mutant-int8-k-no-smoothing", ["fp32"])
     assert len(cells) == 5 and {c[2] for c in cells} == {"unclaimed"}
+
+
+def test_detection_doc_keeps_one_copy_of_each_section_when_written_after_each(monkeypatch: pytest.MonkeyPatch,
+                                                                              tmp_path: Any) -> None:
+    # The script writes the document after every section; the hand-written preamble must not grow
+    # with each write (the first version appended every section to it again).
+    script = _detection_script(monkeypatch)
+    out = tmp_path / "detection.md"
+    out.write_text("# Detection\n\nhand text\n\n<!-- section: layers (x) -->\nold layers\n")
+    preamble, sections = script._sections_of(out)
+    for body in (["new detection"], ["newer detection"]):
+        sections["detection"] = body
+        script._write(out, preamble, sections)
+    text = out.read_text()
+    assert text.count("<!-- section: detection") == 1 and text.count("<!-- section: layers") == 1
+    assert text.count("hand text") == 1 and "newer detection" in text and "old layers" in text
