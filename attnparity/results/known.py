@@ -98,6 +98,7 @@ DERIVED: dict[str, Callable[["AttnCase"], Any]] = {
     "fully_masked_rows": _fully_masked_rows,
     "large_kept_bias": _large_kept_bias,
     "sq_ne_skv": lambda case: case.sq != case.skv,
+    "batch_eq_sq": lambda case: case.batch == case.sq,
     "gqa": lambda case: case.kv_heads != case.heads,
 }
 #: Predicates a ``when`` table may use on the failing result; a list value matches when any of its
