@@ -251,3 +251,22 @@ def test_quick_cpu_set_stays_small_and_says_what_it_reduced() -> None:
             assert "@" in s.model
     assert perf_shapes.select("full", "cpu") == perf_shapes.full_catalogue()
     assert perf_shapes.select("quick", "cuda") == perf_shapes.quick_gpu()
+
+
+def test_the_scheduler_tells_perf_items_by_node_id_as_their_marker_does(pytester: pytest.Pytester) -> None:
+    """The xdist controller sees node ids only (scheduling.py): its rule must pick exactly the items
+    marked attn_perf, op-level and pipeline-level, and no others."""
+    from attnparity.suite.perf import is_perf_nodeid
+
+    args = ("--attn-backends=naive,sdpa-math", "--attn-dtypes=fp32", "--attn-perf=full", "--collect-only", "-q",
+            "-p", "no:cacheprovider")
+
+    def ids(*extra: str) -> list[str]:
+        out = pytester.runpytest_subprocess(*args, *extra).stdout.lines
+        return [line for line in out if line.startswith("attnparity::")]
+
+    everything, marked = ids(), ids("-m", "attn_perf")
+    assert any(i.startswith("attnparity::perf-pipeline:") for i in marked)
+    assert any(i.startswith("attnparity::perf:") for i in marked)
+    assert len(everything) > len(marked) > 0
+    assert [i for i in everything if is_perf_nodeid(i)] == marked
