@@ -116,6 +116,23 @@ def test_matmul_peak_is_cached_per_dtype():
     assert first.tflops == pytest.approx(flops.tflops(2 * first.n ** 3, min(first.timing.times_ms)))
 
 
+def test_matmul_peak_takes_three_runs_only_of_a_matmul_of_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    class Matrix:
+        def __init__(self, seconds: float, kind: str = "cpu") -> None:
+            self.seconds, self.device = seconds, SimpleNamespace(type=kind)
+
+        def __matmul__(self, other: "Matrix") -> "Matrix":
+            time.sleep(self.seconds)
+            return self
+
+    monkeypatch.setattr(peak, "LONG_MS", 30.0)
+    assert peak._min_runs(Matrix(0.0), Matrix(0.0)) == 10
+    assert peak._min_runs(Matrix(0.04), Matrix(0.04)) == 3
+    assert peak._min_runs(Matrix(0.04, "cuda"), Matrix(0.04, "cuda")) == 10  # not timed by the clock there
+
+
 def test_table_rows_show_metrics_and_skips():
     records = [
         {"kind": "perf", "check": "perf:x", "backend": "b", "dtype": "fp32", "verdict": "pass",
