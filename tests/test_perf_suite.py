@@ -102,7 +102,7 @@ def test_baseline_equal_timing_passes_and_slowdown_fails(suite: pytest.Pytester,
                                  "*repro: pytest --attn-backends=sleepy*--attn-perf-margin=0.5*"])
 
 
-def steady_timings(fns, device, settings, *, tolerate=()):
+def steady_timings(fns, device, settings, *, tolerate=(), warm=()):
     """perf.timer.time_many with fixed times: each function runs once (the item's code path), and the
     reference's time does not drift between runs. Measured, a 0.4 ms sdpa-math on the tiny shape
     moved 1.48x between two runs of a CI job, which alone carried a planted 1.4x past 2x."""

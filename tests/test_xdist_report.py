@@ -98,7 +98,7 @@ _SAVED = _suite.SUITE_MODULES
 _suite.SUITE_MODULES = ("minisuite", "conftest", "attnparity.suite.perf")
 _shapes.quick_cpu = lambda: [PerfShape(f"tiny-{n}", "Tiny", "self", 1, 2, n, n, 16, "test shape") for n in (32, 64)]
 
-def _steady(fns, device, settings, *, tolerate=()):
+def _steady(fns, device, settings, *, tolerate=(), warm=()):
     for fn in fns.values():
         fn()
     label = _timer.identify("cpu").timing_label
