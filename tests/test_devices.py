@@ -172,3 +172,30 @@ def test_merge_refuses_what_is_not_one_matrix(tmp_path, capsys):
     # the CLI: a clear line and exit 2, never a traceback
     assert cli_main(["merge", str(a), str(same_cell), "--report", str(tmp_path / "m")]) == 2
     assert capsys.readouterr().err.startswith("attnparity merge: ")
+
+
+@pytest.mark.parametrize("device,gpus,workers,dist,scheduler,beside", [
+    ("cuda", 2, 2, "load", None, False),               # a GPU each: perf items on every worker, as xdist places them
+    ("cuda", 2, 3, "load", "PerfLastScheduling", False),  # gw0 and gw2 share cuda:0: perf last, alone
+    ("cuda:1", 2, 2, "load", "PerfLastScheduling", False),  # every worker on the chosen GPU
+    ("cpu", 0, 2, "load", "PerfLastScheduling", False),
+    ("cpu", 0, 2, "loadscope", None, True),            # the user's --dist is kept; records say so
+    ("cuda", 2, 2, "loadfile", None, False),           # a GPU each: nothing beside them either way
+])
+def test_where_perf_items_run_under_xdist(pytester, monkeypatch, device, gpus, workers, dist, scheduler, beside):
+    """Simulated on CPU: the controller's placement (plugin._placement) and scheduler for a machine
+    with ``gpus`` GPUs, with xdist's options as its pytest_cmdline_main leaves them."""
+    import torch
+
+    pytest.importorskip("xdist")
+    from attnparity import plugin
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    config = pytester.parseconfig("-p", "xdist")
+    config.option.dist, config.option.tx = dist, ["popen"] * workers
+    config.stash[plugin.RUN] = object()
+    config.stash[plugin.PLACEMENT] = placement = plugin._placement(config, device)
+    assert placement.workers == workers
+    made = plugin.pytest_xdist_make_scheduler(config, None)
+    assert (type(made).__name__ if made is not None else None) == scheduler
+    assert (placement.beside is not None) is beside
