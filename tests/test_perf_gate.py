@@ -16,8 +16,8 @@ import attnparity.perf.peak  # noqa: F401
 from cpuload import cpu_load
 
 from attnparity.cli import main as cli_main
-from attnparity.results.gate import (BUSY_SHARE, Thresholds, TimingSample, compare_records, compare_timing,
-                                     format_comparison)
+from attnparity.report.comparison import comparison_lines
+from attnparity.results.gate import BUSY_SHARE, Thresholds, TimingSample, compare_records, compare_timing
 from attnparity.results.record import ResultRecord, write_results
 
 LABEL = "CPU (2 torch threads)"
@@ -240,7 +240,7 @@ def test_inconclusive_cells_are_a_group_of_their_own_and_never_fail() -> None:
     data = comparison.to_json()
     assert (data["worse"], data["inconclusive"], data["better"]) == (1, 1, 1)
     assert [d["inconclusive"] for d in data["differences"]] == [False, True, False]
-    lines = format_comparison(comparison, width=1000)
+    lines = [line for _, line in comparison_lines(comparison)]
     assert lines[0].endswith(": 1 worse, 1 inconclusive (timed beside other work: rerun on an idle machine), "
                              "1 better or new")
     assert lines[2].startswith("  ?     perf:sd15-self-1024-8x40-b1 busy-cell fp32: relative to sdpa-math: ")

@@ -337,9 +337,8 @@ def fold(records: Iterable[ResultRecord]) -> dict[Cell, FoldedCell]:
     return cells
 
 
-#: The groups differences are listed in, in order, and each one's mark in plain text.
+#: The groups differences are listed in, in order (report/comparison.py renders them).
 _GROUPS = ("worse", "inconclusive", "better")
-_MARKS = {"worse": "WORSE", "inconclusive": "?    ", "better": "ok   "}
 
 
 @dataclass(frozen=True)
@@ -543,21 +542,3 @@ def compare_files(old_path: str, new_path: str, thresholds: Thresholds | None = 
     old = read_results(old_path)  # type: ignore[arg-type]
     new = read_results(new_path)  # type: ignore[arg-type]
     return compare_records(old["records"], new["records"], thresholds, old_source=str(old_path))
-
-
-def comparison_lines(c: Comparison, width: int = 100) -> list[tuple[str, str]]:
-    """(group, line) pairs: the head (group ""), then one line per difference, cut to ``width``,
-    worse first, then inconclusive timings, then better or new."""
-    head = f"compared {c.cells_compared} cells with {c.old_source}: {len(c.worse)} worse, "
-    if c.inconclusive:
-        head += f"{len(c.inconclusive)} inconclusive (timed beside other work: rerun on an idle machine), "
-    lines = [("", head + f"{len(c.better)} better or new")]
-    for d in c.differences:
-        line = f"  {_MARKS[d.outcome]} {d.label}: {d.text}"
-        lines.append((d.outcome, line if len(line) <= width else line[: width - 3] + "..."))
-    return lines
-
-
-def format_comparison(c: Comparison, width: int = 100) -> list[str]:
-    """Plain lines: the head, then one per difference (``comparison_lines``)."""
-    return [line for _, line in comparison_lines(c, width)]
