@@ -81,8 +81,11 @@ def summarize(ctx: Any, records: list[ResultRecord | dict[str, Any]], terminal: 
         return
     write_matrix(matrix, terminal, backends=mx.ran_backends(matrix))
     write_pipeline_rollup(mx.pipeline_matrix(recs), terminal)
-    write_perf_rollup(mx.rows_of(recs, "perf"), terminal)
-    write_perf(mx.rows_of(recs, "perf"), terminal, skips=False)
+    perf = mx.rows_of(recs, "perf")
+    if perf_run(recs):  # -m attn_perf: the per-shape figures are what was asked for
+        write_perf(perf, terminal, skips=False)
+    else:
+        write_perf_rollup(perf, terminal)
     write_skip_groups(*mx.skip_groups(recs), terminal)
     write_repros(failed, terminal, limit=SHORT_REPROS)
     terminal.write_line("")
@@ -190,9 +193,15 @@ def write_pipeline_rollup(pm: mx.PipelineMatrix, terminal: Terminal) -> None:
         terminal.write_line("")
 
 
+def perf_run(records: list[ResultRecord]) -> bool:
+    """Only timings ran (a ``-m attn_perf`` run): its summary shows every shape."""
+    ran = {r.kind for r in records if r.verdict != "skip"}
+    return "perf" in ran and ran <= {"perf"}
+
+
 def write_perf_rollup(rows: list[mx.Row], terminal: Terminal) -> None:
     """Backend x dtype: geometric mean of the speed-up over sdpa-math across the shapes, with its
-    range; the per-shape table follows it (``write_perf``)."""
+    range. Per shape: a perf run's summary, --attn-summary=full or ``attnparity perf-table results.json``."""
     speeds: dict[tuple[str, str], list[float]] = {}
     shapes = set()
     for row in rows:
