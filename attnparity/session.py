@@ -98,7 +98,7 @@ class Run:
         """With --attn-compare: why a failing cell is no news (it failed in the baseline too), or None.
         The record keeps its verdict; only the item's outcome says the gate does not count it. Only
         the verdict class is compared: a different bug in a cell that failed before is unchanged
-        too, unless its error ratio grew past the gate's factor (README says so)."""
+        too, unless its error ratio grew past the gate's factor (docs/gate.md says so)."""
         if self.baseline_cells is None or record.verdict not in ("fail", "error"):
             return None
         if record.extra.get("stale_known"):  # a ledger entry to remove is news every time

@@ -36,7 +36,7 @@ such as the load average above the CPU count), a change beyond the allowance abo
 ``busy_slowdown`` (--attn-perf-busy-slowdown, 1.0: up to 2x slower or 2x faster) is listed in a
 group of its own, "inconclusive: timed beside other work (...); rerun on an idle machine to judge",
 and never fails. Why: a memory-heavy neighbour (another test suite) slows some kernels by a factor
-their interleaved reference does not share. In docs/upgrade-gate.md's diffusers pair, run C timed
+their interleaved reference does not share. In docs/reports/upgrade-gate.md's diffusers pair, run C timed
 beside a test suite against run A on an idle machine, 7 of 130 perf cells were 29-77 % "worse"
 relative to the reference with nothing changed, and most stay worse judged against every
 reference; with this rule the pair compares 0 worse, those 7 and the 4 cells that looked 22-40 %
@@ -290,7 +290,7 @@ def compare_timing(old: TimingSample, new: TimingSample, slowdown: float, noise:
     When either sample was timed beside other work (``TimingSample.busy``), a change beyond that
     allowance but within ``busy_slowdown`` (either way) is **inconclusive**, neither worse nor
     better: a memory-heavy neighbour slows some kernels by a factor their interleaved reference does
-    not share (29-77 % in docs/upgrade-gate.md, with nothing changed), which no spread measured in
+    not share (29-77 % in docs/reports/upgrade-gate.md, with nothing changed), which no spread measured in
     the item foretells. Beyond ``busy_slowdown`` it is worse (or better) even so.
     """
     if slowdown < 0:
