@@ -26,7 +26,7 @@ def _cell_text(cell: mx.MatrixCell | None) -> str:
         return "·"
     if cell.verdict in ("skip", None):
         return "skip"
-    ratio = "" if cell.ratio is None else f" {cell.ratio:.2g}"
+    ratio = "" if cell.ratio is None else f" {cell.ratio:.3g}"
     return f"**{cell.verdict}**{ratio}" if cell.verdict in ("fail", "error") else f"{cell.verdict}{ratio}"
 
 
