@@ -129,6 +129,8 @@ class Draws:
     reused: tuple[str, ...] = ()
     #: the seed was picked by attnparity for this run (no --attn-seed, no CI)
     picked: bool = False
+    #: this process picked it and left it in RUN_SEED_ENV for its xdist workers (end_run removes it)
+    shared: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"derandomize": self.derandomize, "seed": self.seed, "examples": self.examples, "profile": self.profile}
@@ -166,13 +168,15 @@ def resolve_draws(options: Options, given: frozenset[str], baseline: dict[str, A
             derandomize = True
             reused.append("derandomize")
     picked = seed is None and not derandomize
+    inherited = os.environ.get(RUN_SEED_ENV) if picked else None
     if picked:
         import secrets
 
         # xdist workers take the controller's pick: one seed for the whole run
-        seed = int(os.environ.get(RUN_SEED_ENV) or secrets.randbelow(2**32))
+        seed = int(inherited or secrets.randbelow(2**32))
         os.environ[RUN_SEED_ENV] = str(seed)
-    return Draws(derandomize, seed, examples, None, source if reused else "", tuple(reused), picked)
+    return Draws(derandomize, seed, examples, None, source if reused else "", tuple(reused), picked,
+                 shared=picked and not inherited)
 
 
 def hypothesis_settings(examples: int, derandomize: bool | None = None) -> Any:
@@ -263,7 +267,7 @@ def start_run(options: Options, rootdir: Path, invocation_dir: Path, given: froz
 
 def end_run(run: Run) -> None:
     """Forget the seed this run picked, so a later run in this process picks its own."""
-    if run.draws is not None and run.draws.picked and not os.environ.get("PYTEST_XDIST_WORKER"):
+    if run.draws is not None and run.draws.shared:
         os.environ.pop(RUN_SEED_ENV, None)
 
 

@@ -221,3 +221,27 @@ def test_the_upgrade_recipe_as_copied_draws_the_baseline_cases(matrix_project, t
     # the same run with a seed of its own draws other cases: what the reuse above prevents
     other = matrix_project.runpytest(*args, f"--attn-seed={draws['seed'] + 1}", f"--attn-report={tmp_path / 'other'}")
     assert other.ret == 0 and closest_cases(tmp_path / "other" / "results.json") != closest_cases(baseline)
+
+
+def test_draws_reuse_the_baseline_unless_the_user_set_them(monkeypatch):
+    from dataclasses import replace
+
+    from attnparity.options import Options
+    from attnparity.session import RUN_SEED_ENV, resolve_draws
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(RUN_SEED_ENV, raising=False)
+    base = {"seed": 5, "examples": 7, "derandomize": False, "profile": None}
+    taken = resolve_draws(Options(), frozenset(), base, "old.json")
+    assert (taken.seed, taken.examples, taken.reused, taken.picked) == (5, 7, ("seed", "examples"), False)
+    own = resolve_draws(replace(Options(), seed=9), frozenset({"seed"}), base, "old.json")
+    assert (own.seed, own.examples, own.reused) == (9, 7, ("examples",))
+    derandomized = resolve_draws(Options(), frozenset(), {**base, "seed": None, "derandomize": True}, "old.json")
+    assert derandomized.derandomize and derandomized.seed is None and not derandomized.picked
+    monkeypatch.setenv("CI", "1")  # the user's CI: derandomized, and the baseline's seed still repeats its draws
+    assert resolve_draws(Options(), frozenset(), base, "old.json").reused == ("seed", "examples")
+    monkeypatch.delenv("CI")
+    picked = resolve_draws(Options(), frozenset(), None)
+    assert picked.picked and picked.shared and picked.seed is not None and not picked.reused
+    worker = resolve_draws(Options(), frozenset(), None)  # an xdist worker started after it: the same seed
+    assert worker.seed == picked.seed and not worker.shared
