@@ -1,6 +1,7 @@
 """The terminal summary: matrix backend x dtype, pipelines, perf, unavailable backends, the gate.
 
-Lines stay within 100 columns. Colour goes through the terminal reporter's markup, which pytest
+The matrix and lists stay within 100 columns; lines that carry figures to copy (repro lines, the
+gate's differences, the Markdown perf table) are never cut. Colour goes through the terminal reporter's markup, which pytest
 turns off when the output is not a tty (or with --color=no / NO_COLOR).
 """
 
