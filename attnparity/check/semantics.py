@@ -136,29 +136,40 @@ def _kwarg_variants(case: AttnCase, backend: Backend) -> list[tuple[str, AttnCas
 
 def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
     """Each claimed kwarg must move the output as far as it moves the reference, and the right way."""
-    from .parity import baseline_forward
-    from .reference import reference_forward
-
     problems, ignored, use = [], [], 0.0
+    bound = tolerances.bound(backend.name, case.dtype)
     for kwarg, with_kw, without_kw in _kwarg_variants(case, backend):
-        q, k, v, mask = with_kw.tensors()
-        _, _, _, no_mask = without_kw.tensors()
-        ref_with = reference_forward(q, k, v, mask, with_kw.causal, with_kw.scale)
-        ref_without = reference_forward(q, k, v, no_mask, without_kw.causal, without_kw.scale)
-        effect = float((ref_with - ref_without).abs().max())
-        base_err = float((baseline_forward(with_kw, q, k, v, mask).double() - ref_with).abs().max())
-        if effect <= 4 * _tol(backend, with_kw, tolerances, base_err, float(ref_with.abs().max())):
-            continue  # the kwarg hardly matters for this input: nothing to tell apart
-        out = _run(backend, with_kw, q, k, v, mask).double()
-        err = float((out - ref_with).abs().max())
-        use = max(use, err / (0.5 * effect))
-        if not err < 0.5 * effect:  # nearer to "without" than "with" means the kwarg was lost
+        problem, kw_use = kwarg_lost(kwarg, with_kw, without_kw, lambda c, q, k, v, m: _run(backend, c, q, k, v, m), bound)
+        use = max(use, kw_use)
+        if problem is not None:
             ignored.append(kwarg.split(" ")[0])
-            problems.append(f"{kwarg} looks ignored: output is {err:.3g} from the reference with it, and the kwarg "
-                            f"itself moves the reference by {effect:.3g}")
+            problems.append(problem)
     result = _result("kwargs", backend, case, "; ".join(problems) or None, bound_use=use)
     result.ignored_kwargs = tuple(ignored)
     return result
+
+
+def kwarg_lost(kwarg: str, with_kw: AttnCase, without_kw: AttnCase, attend, bound) -> tuple[str | None, float]:
+    """(why ``kwarg`` looks ignored, or None; error / half the kwarg's effect) for a backend called as
+    ``attend(case, q, k, v, mask)`` on the inputs of ``with_kw``. ``bound``: the tolerance.Bound of
+    the case's dtype (a kwarg that moves the reference by less than a few of its limits says nothing)."""
+    from .parity import baseline_forward
+    from .reference import reference_forward
+
+    q, k, v, mask = with_kw.tensors()
+    _, _, _, no_mask = without_kw.tensors()
+    ref_with = reference_forward(q, k, v, mask, with_kw.causal, with_kw.scale)
+    ref_without = reference_forward(q, k, v, no_mask, without_kw.causal, without_kw.scale)
+    effect = float((ref_with - ref_without).abs().max())
+    base_err = float((baseline_forward(with_kw, q, k, v, mask).double() - ref_with).abs().max())
+    if effect <= 4 * bound.limit(base_err, with_kw.dtype, float(ref_with.abs().max())):
+        return None, 0.0  # the kwarg hardly matters for this input: nothing to tell apart
+    out = attend(with_kw, q, k, v, mask).double()
+    err = float((out - ref_with).abs().max())
+    if err < 0.5 * effect:  # nearer to "without" than "with" means the kwarg was lost
+        return None, err / (0.5 * effect)
+    return (f"{kwarg} looks ignored: output is {err:.3g} from the reference with it, and the kwarg itself moves "
+            f"the reference by {effect:.3g}"), err / (0.5 * effect)
 
 
 def deterministic(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
