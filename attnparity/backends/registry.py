@@ -161,8 +161,8 @@ def select_backends(spec: str | Iterable[str]) -> list[Backend]:
 def standalone_call(name: str) -> "StandaloneCall | None":
     """How a standalone repro calls built-in backend ``name`` (each built-in module's private
     ``_standalone`` hook, backends/source.py), or None: not a built-in, or no hook for it."""
-    backend = all_backends().get(name)
-    if backend is None or backend.origin != "builtin":
+    backend = _registered.get(name)  # not loading the registry: a failure message asks this
+    if backend is not None and backend.origin != "builtin":
         return None
     for module_name in BUILTIN_MODULES:
         hook = getattr(importlib.import_module(module_name), "_standalone", None)

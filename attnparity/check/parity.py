@@ -58,6 +58,26 @@ def repro_line(check: str, backend: str, case: AttnCase) -> str:
     return f"python -m attnparity.check.repro {check} {backend} '{payload}'"
 
 
+#: The checks ``attnparity repro --standalone`` writes a file for (check/standalone.py).
+STANDALONE_CHECKS = ("forward", "backward", "kwargs")
+
+
+def standalone_command(check: str, backend: str, case: AttnCase, out: str = "repro.py") -> str:
+    """The command line that writes a standalone repro file of this failure (torch and the library only)."""
+    payload = json.dumps(case.as_dict(), separators=(",", ":"))
+    return f"attnparity repro --standalone {check} {backend} '{payload}' -o {out}"
+
+
+def reproduce_lines(check: str, backend: str, case: AttnCase, indent: str = "") -> str:
+    """The reproduce line of a failure message and, where one can be written, the standalone one."""
+    from attnparity.backends.registry import standalone_call
+
+    text = f"{indent}reproduce: {repro_line(check, backend, case)}"
+    if check in STANDALONE_CHECKS and standalone_call(backend) is not None:
+        text += f"\n{indent}standalone repro for an upstream report: {standalone_command(check, backend, case)}"
+    return text
+
+
 def call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor",
                  mask: "torch.Tensor | None") -> "torch.Tensor":
     """Run the backend on a claimed case; anything but a (B, H, Sq, D) tensor of the case dtype is a
@@ -170,7 +190,7 @@ def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances,
                            default=0.0)
     message = "" if not failures else (
         f"{backend.name} {check} differs from the fp64 reference on {case.short()}\n"
-        + "\n".join(failures) + f"\nreproduce: {repro_line(check, backend.name, case)}")
+        + "\n".join(failures) + f"\n{reproduce_lines(check, backend.name, case)}")
     return ParityResult(check, backend.name, case, not failures, message=message, metrics=metrics,
                         failure_classes=tuple(dict.fromkeys(classes)))
 
@@ -196,7 +216,7 @@ def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None
         out = call_backend(backend, case, q, k, v, mask)
     except ContractViolation as exc:
         return ParityResult("forward", backend.name, case, False, metrics={"ratio_max": float("inf")},
-                            failure_classes=("contract",), message=f"{backend.name} {exc} on {case.short()}\nreproduce: {repro_line('forward', backend.name, case)}")
+                            failure_classes=("contract",), message=f"{backend.name} {exc} on {case.short()}\n{reproduce_lines('forward', backend.name, case)}")
     pairs = forward_pairs(case, q, k, v, mask, out, backend.capabilities.fully_masked == "finite")
     return _judge("forward", backend, case, tolerances, pairs)
 
@@ -233,7 +253,7 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
     except (ContractViolation, RuntimeError) as exc:
         return ParityResult("backward", backend.name, case, False, metrics={"ratio_max": float("inf")},
                             failure_classes=("contract",), message=f"{backend.name} backward failed on {case.short()}: {exc}\n"
-                                    f"reproduce: {repro_line('backward', backend.name, case)}")
+                                    f"{reproduce_lines('backward', backend.name, case)}")
     return _judge("backward", backend, case, tolerances, grad_pairs(case, q, k, v, mask, grad_out, got), grad=True)
 
 

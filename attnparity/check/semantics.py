@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from attnparity.backends.base import Backend
 from .cases import AttnCase
-from .parity import ContractViolation, ParityResult, call_backend, dead_rows, repro_line
+from .parity import ContractViolation, ParityResult, call_backend, dead_rows, reproduce_lines
 from .tolerance import EPS, Tolerances
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def _result(check: str, backend: Backend, case: AttnCase, problem: str | None, **metrics: float) -> ParityResult:
     message = "" if problem is None else (
-        f"{backend.name} {check}: {problem}\n  case: {case.short()}\n  reproduce: {repro_line(check, backend.name, case)}")
+        f"{backend.name} {check}: {problem}\n  case: {case.short()}\n{reproduce_lines(check, backend.name, case, '  ')}")
     return ParityResult(check, backend.name, case, problem is None, message=message, metrics=dict(metrics))
 
 

@@ -16,7 +16,6 @@ file prints the backend's error, the baseline's and the limit, and exits 1 while
 from __future__ import annotations
 
 import ast
-import json
 from dataclasses import dataclass
 from string import Template
 from typing import TYPE_CHECKING, Any
@@ -24,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 from attnparity.backends.base import Backend
 from attnparity.backends.source import StandaloneCall, constant_source, source_of
 from .cases import AttnCase
+from .parity import STANDALONE_CHECKS, standalone_command
 from .tolerance import Tolerances
 
 if TYPE_CHECKING:
     from .parity import ParityResult
 
-#: The checks a standalone file can reproduce, and the expression that runs each (see _RUN).
-STANDALONE_CHECKS = ("forward", "backward", "kwargs")
+#: The expression that runs each check in the file (check/standalone_run.py).
 _RUN = {
     "forward": "run_forward(case, attend, Bound(**BOUND), FINITE_DEAD_ROWS)",
     "backward": "run_backward(case, attend, Bound(**BOUND))",
@@ -60,12 +59,6 @@ class Repro:
 
 def supported(check: str) -> bool:
     return check in STANDALONE_CHECKS
-
-
-def standalone_command(check: str, backend: str, case: AttnCase, out: str = "repro.py") -> str:
-    """The command line that writes a standalone repro of this failure (offered in failure messages)."""
-    payload = json.dumps(case.as_dict(), separators=(",", ":"))
-    return f"attnparity repro --standalone {check} {backend} '{payload}' -o {out}"
 
 
 def describe_failure(result: "ParityResult") -> str:
