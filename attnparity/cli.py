@@ -80,7 +80,7 @@ def _add_repro_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
                                          "library at fault, for an upstream report), or one per built-in ledger entry")
     repro.add_argument("--standalone", action="store_true", required=True,
                        help="write a file that runs without attnparity (the only kind for now)")
-    repro.add_argument("check", nargs="?", help="forward, backward or kwargs, as in the failure's reproduce line")
+    repro.add_argument("check", nargs="?", help="forward, backward, kwargs, masked-rows, deterministic or batch, as in the reproduce line")
     repro.add_argument("backend", nargs="?", help="the backend, as in the reproduce line")
     repro.add_argument("case", nargs="?", help="the case as JSON, as in the reproduce line")
     repro.add_argument("-o", "--output", required=True, metavar="FILE|DIR",

@@ -98,6 +98,29 @@ def test_file_verdict_is_attnparitys(tmp_path, backend):
     assert "baseline max-abs error" in done.stdout and "limit" in done.stdout
 
 
+NATIVE_2D = AttnCase(batch=2, heads=1, kv_heads=1, sq=2, skv=3, head_dim=16, mask="random", mask_dims="", seed=4)
+MATH_CASE = AttnCase(batch=2, heads=2, kv_heads=1, sq=5, skv=7, head_dim=16, mask="random", mask_type="float", seed=4)
+
+
+@pytest.mark.parametrize(("backend", "check", "case"), [
+    ("diffusers:native", "masked-rows", NATIVE_2D), ("diffusers:native", "kwargs", NATIVE_2D),
+    ("diffusers:native", "batch", NATIVE_2D), ("sdpa-math", "masked-rows", MATH_CASE),
+    ("sdpa-math", "deterministic", MATH_CASE), ("sdpa-math", "batch", MATH_CASE)])
+def test_semantic_file_verdict_is_attnparitys(tmp_path, backend, check, case):
+    """Each semantic check in a file runs its own logic on its own variant of the case: the file's
+    exit status is attnparity's verdict (diffusers' native backend fails masked-rows and kwargs on a
+    2-D mask with Sq = B, a ledger entry; SDPA's math kernel passes)."""
+    from attnparity.check.repro import run_check
+
+    pytest.importorskip("diffusers")
+    result = run_check(check, get_backend(backend), case, Tolerances())
+    assert result.skipped is None
+    done = _run(_write(tmp_path, Repro(check, backend, case, "about", "cmd", {}, {})))
+    assert done.returncode == (0 if result.passed else 1), done.stdout + done.stderr[-2000:]
+    assert (backend, check) not in {("diffusers:native", "masked-rows"), ("diffusers:native", "kwargs")} or not result.passed
+    assert backend != "sdpa-math" or result.passed
+
+
 def test_source_of_drops_attnparity_imports_and_methods():
     from attnparity.check import parity
 
@@ -113,6 +136,8 @@ def test_cli_refuses_what_it_cannot_write(tmp_path, capsys):
     out = str(tmp_path / "x.py")
     assert main(["repro", "--standalone", "masked-kv", "sdpa-math", "{}", "-o", out]) == 2
     assert "not available" in capsys.readouterr().err
+    assert main(["repro", "--standalone", "masked-rows", "diffusers:_native_flash", "{}", "-o", out]) == 2
+    assert "claims no mask" in capsys.readouterr().err
     assert main(["repro", "--standalone", "forward", "no-such-backend", "{}", "-o", out]) == 2
     assert main(["repro", "--standalone", "forward", "sdpa-math", "{not json", "-o", out]) == 2
     assert not Path(out).exists()

@@ -59,7 +59,7 @@ def repro_line(check: str, backend: str, case: AttnCase) -> str:
 
 
 #: The checks ``attnparity repro --standalone`` writes a file for (check/standalone.py).
-STANDALONE_CHECKS = ("forward", "backward", "kwargs")
+STANDALONE_CHECKS = ("forward", "backward", "kwargs", "masked-rows", "deterministic", "batch")
 
 
 def standalone_command(check: str, backend: str, case: AttnCase, out: str = "repro.py") -> str:

@@ -31,9 +31,12 @@ if TYPE_CHECKING:
 
 #: The expression that runs each check in the file (check/standalone_run.py).
 _RUN = {
-    "forward": "run_forward(case, attend, Bound(**BOUND), FINITE_DEAD_ROWS)",
+    "forward": "run_forward(case, attend, Bound(**BOUND), CLAIMS['fully_masked'] == 'finite')",
     "backward": "run_backward(case, attend, Bound(**BOUND))",
     "kwargs": "run_kwargs(case, attend, Bound(**BOUND), [(kw, AttnCase(**a), AttnCase(**b)) for kw, a, b in VARIANTS])",
+    "masked-rows": "run_masked_rows(case, attend, CLAIMS['fully_masked'])",
+    "deterministic": "run_deterministic(case, attend, CLAIMS['deterministic'])",
+    "batch": "run_batch(case, attend, Bound(**BOUND))",
 }
 
 
@@ -86,8 +89,10 @@ def render(repro: Repro, backend: Backend, tolerances: Tolerances | None = None)
         raise StandaloneError(f"backend {caller!r} has no standalone call: only attnparity's built-in adapters "
                               "say how to call their library without attnparity; use the reproduce line")
     bound = (tolerances or Tolerances()).bound(repro.backend, repro.case.dtype, grad=repro.check == "backward")
+    case = _case_run(repro, backend)
+    caps = backend.capabilities
     values = {
-        "title": f"{repro.check} check of {repro.backend} on {repro.case.short()}",
+        "title": f"{repro.check} check of {repro.backend} on {case.short()}",
         "about": _docstring_text(repro.about),
         "command": repro.command,
         "libraries": " and ".join(call.libraries),
@@ -95,12 +100,12 @@ def render(repro: Repro, backend: Backend, tolerances: Tolerances | None = None)
                     "backend).\n") if repro.call_as else "",
         "generated": ", ".join(f"{k} {v}" for k, v in repro.versions.items()),
         "applies": ", ".join(f"{k} {v}" for k, v in repro.applies.items()) or "not scoped",
-        "device": repro.case.device,
+        "device": case.device,
         "check": repr(repro.check),
-        "case": _literal(repro.case.as_dict()),
+        "case": _literal(case.as_dict()),
         "variants": _literal(_variants(repro, backend)),
         "bound": _literal({"k": bound.k, "floor": bound.floor, "floor_mean": bound.floor_mean}),
-        "finite": repr(backend.capabilities.fully_masked == "finite"),
+        "claims": _literal({"fully_masked": caps.fully_masked, "deterministic": caps.deterministic}),
         "versions": _literal(repro.versions),
         "library_list": repr(call.libraries),
         "backend": repro.backend,
@@ -110,6 +115,18 @@ def render(repro: Repro, backend: Backend, tolerances: Tolerances | None = None)
         "copied": "\n\n\n".join(_definitions(call)),
     }
     return _FILE.substitute(values)
+
+
+def _case_run(repro: Repro, backend: Backend) -> AttnCase:
+    """The case the check actually runs: its own variant of the drawn case (masked-rows, batch)."""
+    from .semantics import batch_case, masked_rows_case
+
+    if repro.check == "masked-rows":
+        derived = masked_rows_case(repro.case, backend.capabilities)
+        if derived is None:
+            raise StandaloneError(f"{repro.backend} claims no mask: its masked-rows check is skipped, nothing to reproduce")
+        return derived
+    return batch_case(repro.case) if repro.check == "batch" else repro.case
 
 
 def _variants(repro: Repro, backend: Backend) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
@@ -151,9 +168,11 @@ def _definitions(call: StandaloneCall) -> list[str]:
                                  tolerance.ratio, tolerance.Judgement, tolerance.judge)),
         *(source_of(f) for f in (parity.baseline_forward, parity.kept_positions, parity.dead_rows,
                                  parity.forward_pairs, parity.upstream_grad, parity.grads_of, parity.grad_pairs,
-                                 parity._grad_terms, semantics.kwarg_lost)),
+                                 parity._grad_terms, semantics.kwarg_lost, semantics.dead_row_problem,
+                                 semantics.repeat_problem, semantics.batch_problem)),
         *(source_of(f) for f in (standalone_run.show, standalone_run.judge_pairs, standalone_run.run_forward,
-                                 standalone_run.run_backward, standalone_run.run_kwargs)),
+                                 standalone_run.run_backward, standalone_run.run_kwargs, standalone_run.run_masked_rows,
+                                 standalone_run.run_deterministic, standalone_run.run_batch)),
         *call.sources,
     ]
     seen: set[str] = set()
@@ -239,7 +258,7 @@ CHECK = $check
 CASE = $case
 VARIANTS = $variants
 BOUND = $bound
-FINITE_DEAD_ROWS = $finite
+CLAIMS = $claims
 GENERATED_WITH = $versions
 LIBRARIES = $library_list
 

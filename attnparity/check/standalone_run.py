@@ -9,7 +9,7 @@ from typing import Any
 
 from .cases import AttnCase
 from .parity import forward_pairs, grad_pairs, grads_of, upstream_grad
-from .semantics import kwarg_lost
+from .semantics import batch_problem, dead_row_problem, kwarg_lost, repeat_problem
 from .tolerance import Bound, judge
 
 Attend = Callable[[AttnCase, Any, Any, Any, Any], Any]
@@ -58,3 +58,27 @@ def run_kwargs(case: AttnCase, attend: Attend, bound: Bound,
               f"(error / half the kwarg's effect: {use:.3g}; above 1 it looks ignored)")
         passed = passed and problem is None
     return passed
+
+
+def run_masked_rows(case: AttnCase, attend: Attend, fully_masked: str) -> bool:
+    """Rows with no key left give zeros (``fully_masked`` "zero") or a finite value, never NaN."""
+    q, k, v, mask = case.tensors()
+    problem, _ = dead_row_problem(case, attend(case, q, k, v, mask), fully_masked)
+    print(f"masked-rows: {problem or 'fully masked rows are ' + ('zero' if fully_masked == 'zero' else 'finite')}")
+    return problem is None
+
+
+def run_deterministic(case: AttnCase, attend: Attend, claimed: bool) -> bool:
+    """The same call twice gives the same output (bitwise where ``claimed``)."""
+    q, k, v, mask = case.tensors()
+    problem, diff, _ = repeat_problem(attend(case, q, k, v, mask), attend(case, q, k, v, mask), claimed, case.dtype)
+    print(f"deterministic: {problem or f'two identical calls differ by {diff:.3g}'}")
+    return problem is None
+
+
+def run_batch(case: AttnCase, attend: Attend, bound: Bound) -> bool:
+    """A row's output does not depend on the other rows of the batch."""
+    problem, gaps, limit = batch_problem(case, attend, bound)
+    print("batch: " + ", ".join(f"{what} {gap:.3g} from the full batch" for what, gap in gaps.items())
+          + f" (limit {limit:.3g})" + (f": {problem}" if problem else ""))
+    return problem is None

@@ -32,7 +32,7 @@ CHECK = 'backward'
 CASE = {'batch': 1, 'heads': 2, 'kv_heads': 1, 'sq': 9, 'skv': 8, 'head_dim': 8, 'dtype': 'fp32', 'mask': 'dead-rows', 'mask_type': 'float', 'masked_value': 'min', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 3, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}
 VARIANTS = []
 BOUND = {'k': 64.0, 'floor': 16.0, 'floor_mean': None}
-FINITE_DEAD_ROWS = False
+CLAIMS = {'fully_masked': 'zero', 'deterministic': True}
 GENERATED_WITH = {'torch': '2.13.0+cpu'}
 LIBRARIES = ('torch',)
 
@@ -657,6 +657,53 @@ def kwarg_lost(kwarg: str, with_kw: AttnCase, without_kw: AttnCase, attend, boun
     return (f'{kwarg} looks ignored: output is {err:.3g} from the reference with it, and the kwarg itself moves the reference by {effect:.3g}', err / (0.5 * effect))
 
 
+def dead_row_problem(case: AttnCase, out, fully_masked: str) -> tuple[str | None, dict[str, float]]:
+    """What is wrong with the rows of ``out`` that have no key left (NaN/Inf; not zero where the
+    backend claims zeros), or None, with the metrics of the finding."""
+    dead = dead_rows(case)
+    assert dead is not None
+    dead = dead.expand_as(out).to(out.device)
+    nonfinite = int((~out.isfinite()).sum())
+    if nonfinite:
+        return (f'{nonfinite} NaN/Inf values in the output with fully masked rows ({int(dead[..., 0].sum())} rows have no key)', {'nonfinite': nonfinite})
+    if fully_masked == 'zero':
+        worst = float(out.masked_fill(~dead, 0).abs().max())
+        if worst > 0:
+            return (f"fully masked rows are not zero (max |value| {worst:.3g}); a backend with another convention declares Capabilities(fully_masked='finite')", {'dead_row_max': worst})
+    return (None, {})
+
+
+def repeat_problem(first, second, claimed: bool, dtype: str) -> tuple[str | None, float, float]:
+    """(what is wrong, largest difference, difference / what is allowed) of two outputs of the same
+    call: none at all where determinism is ``claimed``, else a few roundings."""
+    same_nan = first.isnan() & second.isnan()
+    diff = float((first.double() - second.double()).abs().masked_fill(same_nan, 0).nan_to_num(nan=float('inf')).max())
+    if claimed:
+        problem = None if diff == 0 else f'two identical calls differ by {diff:.3g} (deterministic claimed: bitwise)'
+        return (problem, diff, 0.0 if diff == 0 else float('inf'))
+    limit = 16 * EPS[dtype] * (float(first.abs().max()) or 1.0)
+    return (None if diff <= limit else f'two identical calls differ by {diff:.3g} > {limit:.3g}', diff, diff / limit)
+
+
+def batch_problem(case: AttnCase, attend, bound) -> tuple[str | None, dict[str, float], float]:
+    """(what is wrong, {"shuffled batch" | "row alone": gap to the full batch's output}, the limit)
+    for a backend called as ``attend(case, q, k, v, mask)``; ``bound``: the case dtype's tolerance.Bound."""
+    import torch
+    q, k, v, mask = case.tensors()
+    full = attend(case, q, k, v, mask)
+    perm = torch.arange(case.batch - 1, -1, -1)
+    per_row = mask is not None and mask.dim() == 4 and (mask.shape[0] == case.batch > 1)
+    shuffled = attend(case, q[perm], k[perm], v[perm], mask[perm] if per_row else mask)[perm]
+    row = slice(1, 2)
+    alone = attend(case.with_(batch=1), q[row], k[row], v[row], mask[row] if per_row else mask)
+    ref = reference_forward(q, k, v, mask, case.causal, case.scale)
+    base_err = float((baseline_forward(case, q, k, v, mask).double() - ref).abs().max())
+    limit = 2 * bound.limit(base_err, case.dtype, float(ref.abs().max()))
+    gaps = {'shuffled batch': float((shuffled.double() - full.double()).abs().max()), 'row alone': float((alone.double() - full[row].double()).abs().max())}
+    bad = [f'{what} differs from the full batch by {gap:.3g} > {limit:.3g}' for what, gap in gaps.items() if not gap <= limit]
+    return ('; '.join(bad) or None, gaps, limit)
+
+
 def show(label: str, j: Any) -> bool:
     """Print one judged tensor (a tolerance.Judgement); True when it passes."""
     print(f'{label}: backend  max-abs error {j.backend.max_abs:.4g}, mean-abs {j.backend.mean_abs:.4g}' + (f', {j.backend.nonfinite} NaN/Inf where the reference is finite' if j.backend.nonfinite else ''))
@@ -694,6 +741,29 @@ def run_kwargs(case: AttnCase, attend: Attend, bound: Bound, variants: Sequence[
         print(f"{kwarg}: {problem or 'honoured (or it hardly moves the reference here)'} (error / half the kwarg's effect: {use:.3g}; above 1 it looks ignored)")
         passed = passed and problem is None
     return passed
+
+
+def run_masked_rows(case: AttnCase, attend: Attend, fully_masked: str) -> bool:
+    """Rows with no key left give zeros (``fully_masked`` "zero") or a finite value, never NaN."""
+    q, k, v, mask = case.tensors()
+    problem, _ = dead_row_problem(case, attend(case, q, k, v, mask), fully_masked)
+    print(f"masked-rows: {problem or 'fully masked rows are ' + ('zero' if fully_masked == 'zero' else 'finite')}")
+    return problem is None
+
+
+def run_deterministic(case: AttnCase, attend: Attend, claimed: bool) -> bool:
+    """The same call twice gives the same output (bitwise where ``claimed``)."""
+    q, k, v, mask = case.tensors()
+    problem, diff, _ = repeat_problem(attend(case, q, k, v, mask), attend(case, q, k, v, mask), claimed, case.dtype)
+    print(f"deterministic: {problem or f'two identical calls differ by {diff:.3g}'}")
+    return problem is None
+
+
+def run_batch(case: AttnCase, attend: Attend, bound: Bound) -> bool:
+    """A row's output does not depend on the other rows of the batch."""
+    problem, gaps, limit = batch_problem(case, attend, bound)
+    print('batch: ' + ', '.join((f'{what} {gap:.3g} from the full batch' for what, gap in gaps.items())) + f' (limit {limit:.3g})' + (f': {problem}' if problem else ''))
+    return problem is None
 
 
 def sdpa_call(q, k, v, attn_mask=None, is_causal=False, scale=None, kernel=None):
