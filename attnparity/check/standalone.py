@@ -102,7 +102,7 @@ def render(repro: Repro, backend: Backend, tolerances: Tolerances | None = None)
         "applies": ", ".join(f"{k} {v}" for k, v in repro.applies.items()) or "not scoped",
         "device": case.device,
         "check": repr(repro.check),
-        "case": _literal(case.as_dict()),
+        "case": _literal(_changed(case)),
         "variants": _literal(_variants(repro, backend)),
         "bound": _literal({"k": bound.k, "floor": bound.floor, "floor_mean": bound.floor_mean}),
         "claims": _literal({"fully_masked": caps.fully_masked, "deterministic": caps.deterministic}),
@@ -134,20 +134,33 @@ def _variants(repro: Repro, backend: Backend) -> list[tuple[str, dict[str, Any],
         return []
     from .semantics import _kwarg_variants
 
-    return [(kw, a.as_dict(), b.as_dict()) for kw, a, b in _kwarg_variants(repro.case, backend)]
+    return [(kw, _changed(a), _changed(b)) for kw, a, b in _kwarg_variants(repro.case, backend)]
+
+
+def _changed(case: AttnCase) -> dict[str, Any]:
+    """The fields of ``case`` that differ from AttnCase's defaults (the file has the same defaults)."""
+    default = AttnCase().as_dict()
+    return {k: v for k, v in case.as_dict().items() if v != default[k]}
 
 
 def _literal(value: Any) -> str:
-    """A Python literal of ``value``, one that ``ast.literal_eval`` reads back (checked)."""
+    """A Python literal of ``value`` (a list: one item a line), one that ``ast.literal_eval`` reads
+    back (checked)."""
     text = repr(value)
+    if isinstance(value, list) and value:
+        text = "[\n" + "".join(f"    {item!r},\n" for item in value) + "]"
     ast.literal_eval(text)
     return text
 
 
 def _docstring_text(text: str) -> str:
     """``text`` made safe inside the file's docstring (no closing quotes, no escapes)."""
+    import textwrap
+
     text = text.replace("\\", "/").replace('"""', "'''")
-    return "\n".join(line.rstrip() for line in text.strip().splitlines())
+    # Long prose lines are wrapped; indented lines (a failure's details) are kept as they are.
+    return "\n".join(line.rstrip() if line.startswith(" ") or len(line) <= 100 else textwrap.fill(line, 100)
+                     for line in text.strip().splitlines())
 
 
 def _definitions(call: StandaloneCall) -> list[str]:

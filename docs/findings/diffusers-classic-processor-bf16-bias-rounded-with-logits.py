@@ -1,8 +1,12 @@
 """Standalone repro: the forward check of naive+compile on B2 H8 Sq97 Skv2 D40 bf16 mask=random:float(min).
 
-diffusers' classic AttnProcessor math adds an additive mask inside baddbmm in the query dtype: in bf16 a large kept bias (ALiBi over a long row, |bias| >= 8) is rounded together with the logit (spacing 1/8 at 16-32), about 6x the error of adding it after the fp32 upcast.
+diffusers' classic AttnProcessor math adds an additive mask inside baddbmm in the query dtype: in
+bf16 a large kept bias (ALiBi over a long row, |bias| >= 8) is rounded together with the logit
+(spacing 1/8 at 16-32), about 6x the error of adding it after the fp32 upcast.
 
-attnparity's known finding diffusers-classic-processor-bf16-bias-rounded-with-logits (docs/findings.md#diffusers-classic-attnprocessor-math-in-bf16-rounds-a-large-bias-with-the-logits), seen on torch >=2.13, cpu; checks forward, backends naive+compile.
+attnparity's known finding diffusers-classic-processor-bf16-bias-rounded-with-logits
+(docs/findings.md#diffusers-classic-attnprocessor-math-in-bf16-rounds-a-large-bias-with-the-logits),
+seen on torch >=2.13, cpu; checks forward, backends naive+compile.
 
 Run: python THIS_FILE. Exit status 1 while the bug is there, 0 once it is fixed. Needs only
 torch (no attnparity).
@@ -29,7 +33,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 CHECK = 'forward'
-CASE = {'batch': 2, 'heads': 8, 'kv_heads': 8, 'sq': 97, 'skv': 2, 'head_dim': 40, 'dtype': 'bf16', 'mask': 'random', 'mask_type': 'float', 'masked_value': 'min', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 3, 'device': 'cpu', 'mask_dims': '1H', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}
+CASE = {'batch': 2, 'heads': 8, 'kv_heads': 8, 'sq': 97, 'skv': 2, 'head_dim': 40, 'dtype': 'bf16', 'mask': 'random', 'mask_type': 'float', 'masked_value': 'min', 'seed': 3, 'mask_dims': '1H'}
 VARIANTS = []
 BOUND = {'k': 4.0, 'floor': 2.0, 'floor_mean': None}
 CLAIMS = {'fully_masked': 'zero', 'deterministic': True}

@@ -1,8 +1,11 @@
 """Standalone repro: the forward check of diffusers:flex on B2 H2/kv1 Sq33 Skv65 D16 fp32 mask=random:bool.
 
-diffusers' flex attention backend views a 2-D attn_mask as (X, 1, Y, 1), a query-row mask: a (Sq, Skv) mask raises unless its shape happens to broadcast (then it is silently wrong).
+diffusers' flex attention backend views a 2-D attn_mask as (X, 1, Y, 1), a query-row mask: a (Sq,
+Skv) mask raises unless its shape happens to broadcast (then it is silently wrong).
 
-attnparity's known finding diffusers-flex-2d-mask-as-query-mask (docs/findings.md#diffusers-042-the-flex-backend-reads-a-2-d-mask-as-a-query-mask), seen on diffusers >=0.36,<0.43, any device; checks forward, masked-rows, kwargs, deterministic, batch, backends diffusers:flex.
+attnparity's known finding diffusers-flex-2d-mask-as-query-mask (docs/findings.md#diffusers-042-the-
+flex-backend-reads-a-2-d-mask-as-a-query-mask), seen on diffusers >=0.36,<0.43, any device; checks
+forward, masked-rows, kwargs, deterministic, batch, backends diffusers:flex.
 
 Run: python THIS_FILE. Exit status 1 while the bug is there, 0 once it is fixed. Needs only
 torch and diffusers (no attnparity).
@@ -29,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 CHECK = 'forward'
-CASE = {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 33, 'skv': 65, 'head_dim': 16, 'dtype': 'fp32', 'mask': 'random', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 4, 'device': 'cpu', 'mask_dims': '', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}
+CASE = {'batch': 2, 'heads': 2, 'sq': 33, 'skv': 65, 'head_dim': 16, 'mask': 'random', 'seed': 4, 'mask_dims': ''}
 VARIANTS = []
 BOUND = {'k': 32.0, 'floor': 16.0, 'floor_mean': None}
 CLAIMS = {'fully_masked': 'zero', 'deterministic': True}

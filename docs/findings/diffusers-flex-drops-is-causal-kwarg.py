@@ -1,8 +1,11 @@
 """Standalone repro: the kwargs check of diffusers:flex on B2 H2/kv1 Sq1 Skv1 D32 fp32.
 
-diffusers' flex attention backend ignores is_causal when no mask is given (the kwargs check: adding is_causal does not change the output).
+diffusers' flex attention backend ignores is_causal when no mask is given (the kwargs check: adding
+is_causal does not change the output).
 
-attnparity's known finding diffusers-flex-drops-is-causal-kwarg (docs/findings.md#diffusers-036-to-042-the-flex-backend-drops-is_causal-without-a-mask), seen on diffusers >=0.36,<0.43, any device; checks kwargs, backends diffusers:flex.
+attnparity's known finding diffusers-flex-drops-is-causal-kwarg
+(docs/findings.md#diffusers-036-to-042-the-flex-backend-drops-is_causal-without-a-mask), seen on
+diffusers >=0.36,<0.43, any device; checks kwargs, backends diffusers:flex.
 
 Run: python THIS_FILE. Exit status 1 while the bug is there, 0 once it is fixed. Needs only
 torch and diffusers (no attnparity).
@@ -29,8 +32,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 CHECK = 'kwargs'
-CASE = {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 1, 'skv': 1, 'head_dim': 32, 'dtype': 'fp32', 'mask': 'none', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}
-VARIANTS = [('attn_mask (bool)', {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 1, 'skv': 4, 'head_dim': 32, 'dtype': 'fp32', 'mask': 'random', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}, {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 1, 'skv': 4, 'head_dim': 32, 'dtype': 'fp32', 'mask': 'none', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}), ('attn_mask (float)', {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 1, 'skv': 4, 'head_dim': 32, 'dtype': 'fp32', 'mask': 'random', 'mask_type': 'float', 'masked_value': '-inf', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}, {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 1, 'skv': 4, 'head_dim': 32, 'dtype': 'fp32', 'mask': 'none', 'mask_type': 'float', 'masked_value': '-inf', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}), ('is_causal', {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 4, 'skv': 4, 'head_dim': 32, 'dtype': 'fp32', 'mask': 'none', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': 'top-left', 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}, {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 4, 'skv': 4, 'head_dim': 32, 'dtype': 'fp32', 'mask': 'none', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}), ('scale', {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 1, 'skv': 4, 'head_dim': 32, 'dtype': 'fp32', 'mask': 'none', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': None, 'scale': 0.3, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}, {'batch': 2, 'heads': 2, 'kv_heads': 1, 'sq': 1, 'skv': 4, 'head_dim': 32, 'dtype': 'fp32', 'mask': 'none', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0})]
+CASE = {'batch': 2, 'heads': 2, 'sq': 1, 'skv': 1, 'head_dim': 32, 'seed': 1234}
+VARIANTS = [
+    ('attn_mask (bool)', {'batch': 2, 'heads': 2, 'sq': 1, 'skv': 4, 'head_dim': 32, 'mask': 'random', 'seed': 1234}, {'batch': 2, 'heads': 2, 'sq': 1, 'skv': 4, 'head_dim': 32, 'seed': 1234}),
+    ('attn_mask (float)', {'batch': 2, 'heads': 2, 'sq': 1, 'skv': 4, 'head_dim': 32, 'mask': 'random', 'mask_type': 'float', 'seed': 1234}, {'batch': 2, 'heads': 2, 'sq': 1, 'skv': 4, 'head_dim': 32, 'mask_type': 'float', 'seed': 1234}),
+    ('is_causal', {'batch': 2, 'heads': 2, 'sq': 4, 'skv': 4, 'head_dim': 32, 'causal': 'top-left', 'seed': 1234}, {'batch': 2, 'heads': 2, 'sq': 4, 'skv': 4, 'head_dim': 32, 'seed': 1234}),
+    ('scale', {'batch': 2, 'heads': 2, 'sq': 1, 'skv': 4, 'head_dim': 32, 'scale': 0.3, 'seed': 1234}, {'batch': 2, 'heads': 2, 'sq': 1, 'skv': 4, 'head_dim': 32, 'seed': 1234}),
+]
 BOUND = {'k': 32.0, 'floor': 16.0, 'floor_mean': None}
 CLAIMS = {'fully_masked': 'zero', 'deterministic': True}
 GENERATED_WITH = {'torch': '2.13.0+cpu', 'diffusers': '0.42.1'}

@@ -1,8 +1,11 @@
 """Standalone repro: the forward check of diffusers:flex on B1 H2/kv1 Sq17 Skv65 D64 fp32 causal=top-left.
 
-diffusers' flex attention backend sets block_mask = attn_mask = None when no mask is given, so is_causal is silently dropped and causal attention becomes full attention.
+diffusers' flex attention backend sets block_mask = attn_mask = None when no mask is given, so
+is_causal is silently dropped and causal attention becomes full attention.
 
-attnparity's known finding diffusers-flex-drops-is-causal (docs/findings.md#diffusers-036-to-042-the-flex-backend-drops-is_causal-without-a-mask), seen on diffusers >=0.36,<0.43, any device; checks forward, pipeline, backends diffusers:flex.
+attnparity's known finding diffusers-flex-drops-is-causal
+(docs/findings.md#diffusers-036-to-042-the-flex-backend-drops-is_causal-without-a-mask), seen on
+diffusers >=0.36,<0.43, any device; checks forward, pipeline, backends diffusers:flex.
 
 Run: python THIS_FILE. Exit status 1 while the bug is there, 0 once it is fixed. Needs only
 torch and diffusers (no attnparity).
@@ -29,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 CHECK = 'forward'
-CASE = {'batch': 1, 'heads': 2, 'kv_heads': 1, 'sq': 17, 'skv': 65, 'head_dim': 64, 'dtype': 'fp32', 'mask': 'none', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': 'top-left', 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1234, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}
+CASE = {'heads': 2, 'sq': 17, 'skv': 65, 'causal': 'top-left', 'seed': 1234}
 VARIANTS = []
 BOUND = {'k': 32.0, 'floor': 16.0, 'floor_mean': None}
 CLAIMS = {'fully_masked': 'zero', 'deterministic': True}

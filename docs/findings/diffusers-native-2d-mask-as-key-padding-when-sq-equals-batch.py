@@ -1,8 +1,13 @@
 """Standalone repro: the forward check of diffusers:native on B2 H1 Sq2 Skv3 D16 fp32 mask=random:bool.
 
-diffusers' native backend reads a 2-D attn_mask of shape (B, Skv) as a key-padding mask (B, 1, 1, Skv); a (Sq, Skv) mask is SDPA's (Sq, Skv) mask unless Sq = B, where it silently becomes per-batch key padding.
+diffusers' native backend reads a 2-D attn_mask of shape (B, Skv) as a key-padding mask (B, 1, 1,
+Skv); a (Sq, Skv) mask is SDPA's (Sq, Skv) mask unless Sq = B, where it silently becomes per-batch
+key padding.
 
-attnparity's known finding diffusers-native-2d-mask-as-key-padding-when-sq-equals-batch (docs/findings.md#diffusers-042-the-native-backend-reads-a-2-d-sq-skv-mask-as-key-padding-when-sq--b), seen on diffusers >=0.42,<0.43, any device; checks forward, masked-rows, kwargs, backends diffusers:native.
+attnparity's known finding diffusers-native-2d-mask-as-key-padding-when-sq-equals-batch
+(docs/findings.md#diffusers-042-the-native-backend-reads-a-2-d-sq-skv-mask-as-key-padding-when-sq--
+b), seen on diffusers >=0.42,<0.43, any device; checks forward, masked-rows, kwargs, backends
+diffusers:native.
 
 Run: python THIS_FILE. Exit status 1 while the bug is there, 0 once it is fixed. Needs only
 torch and diffusers (no attnparity).
@@ -29,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 CHECK = 'forward'
-CASE = {'batch': 2, 'heads': 1, 'kv_heads': 1, 'sq': 2, 'skv': 3, 'head_dim': 16, 'dtype': 'fp32', 'mask': 'random', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 4, 'device': 'cpu', 'mask_dims': '', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}
+CASE = {'batch': 2, 'sq': 2, 'skv': 3, 'head_dim': 16, 'mask': 'random', 'seed': 4, 'mask_dims': ''}
 VARIANTS = []
 BOUND = {'k': 32.0, 'floor': 16.0, 'floor_mean': None}
 CLAIMS = {'fully_masked': 'zero', 'deterministic': True}

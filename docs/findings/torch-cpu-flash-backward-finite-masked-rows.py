@@ -1,8 +1,13 @@
 """Standalone repro: the backward check of sdpa-flash on B1 H2/kv1 Sq9 Skv8 D8 fp32 mask=dead-rows:float(min).
 
-torch's CPU flash backward recomputes P from an fp32 logsumexp: rows whose every key is masked by a large finite value (finfo.min, -1e4) keep only ulp(|mask|) of it, so dQ/dK/dV are off (O(1) for finfo.min).
+torch's CPU flash backward recomputes P from an fp32 logsumexp: rows whose every key is masked by a
+large finite value (finfo.min, -1e4) keep only ulp(|mask|) of it, so dQ/dK/dV are off (O(1) for
+finfo.min).
 
-attnparity's known finding torch-cpu-flash-backward-finite-masked-rows (docs/findings.md#torch-cpu-flash-backward-loses-precision-when-a-whole-mask-row-is-large-and-finite), seen on torch >=2.13,<2.15, cpu; checks backward, backends sdpa-flash, sdpa, diffusers:native, diffusers:_native_flash.
+attnparity's known finding torch-cpu-flash-backward-finite-masked-rows (docs/findings.md#torch-cpu-
+flash-backward-loses-precision-when-a-whole-mask-row-is-large-and-finite), seen on torch
+>=2.13,<2.15, cpu; checks backward, backends sdpa-flash, sdpa, diffusers:native,
+diffusers:_native_flash.
 
 Run: python THIS_FILE. Exit status 1 while the bug is there, 0 once it is fixed. Needs only
 torch (no attnparity).
@@ -29,7 +34,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 CHECK = 'backward'
-CASE = {'batch': 1, 'heads': 2, 'kv_heads': 1, 'sq': 9, 'skv': 8, 'head_dim': 8, 'dtype': 'fp32', 'mask': 'dead-rows', 'mask_type': 'float', 'masked_value': 'min', 'causal': None, 'scale': None, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 3, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 1.0, 'k_offset': 0.0, 'k_outliers': 0}
+CASE = {'heads': 2, 'sq': 9, 'skv': 8, 'head_dim': 8, 'mask': 'dead-rows', 'mask_type': 'float', 'masked_value': 'min', 'seed': 3}
 VARIANTS = []
 BOUND = {'k': 64.0, 'floor': 16.0, 'floor_mean': None}
 CLAIMS = {'fully_masked': 'zero', 'deterministic': True}

@@ -1,8 +1,12 @@
 """Standalone repro: the backward check of sdpa-flash on B1 H1 Sq1189 Skv1101 D8 fp16 scale=1.
 
-torch's CPU flash backward in fp16 returns -inf in dQ where the fp64 reference is about -880 and the math kernel's fp16 dQ is finite: an fp16 intermediate overflows with V at scale 100, skewed keys and Sq, Skv above 1000.
+torch's CPU flash backward in fp16 returns -inf in dQ where the fp64 reference is about -880 and the
+math kernel's fp16 dQ is finite: an fp16 intermediate overflows with V at scale 100, skewed keys and
+Sq, Skv above 1000.
 
-attnparity's known finding torch-cpu-flash-backward-fp16-dq-overflow (docs/findings.md#torch-cpu-flash-backward-overflows-dq-in-fp16), seen on torch >=2.13,<2.14, cpu; checks backward, backends sdpa-flash, sdpa, diffusers:native, diffusers:_native_flash.
+attnparity's known finding torch-cpu-flash-backward-fp16-dq-overflow (docs/findings.md#torch-cpu-
+flash-backward-overflows-dq-in-fp16), seen on torch >=2.13,<2.14, cpu; checks backward, backends
+sdpa-flash, sdpa, diffusers:native, diffusers:_native_flash.
 
 Run: python THIS_FILE. Exit status 1 while the bug is there, 0 once it is fixed. Needs only
 torch (no attnparity).
@@ -29,7 +33,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 
 CHECK = 'backward'
-CASE = {'batch': 1, 'heads': 1, 'kv_heads': 1, 'sq': 1189, 'skv': 1101, 'head_dim': 8, 'dtype': 'fp16', 'mask': 'none', 'mask_type': 'bool', 'masked_value': '-inf', 'causal': None, 'scale': 1.0, 'magnitude': 1.0, 'layout': 'contiguous', 'seed': 1, 'device': 'cpu', 'mask_dims': 'B1', 'mask_layout': 'contiguous', 'pad_side': 'right', 'v_scale': 100.0, 'k_offset': 4.0, 'k_outliers': 2}
+CASE = {'sq': 1189, 'skv': 1101, 'head_dim': 8, 'dtype': 'fp16', 'scale': 1.0, 'seed': 1, 'v_scale': 100.0, 'k_offset': 4.0, 'k_outliers': 2}
 VARIANTS = []
 BOUND = {'k': 8.0, 'floor': 2.0, 'floor_mean': None}
 CLAIMS = {'fully_masked': 'zero', 'deterministic': True}
