@@ -58,6 +58,8 @@ class Repro:
     versions: dict[str, str]
     applies: dict[str, str]
     call_as: str | None = None
+    #: the device it was generated on, in words ("NVIDIA H100 80GB HBM3"); empty: the case's device kind
+    device: str = ""
 
 
 def supported(check: str) -> bool:
@@ -99,8 +101,8 @@ def render(repro: Repro, backend: Backend, tolerances: Tolerances | None = None)
         "swapped": (f"\nThe call under test is swapped for {caller}'s (a check that the file passes with a correct "
                     "backend).\n") if repro.call_as else "",
         "generated": ", ".join(f"{k} {v}" for k, v in repro.versions.items()),
-        "applies": ", ".join(f"{k} {v}" for k, v in repro.applies.items()) or "not scoped",
-        "device": case.device,
+        "applies": ", ".join(f"{k} {v}" for k, v in repro.applies.items()) or "the versions above (not scoped further)",
+        "device": repro.device or case.device,
         "check": repr(repro.check),
         "case": _literal(_changed(case)),
         "variants": _literal(_variants(repro, backend)),
@@ -223,9 +225,12 @@ def library_versions(libraries: tuple[str, ...]) -> dict[str, str]:
 
 def repro_of_failure(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances | None = None, *,
                      about: str | None = None, applies: dict[str, str] | None = None, call_as: str | None = None,
-                     command: str | None = None) -> Repro:
+                     command: str | None = None, name_device: bool = True) -> Repro:
     """The Repro of ``check`` on ``case``: ``about`` defaults to what attnparity's own check says
-    of the case here (it is run once)."""
+    of the case here (it is run once). ``name_device``: say which device (its model) the file was
+    generated on, not only its kind (files committed for every machine leave it out)."""
+    from attnparity.machine import identify
+
     from attnparity.backends.registry import standalone_call
 
     from .repro import run_check
@@ -235,7 +240,8 @@ def repro_of_failure(check: str, backend: Backend, case: AttnCase, tolerances: T
     call = standalone_call(backend.name)
     libraries = call.libraries if call is not None else ("torch",)
     return Repro(check, backend.name, case, about, command or standalone_command(check, backend.name, case),
-                 library_versions(libraries), dict(applies or {}), call_as)
+                 library_versions(libraries), dict(applies or {}), call_as,
+                 (identify(case.device).model or identify(case.device).name) if name_device else "")
 
 
 _FILE = Template('''\

@@ -73,7 +73,7 @@ def write_ledger_repros(out_dir: Path, ledger: Path = BUILTIN, *, call_as: str |
             continue
         backend = get_backend(chosen.backend)
         repro = repro_of_failure(chosen.check, backend, chosen.case, about=about(finding), applies=dict(finding.versions),
-                                 call_as=call_as, command=LEDGER_COMMAND)
+                                 call_as=call_as, command=LEDGER_COMMAND, name_device=False)
         path = out_dir / chosen.filename
         path.write_text(render(repro, backend))
         written.append(path)
