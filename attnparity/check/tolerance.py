@@ -160,6 +160,11 @@ class Judgement:
     failed: tuple[str, ...] = ()
     #: baseline elements that were NaN/Inf where the reference is finite (left out of its error)
     baseline_nonfinite: int = 0
+    #: the max-abs limit of the row nearest to (or furthest past) its limit, that row's error, and
+    #: the mean-abs limit: what a standalone repro prints beside the errors
+    row_limit: float = 0.0
+    row_error: float = 0.0
+    mean_limit: float = 0.0
 
 
 def judge(out: "torch.Tensor", base: "torch.Tensor", ref: "torch.Tensor", magnitude: "torch.Tensor | None",
@@ -240,4 +245,5 @@ def judge(out: "torch.Tensor", base: "torch.Tensor", ref: "torch.Tensor", magnit
                        f"{floor_mean:g}*eps*{float(mag.mean()):.3g} = {lim_mean:.3g}")
     use = math.inf if err_b.nonfinite else max(use_max, use_mean)
     v = Verdict(not failed, "; ".join(reasons), r_max, r_mean, use)
-    return Judgement(v, err_b, err_0, scale, tuple(failed), int((~base_ok).sum()))
+    return Judgement(v, err_b, err_0, scale, tuple(failed), int((~base_ok).sum()), float(lim_row[row_index]),
+                     float(err_row[row_index]), lim_mean)

@@ -76,12 +76,14 @@ def summarize(ctx: Any, records: list[ResultRecord | dict[str, Any]], terminal: 
     if full:
         write_matrix(matrix, terminal)
         write_pipelines(mx.rows_of(recs, "pipeline"), terminal)
+        write_missing_goldens(recs, terminal)
         write_perf(mx.rows_of(recs, "perf"), terminal)
         write_unavailable(mx.unavailable(recs), terminal)
         write_repros(failed, terminal, limit=len(failed))
         return
     write_matrix(matrix, terminal, backends=mx.ran_backends(matrix))
     write_pipeline_rollup(mx.pipeline_matrix(recs), terminal)
+    write_missing_goldens(recs, terminal)
     perf = mx.rows_of(recs, "perf")
     if perf_run(recs):  # -m attn_perf: the per-shape figures are what was asked for
         write_perf(perf, terminal, skips=False)
@@ -160,6 +162,22 @@ def write_pipelines(rows: list[mx.Row], terminal: Terminal) -> None:
         terminal.write(f"{clip(row.check, 21):<22}{clip(row.backend, NAME_WIDTH - 1):<{NAME_WIDTH}}{row.dtype:<6}")
         terminal.write(f"{row.verdict:<8}", **VERDICT_MARKUP[row.verdict])
         terminal.write_line(f"{fmt_ssim(row.metrics.get('ssim_ref')):>10}{fmt_ssim(row.metrics.get('ssim_golden')):>13}")
+
+
+def write_missing_goldens(recs: list[ResultRecord], terminal: Terminal) -> None:
+    """One line per device class with no goldens yet (every new GPU), however many cells skipped
+    their golden half: how many, and the one command that writes them."""
+    from attnparity.pipelines.golden import MISSING_KEY
+
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for r in recs:
+        missing = (r.extra or {}).get(MISSING_KEY)
+        if missing:
+            by_class.setdefault(missing["device_class"], []).append(missing)
+    for cls, cells in by_class.items():
+        terminal.write_line(f"no golden for {cls} yet: the golden half of {len(cells)} pipeline cell(s) was skipped "
+                            f"(judged against fp64-reference attention alone); write them with: {cells[0]['command']}",
+                            yellow=True)
 
 
 def write_pipeline_rollup(pm: mx.PipelineMatrix, terminal: Terminal) -> None:
