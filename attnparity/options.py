@@ -108,8 +108,8 @@ class Options:
     backends: str | None = _opt("backends to put in the matrix: 'all', a comma list, globs ('sdpa-*', 'diffusers:*')")
     dtypes: tuple[str, ...] = _opt("dtypes of the matrix, comma list of fp32,fp16,bf16", ("fp32", "fp16", "bf16"), "dtypes")
     device: str = _opt("device to run on: 'cuda' when one is present, else 'cpu'", "auto", "device")
-    examples: int = _opt("hypothesis examples per parity item (the user's hypothesis profile wins when loaded)", 30, "int", low=1)
-    seed: int | None = _opt("fixed hypothesis seed for the suite (reproducible draws)", None, "int")
+    examples: int = _opt("hypothesis examples per parity item (the user's hypothesis profile wins when loaded; with --attn-compare, the baseline's count unless given)", 30, "int", low=1)
+    seed: int | None = _opt("hypothesis seed for the suite's draws; without it attnparity picks one (printed in the header, kept in results.json), derandomizes under CI, or with --attn-compare reuses the baseline's", None, "int")
     tolerance: tuple[Rule, ...] = _opt("tolerance overrides, one per line: '<backend-glob> <dtype|*> k=<k> floor=<floor> [floor_mean=<n>]'",
                                        (), "rules", grammar=TOLERANCE_RULES)
     artifacts: Path = _opt("directory for failure artifacts (images, diff maps)", Path(".attnparity/artifacts"), "rootpath")
@@ -123,6 +123,7 @@ class Options:
     compare_slowdown: float = _opt("gate: a timing on the same device may grow by this fraction (0.25 = 25%), relative to the reference kernel timed in the same item (absolute ms where there is none)", 0.25, "float", low=0.0)
     pipeline: tuple[str, ...] = _opt("a local diffusers checkpoint directory to add to the pipeline checks (repeatable; ini: one per line)", (), "lines")
     golden_dir: Path | None = _opt("where golden images are read and written (default <rootdir>/golden; built-in pipelines fall back to the goldens shipped with attnparity)", None, "rootpath")
+    golden_required: bool = _opt("a missing golden image fails the pipeline cell (set it in the ini of a CI whose device class has goldens); without it, a cell with no golden for its device class yet is judged by the attention-isolated SSIM alone, and the summary says once how to write them", False, "bool")
     golden_update: bool = _opt("write the golden images of the pipelines that run (made with fp64 reference attention); never done otherwise", False, "bool")
     compile: bool = _opt("pipeline items also run with the denoiser (unet / transformer) compiled by torch.compile (fullgraph, inductor, its own SDPA): a 'sdpa+compile' cell judged by SSIM against the eager fp64-attention image and the golden, and a perf item with compile's speed-up in images/s over eager, compile time apart. On CPU only pixart in fp32 (a compile takes minutes there)", False, "bool")
     pipeline_ssim: tuple[Rule, ...] = _opt("pipeline SSIM thresholds, one per line: '<dtype|*> ref=<ssim> golden=<ssim>'",
@@ -167,7 +168,7 @@ class OptionSpec:
     def ini(self) -> str:
         return "attn_" + self.attr
 
-    name = ini  # the ini key, as the README's table calls it
+    name = ini  # the ini key, as docs/options.md calls it
 
     @property
     def flag(self) -> str:

@@ -10,7 +10,6 @@ test_known_upstream_finding asserts it still fails that way, so a torch that fix
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from known import CORRECT, CORRECT_CI, FALSE_ALARM_SEEDS, known_finding
 
 from attnparity.backends.registry import all_backends
-from attnparity.results.record import USER_PROPERTY
+from attnparity.plugin import record_of
 
 
 def available(names: tuple[str, ...]) -> list[str]:
@@ -36,7 +35,7 @@ def run_seed(pytester: pytest.Pytester, seed: int, backends: list[str], dtypes: 
     for r in reports:
         if not r.failed:
             continue
-        record = json.loads(dict(r.user_properties).get(USER_PROPERTY, "{}"))
+        record = record_of(r) or {}
         if known_finding(record.get("check", ""), record.get("backend", ""), record.get("case")) is None:
             failed.append(f"{r.nodeid}:\n{r.longreprtext[:1500]}")
     return failed
@@ -101,7 +100,7 @@ def _detection_script(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_margin_study_tells_a_false_alarm_from_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    # docs/detection.md's margins come from scripts/detection.py: it must report a wrong backend as a
+    # docs/reports/detection.md's margins come from scripts/detection.py: it must report a wrong backend as a
     # failure nobody knows of, and a correct one as a pass below its bound.
     from mutants import mutant
 

@@ -169,8 +169,12 @@ def test_golden_flow(pytester: pytest.Pytester) -> None:
     args = ("--attn-backends=sdpa-math", "--attn-golden-dir=goldens", "-k", "pipeline:pixart")
     golden = pytester.path / "goldens" / "pixart" / "cpu" / "fp32.png"
 
-    # 1. missing: a clear failure that names the command creating it; nothing is written.
+    # 1. missing: the golden half is skipped (the cell stands on the attention-isolated SSIM), the
+    # summary names the command creating it; with --attn-golden-required a clear failure. Nothing is written.
     result = _run(pytester, *args)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*no golden for cpu yet*--attn-golden-dir=*goldens*--attn-golden-update*"])
+    result = _run(pytester, *args, "--attn-golden-required")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*no golden image*goldens/pixart/cpu/fp32.png*",
                                  "*pytest --attn-backends=sdpa-math --attn-dtypes=fp32*--attn-golden-update*"])
@@ -202,6 +206,58 @@ def test_golden_flow(pytester: pytest.Pytester) -> None:
         path = pytester.path / "art" / "pipelines" / f"pixart-sdpa-math-fp32-{name}.png"
         assert path.is_file() and str(path) in out
     assert golden.read_bytes() == tampered
+
+
+#: A device class with no goldens anywhere (shipped or in a golden dir): every GPU's first run.
+NEW_DEVICE_CLASS_CONFTEST = """
+import dataclasses
+
+import attnparity.machine as machine
+
+_identify = machine.identify
+
+
+def _new_class(device):
+    return dataclasses.replace(_identify(device), golden_class="cuda-sm999")
+
+
+machine.identify = _new_class
+"""
+
+
+def test_a_new_device_class_starts_green(pytester: pytest.Pytester) -> None:
+    """No golden for the device class: each cell is judged by its attention-isolated SSIM alone
+    (exit 0 for correct backends, a wrong one still fails), the summary says so in one line with the
+    one command that writes them, nothing is written; --attn-golden-required (flag or ini) fails."""
+    import attnparity.machine
+
+    pytester.makeconftest(NEW_DEVICE_CLASS_CONFTEST + WRONG_SCALE_CONFTEST)
+    identify = attnparity.machine.identify  # the conftest replaces it in this process: put it back after
+    try:
+        _new_device_class_runs(pytester, ("-k", "pipeline:sd15 or pipeline:pixart"))
+    finally:
+        attnparity.machine.identify = identify
+
+
+def _new_device_class_runs(pytester: pytest.Pytester, args: tuple[str, ...]) -> None:
+    result = _run(pytester, "--attn-backends=sdpa-math,naive", *args)
+    assert result.ret == 0
+    result.assert_outcomes(passed=4)
+    lines = [line for line in result.outlines if "no golden for" in line]
+    assert len(lines) == 1, lines
+    assert "no golden for cuda-sm999 yet" in lines[0] and "4 pipeline cell(s)" in lines[0]
+    assert "--attn-golden-update" in lines[0] and "-k" not in lines[0].split("write them with:")[1]
+    assert not (pytester.path / "golden").exists()
+
+    wrong = _run(pytester, "--attn-backends=wrong-scale", *args)
+    wrong.assert_outcomes(failed=2)
+    assert "attention alone moved the image" in wrong.stdout.str()
+
+    required = _run(pytester, "--attn-backends=sdpa-math", "--attn-golden-required", *args)
+    required.assert_outcomes(failed=2)
+    required.stdout.fnmatch_lines(["*no golden image*cuda-sm999*--attn-golden-required*"])
+    pytester.makeini("[pytest]\nattn_golden_required = true\n")
+    _run(pytester, "--attn-backends=sdpa-math", *args).assert_outcomes(failed=2)
 
 
 def test_zero_routed_calls_fails(pytester: pytest.Pytester) -> None:

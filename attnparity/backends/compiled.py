@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Backend, Capabilities
+from .source import StandaloneCall, constant_source, source_of
 
 #: The scales a compiled row claims (None: 1/sqrt(D)); the suite's strategy draws these often.
 CLAIMED_SCALES = (None, 1.0, 0.5, 0.05)
@@ -141,29 +142,65 @@ def compiled_fn(name: str, inner: Callable[..., Any], *,
 
     def fn(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
         import torch
-        import torch.fx.experimental._config  # noqa: F401  (use_duck_shape, patched below)
 
         if "compiled" not in holder:
             holder["compiled"] = torch.compile(inner, backend=_counting_inductor(name, inductor_config),
                                                dynamic=True, fullgraph=True)
         _stats.setdefault(name, CompileStats()).calls += 1
-        b, h, sq, d = q.shape
-        # The scale as a Python float: a constant of the graph, as a model's is (a scale derived
-        # from a dynamic head_dim would be symbolic, and the pattern matcher only takes constants).
-        scale = d ** -0.5 if scale is None else float(scale)
-        q, k, v = _dense(q), _dense(k), _dense(v)
-        if attn_mask is not None:
-            attn_mask = _dense(attn_mask.expand(b, h, sq, k.shape[2]))
-        # No duck sizing: equal sizes (B == H == 2) would otherwise become one symbol, and the
-        # next case with B != H a recompile.
-        with torch._dynamo.config.patch(**dynamo_limits()), \
-                torch.fx.experimental._config.patch(use_duck_shape=False):
-            # GQA as a Python bool from here: computed in the graph it is a SymBool, which SDPA's
-            # enable_gqa refuses (a graph break without fullgraph).
-            return holder["compiled"](q, k, v, attn_mask, is_causal, scale, h != k.shape[1])
+        return compiled_call(holder["compiled"], q, k, v, attn_mask, is_causal, scale)
 
     fn.__name__ = name.replace("+", "_")
     return fn
+
+
+def compiled_call(compiled, q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """Call ``compiled`` (a torch.compile'd row function) the way the rows do: dense inputs, the mask
+    expanded to (B, H, Sq, Skv), the scale a Python float, no duck sizing, dynamo's limits raised."""
+    import torch
+    import torch.fx.experimental._config  # noqa: F401  (use_duck_shape, patched below)
+
+    b, h, sq, d = q.shape
+    # The scale as a Python float: a constant of the graph, as a model's is (a scale derived
+    # from a dynamic head_dim would be symbolic, and the pattern matcher only takes constants).
+    scale = d ** -0.5 if scale is None else float(scale)
+    q, k, v = _dense(q), _dense(k), _dense(v)
+    if attn_mask is not None:
+        attn_mask = _dense(attn_mask.expand(b, h, sq, k.shape[2]))
+    # No duck sizing: equal sizes (B == H == 2) would otherwise become one symbol, and the
+    # next case with B != H a recompile.
+    with torch._dynamo.config.patch(**dynamo_limits()), \
+            torch.fx.experimental._config.patch(use_duck_shape=False):
+        # GQA as a Python bool from here: computed in the graph it is a SymBool, which SDPA's
+        # enable_gqa refuses (a graph break without fullgraph).
+        return compiled(q, k, v, attn_mask, is_causal, scale, h != k.shape[1])
+
+
+#: The compiled row function of a standalone repro, compiled once (ROW_FUNCTION: the row's code).
+_COMPILED_ROW = """
+_COMPILED = {}
+
+
+def compiled_row():
+    if "fn" not in _COMPILED:
+        _COMPILED["fn"] = torch.compile(ROW_FUNCTION, backend="inductor", dynamic=True, fullgraph=True)
+    return _COMPILED["fn"]
+""".strip()
+
+_ROW_CODE = {"sdpa+compile": "_sdpa", "naive+compile": "_classic", "matmul+compile": "_matmul"}
+
+
+def _standalone(name: str) -> StandaloneCall | None:
+    """How a standalone repro calls row ``name``: the same function, compiled the same way (the
+    inductor backend without this module's counting)."""
+    if name not in _ROW_CODE:
+        return None
+    from .naive import math_sources
+
+    inner = globals()[_ROW_CODE[name]]
+    holder = _COMPILED_ROW.replace("ROW_FUNCTION", inner.__name__)
+    return StandaloneCall("compiled_call(compiled_row(), q, k, v, attn_mask, is_causal, scale)",
+                          (*math_sources(), source_of(inner), constant_source("DYNAMO_LIMITS", DYNAMO_LIMITS),
+                           source_of(dynamo_limits), source_of(_dense), source_of(compiled_call), holder))
 
 
 # -- what each row compiles ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Backend, Capabilities
+from .source import StandaloneCall, source_of
 
 PREFIX = "diffusers:"
 
@@ -246,21 +247,35 @@ def _unreachable(endpoint: str, timeout: float = 3.0) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def dispatch_call(q, k, v, attn_mask=None, is_causal=False, scale=None, name="native"):
+    """diffusers' ``dispatch_attention_fn`` with backend ``name`` forced, on SDPA-layout tensors."""
+    from diffusers.models import attention_dispatch as ad
+
+    backend = ad.AttentionBackendName(name)
+    # SDPA (B, H, S, D) -> diffusers (B, S, H, D), and back.
+    query, key, value = (t.transpose(1, 2) for t in (q, k, v))
+    with ad.attention_backend(backend):  # diffusers' requirement check and hub kernel fetch
+        out = ad.dispatch_attention_fn(query, key, value, attn_mask=attn_mask, is_causal=is_causal,
+                                       scale=scale, enable_gqa=q.shape[1] != k.shape[1], backend=backend)
+    if isinstance(out, tuple):
+        out = out[0]
+    return out.transpose(1, 2)
+
+
 def _make_fn(name: str, arg_names: set[str]):
     def diffusers_attention(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
-        ad = _dispatch_module()
-        backend = ad.AttentionBackendName(name)
-        # SDPA (B, H, S, D) -> diffusers (B, S, H, D), and back.
-        query, key, value = (t.transpose(1, 2) for t in (q, k, v))
-        with ad.attention_backend(backend):  # diffusers' requirement check and hub kernel fetch
-            out = ad.dispatch_attention_fn(query, key, value, attn_mask=attn_mask, is_causal=is_causal,
-                                           scale=scale, enable_gqa=q.shape[1] != k.shape[1], backend=backend)
-        if isinstance(out, tuple):
-            out = out[0]
-        return out.transpose(1, 2)
+        return dispatch_call(q, k, v, attn_mask, is_causal, scale, name)
 
     diffusers_attention.__name__ = f"diffusers_{name.strip('_')}"
     return diffusers_attention
+
+
+def _standalone(name: str) -> StandaloneCall | None:
+    """How a standalone repro calls row ``name`` (backends/source.py)."""
+    if not name.startswith(PREFIX):
+        return None
+    return StandaloneCall(f"dispatch_call(q, k, v, attn_mask, is_causal, scale, name={name[len(PREFIX):]!r})",
+                          (source_of(dispatch_call),), ("torch", "diffusers"))
 
 
 def backends() -> list[Backend]:

@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING, Literal
 
 from .base import Backend, Capabilities
+from .source import StandaloneCall, source_of
 
 if TYPE_CHECKING:
     import torch
@@ -97,13 +98,24 @@ def attention_math(
     return probs.to(compute_dtype) @ expand_kv(v, heads).to(compute_dtype)
 
 
-
 def naive_attention(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
     import torch
 
     softmax_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return attention_math(q, k, v, attn_mask, "top-left" if is_causal else None, scale,
                           compute_dtype=q.dtype, softmax_dtype=softmax_dtype).to(q.dtype)
+
+
+def math_sources() -> tuple[str, ...]:
+    """The attention math above, as source for a standalone repro (backends/source.py)."""
+    return tuple(source_of(f) for f in (causal_keep, expand_kv, attention_probs, attention_math))
+
+
+def _standalone(name: str) -> StandaloneCall | None:
+    if name != "naive":
+        return None
+    return StandaloneCall("naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)",
+                          (*math_sources(), source_of(naive_attention)))
 
 
 def backends() -> list[Backend]:

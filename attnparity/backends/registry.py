@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from importlib.metadata import entry_points
 
 from .base import Backend
+from .source import StandaloneCall
 
 ENTRY_POINT_GROUP = "attnparity.backends"
 
@@ -155,3 +156,17 @@ def select_backends(spec: str | Iterable[str]) -> list[Backend]:
         for name in matches:
             chosen.setdefault(name, backends[name])
     return list(chosen.values())
+
+
+def standalone_call(name: str) -> "StandaloneCall | None":
+    """How a standalone repro calls built-in backend ``name`` (each built-in module's private
+    ``_standalone`` hook, backends/source.py), or None: not a built-in, or no hook for it."""
+    backend = _registered.get(name)  # not loading the registry: a failure message asks this
+    if backend is not None and backend.origin != "builtin":
+        return None
+    for module_name in BUILTIN_MODULES:
+        hook = getattr(importlib.import_module(module_name), "_standalone", None)
+        call = hook(name) if hook is not None else None
+        if call is not None:
+            return call
+    return None

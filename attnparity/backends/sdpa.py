@@ -20,6 +20,7 @@ import warnings
 from typing import Any
 
 from .base import Backend, Capabilities, Unsupported
+from .source import StandaloneCall, source_of
 
 # name -> SDPBackend member name, or None for torch's own choice
 _KERNELS = {
@@ -37,27 +38,38 @@ _TORCH_CHECK = {
 }
 
 
+def sdpa_call(q, k, v, attn_mask=None, is_causal=False, scale=None, kernel=None):
+    """torch SDPA with ``kernel`` (an SDPBackend member name) pinned, or torch's own choice (None)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # enable_gqa only when needed: torch < 2.5 has no such keyword.
+    extra = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
+    if kernel is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, **extra)
+    with sdpa_kernel([getattr(SDPBackend, kernel)]):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, **extra)
+
+
 def _make_fn(kernel: str | None):
     def sdpa_attention(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
-        import torch.nn.functional as F
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        # enable_gqa only when needed: torch < 2.5 has no such keyword.
-        extra = {"enable_gqa": True} if q.shape[1] != k.shape[1] else {}
-        call = lambda: F.scaled_dot_product_attention(  # noqa: E731
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale, **extra)
-        if kernel is None:
-            return call()
         try:
-            with sdpa_kernel([getattr(SDPBackend, kernel)]):
-                return call()
+            return sdpa_call(q, k, v, attn_mask, is_causal, scale, kernel)
         except RuntimeError as exc:
-            if "No viable backend" in str(exc) or "No available kernel" in str(exc):
+            if kernel is not None and ("No viable backend" in str(exc) or "No available kernel" in str(exc)):
                 raise Unsupported(f"torch SDPA {kernel} kernel refused the input: {str(exc).splitlines()[0]}") from exc
             raise
 
     sdpa_attention.__name__ = f"sdpa_{(kernel or 'auto').lower()}"
     return sdpa_attention
+
+
+def _standalone(name: str) -> StandaloneCall | None:
+    """How a standalone repro calls row ``name`` (backends/source.py)."""
+    if name not in _KERNELS:
+        return None
+    return StandaloneCall(f"sdpa_call(q, k, v, attn_mask, is_causal, scale, kernel={_KERNELS[name]!r})",
+                          (source_of(sdpa_call),))
 
 
 # -- what torch says a kernel takes ---------------------------------------------------------------

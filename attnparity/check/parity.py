@@ -58,6 +58,26 @@ def repro_line(check: str, backend: str, case: AttnCase) -> str:
     return f"python -m attnparity.check.repro {check} {backend} '{payload}'"
 
 
+#: The checks ``attnparity repro --standalone`` writes a file for (check/standalone.py).
+STANDALONE_CHECKS = ("forward", "backward", "kwargs", "masked-rows", "deterministic", "batch")
+
+
+def standalone_command(check: str, backend: str, case: AttnCase, out: str = "repro.py") -> str:
+    """The command line that writes a standalone repro file of this failure (torch and the library only)."""
+    payload = json.dumps(case.as_dict(), separators=(",", ":"))
+    return f"attnparity repro --standalone {check} {backend} '{payload}' -o {out}"
+
+
+def reproduce_lines(check: str, backend: str, case: AttnCase, indent: str = "") -> str:
+    """The reproduce line of a failure message and, where one can be written, the standalone one."""
+    from attnparity.backends.registry import standalone_call
+
+    text = f"{indent}reproduce: {repro_line(check, backend, case)}"
+    if check in STANDALONE_CHECKS and standalone_call(backend) is not None:
+        text += f"\n{indent}standalone repro for an upstream report: {standalone_command(check, backend, case)}"
+    return text
+
+
 def call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor",
                  mask: "torch.Tensor | None") -> "torch.Tensor":
     """Run the backend on a claimed case; anything but a (B, H, Sq, D) tensor of the case dtype is a
@@ -170,7 +190,7 @@ def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances,
                            default=0.0)
     message = "" if not failures else (
         f"{backend.name} {check} differs from the fp64 reference on {case.short()}\n"
-        + "\n".join(failures) + f"\nreproduce: {repro_line(check, backend.name, case)}")
+        + "\n".join(failures) + f"\n{reproduce_lines(check, backend.name, case)}")
     return ParityResult(check, backend.name, case, not failures, message=message, metrics=metrics,
                         failure_classes=tuple(dict.fromkeys(classes)))
 
@@ -187,36 +207,39 @@ def _explain(label: str, reason: str, err_b: Errors, err_0: Errors, out, ref) ->
 
 def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None = None) -> ParityResult:
     """Forward output of ``backend`` on ``case`` against fp64 math, judged by the tolerance rule."""
-    from .reference import reference_forward_terms
-
     tolerances = tolerances or Tolerances()
     outside = case.outside(backend.capabilities)
     if outside:
         return ParityResult("forward", backend.name, case, True, skipped=outside)
     q, k, v, mask = case.tensors()
-    ref, magnitude, logit_terms = reference_forward_terms(q, k, v, mask, case.causal, case.scale, EPS["fp32"] / EPS[case.dtype])
-    base = baseline_forward(case, q, k, v, mask)
     try:
         out = call_backend(backend, case, q, k, v, mask)
     except ContractViolation as exc:
         return ParityResult("forward", backend.name, case, False, metrics={"ratio_max": float("inf")},
-                            failure_classes=("contract",), message=f"{backend.name} {exc} on {case.short()}\nreproduce: {repro_line('forward', backend.name, case)}")
-    dead = dead_rows(case)
-    if dead is not None and backend.capabilities.fully_masked == "finite":
-        # The backend documents its own value for rows with no key: judge only the other rows here
-        # (the masked-rows check still demands those rows be finite).
+                            failure_classes=("contract",), message=f"{backend.name} {exc} on {case.short()}\n{reproduce_lines('forward', backend.name, case)}")
+    pairs = forward_pairs(case, q, k, v, mask, out, backend.capabilities.fully_masked == "finite")
+    return _judge("forward", backend, case, tolerances, pairs)
+
+
+def forward_pairs(case: AttnCase, q, k, v, mask, out, finite_dead_rows: bool = False) -> dict[str, tuple]:
+    """{"out": (output, baseline, reference, magnitude, logit terms)} for ``_judge``: the fp64
+    reference and the naive same-dtype baseline of ``out``, a backend's output on ``case``'s inputs.
+    ``finite_dead_rows``: the backend documents its own value for rows with no key; those rows are
+    then not judged here (the masked-rows check still demands them finite)."""
+    from .reference import reference_forward_terms
+
+    ref, magnitude, logit_terms = reference_forward_terms(q, k, v, mask, case.causal, case.scale, EPS["fp32"] / EPS[case.dtype])
+    base = baseline_forward(case, q, k, v, mask)
+    dead = dead_rows(case) if finite_dead_rows else None
+    if dead is not None:
         dead = dead.expand_as(ref).to(ref.device)
         out = out.masked_fill(dead, 0.0)
         base = base.masked_fill(dead, 0.0)
-    return _judge("forward", backend, case, tolerances, {"out": (out, base, ref, magnitude, logit_terms)})
+    return {"out": (out, base, ref, magnitude, logit_terms)}
 
 
 def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None = None) -> ParityResult:
     """dQ, dK, dV of ``backend`` against fp64 autograd, beside the naive baseline's gradients."""
-    import torch
-
-    from .reference import reference_grads
-
     tolerances = tolerances or Tolerances()
     if not backend.capabilities.backward:
         return ParityResult("backward", backend.name, case, True, skipped="backward not claimed")
@@ -224,25 +247,41 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
     if outside:
         return ParityResult("backward", backend.name, case, True, skipped=outside)
     q, k, v, mask = case.tensors()
-    gen = torch.Generator().manual_seed(case.seed + 1)
-    grad_out = torch.randn(case.batch, case.heads, case.sq, case.head_dim, generator=gen).to(q.dtype).to(q.device)
-    ref = reference_grads(q, k, v, grad_out, mask, case.causal, case.scale)
-
-    def grads_of(fn) -> tuple:
-        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
-        out = fn(*leaves)
-        return torch.autograd.grad(out, leaves, grad_out)
-
-    base = grads_of(lambda a, b, c: baseline_forward(case, a, b, c, mask))
+    grad_out = upstream_grad(case, q)
     try:
-        got = grads_of(lambda a, b, c: call_backend(backend, case, a, b, c, mask))
+        got = grads_of(lambda a, b, c: call_backend(backend, case, a, b, c, mask), q, k, v, grad_out)
     except (ContractViolation, RuntimeError) as exc:
         return ParityResult("backward", backend.name, case, False, metrics={"ratio_max": float("inf")},
                             failure_classes=("contract",), message=f"{backend.name} backward failed on {case.short()}: {exc}\n"
-                                    f"reproduce: {repro_line('backward', backend.name, case)}")
+                                    f"{reproduce_lines('backward', backend.name, case)}")
+    return _judge("backward", backend, case, tolerances, grad_pairs(case, q, k, v, mask, grad_out, got), grad=True)
+
+
+def upstream_grad(case: AttnCase, q) -> "torch.Tensor":
+    """The gradient flowing into the output (B, H, Sq, D), drawn from the case's seed + 1."""
+    import torch
+
+    gen = torch.Generator().manual_seed(case.seed + 1)
+    return torch.randn(case.batch, case.heads, case.sq, case.head_dim, generator=gen).to(q.dtype).to(q.device)
+
+
+def grads_of(fn, q, k, v, grad_out) -> tuple:
+    """(dQ, dK, dV) of ``fn(q, k, v)`` for the upstream gradient ``grad_out``."""
+    import torch
+
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    return torch.autograd.grad(fn(*leaves), leaves, grad_out)
+
+
+def grad_pairs(case: AttnCase, q, k, v, mask, grad_out, got) -> dict[str, tuple]:
+    """{"dq" | "dk" | "dv": (gradient, baseline's, fp64 reference's, magnitude, logit terms)} for
+    ``_judge``, ``got`` being a backend's (dQ, dK, dV) on ``case``'s inputs."""
+    from .reference import reference_grads
+
+    ref = reference_grads(q, k, v, grad_out, mask, case.causal, case.scale)
+    base = grads_of(lambda a, b, c: baseline_forward(case, a, b, c, mask), q, k, v, grad_out)
     terms = _grad_terms(case, q, k, v, mask, grad_out)
-    pairs = {name: (g, b, r, *t) for name, g, b, r, t in zip(("dq", "dk", "dv"), got, base, ref, terms)}
-    return _judge("backward", backend, case, tolerances, pairs, grad=True)
+    return {name: (g, b, r, *t) for name, g, b, r, t in zip(("dq", "dk", "dv"), got, base, ref, terms)}
 
 
 def _grad_terms(case: AttnCase, q, k, v, mask, grad_out) -> tuple:

@@ -12,13 +12,32 @@ import argparse
 import importlib
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from attnparity.backends.base import Backend
+
+    from .cases import AttnCase
+    from .parity import ParityResult
+    from .tolerance import Tolerances
+
+
+def run_check(check: str, backend: "Backend", case: "AttnCase", tolerances: "Tolerances") -> "ParityResult":
+    """attnparity's ``check`` (forward, backward or a semantic check's name) of ``backend`` on ``case``."""
+    from .parity import check_grads, check_parity
+    from .semantics import run_semantic
+
+    if check == "forward":
+        return check_parity(backend, case, tolerances)
+    if check == "backward":
+        return check_grads(backend, case, tolerances)
+    return run_semantic(check, backend, case, tolerances)
 
 
 def main(argv: list[str] | None = None) -> int:
     from attnparity.backends.registry import UnknownBackend, get_backend
     from .cases import AttnCase
-    from .parity import check_grads, check_parity
-    from .semantics import SEMANTIC_CHECKS, run_semantic
+    from .semantics import SEMANTIC_CHECKS
     from .tolerance import Tolerances
 
     parser = argparse.ArgumentParser(prog="python -m attnparity.check.repro", description=__doc__.split("\n\n")[0])
@@ -37,13 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UnknownBackend, json.JSONDecodeError, TypeError) as exc:
         print(f"attnparity.check.repro: {exc}", file=sys.stderr)
         return 2
-    tolerances = Tolerances.from_lines(args.tolerance)
-    if args.check == "forward":
-        result = check_parity(backend, case, tolerances)
-    elif args.check == "backward":
-        result = check_grads(backend, case, tolerances)
-    else:
-        result = run_semantic(args.check, backend, case, tolerances)
+    result = run_check(args.check, backend, case, Tolerances.from_lines(args.tolerance))
     print(f"{args.check} {backend.name} {case.short()}")
     print(json.dumps(result.metrics, indent=1))
     print("PASS" if result.passed else f"FAIL\n{result.message}")

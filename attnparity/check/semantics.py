@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from attnparity.backends.base import Backend
 from .cases import AttnCase
-from .parity import ContractViolation, ParityResult, call_backend, dead_rows, repro_line
+from .parity import ContractViolation, ParityResult, call_backend, dead_rows, reproduce_lines
 from .tolerance import EPS, Tolerances
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def _result(check: str, backend: Backend, case: AttnCase, problem: str | None, **metrics: float) -> ParityResult:
     message = "" if problem is None else (
-        f"{backend.name} {check}: {problem}\n  case: {case.short()}\n  reproduce: {repro_line(check, backend.name, case)}")
+        f"{backend.name} {check}: {problem}\n  case: {case.short()}\n{reproduce_lines(check, backend.name, case, '  ')}")
     return ParityResult(check, backend.name, case, problem is None, message=message, metrics=dict(metrics))
 
 
@@ -37,10 +37,6 @@ def _run(backend: Backend, case: AttnCase, q, k, v, mask) -> "torch.Tensor":
     return call_backend(backend, case, q, k, v, mask)
 
 
-def _tol(backend: Backend, case: AttnCase, tolerances: Tolerances, base_err: float, scale: float) -> float:
-    return tolerances.bound(backend.name, case.dtype).limit(base_err, case.dtype, scale)
-
-
 def _claimed_mask_type(caps, case: AttnCase) -> str | None:
     """The drawn mask type if the backend claims it, else one it claims; None when it claims none."""
     if not caps.masks:
@@ -48,30 +44,44 @@ def _claimed_mask_type(caps, case: AttnCase) -> str | None:
     return case.mask_type if case.mask_type in caps.masks else sorted(caps.masks)[0]
 
 
-def masked_rows(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
-    caps = backend.capabilities
+def masked_rows_case(case: AttnCase, caps) -> AttnCase | None:
+    """The masked-rows check's variant of a drawn case (dead rows, a mask type the backend claims),
+    or None when the backend claims no mask."""
     mask_type = _claimed_mask_type(caps, case)
     if mask_type is None:
+        return None
+    return case.with_(mask="dead-rows", mask_type=mask_type, masked_value="-inf", causal=None)
+
+
+def masked_rows(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
+    caps = backend.capabilities
+    derived = masked_rows_case(case, caps)
+    if derived is None:
         return _skip("masked-rows", backend, case, "no masks claimed")
-    case = case.with_(mask="dead-rows", mask_type=mask_type, masked_value="-inf", causal=None)
+    case = derived
     if case.outside(caps):
         return _skip("masked-rows", backend, case, case.outside(caps) or "")
     q, k, v, mask = case.tensors()
-    out = _run(backend, case, q, k, v, mask)
+    problem, metrics = dead_row_problem(case, _run(backend, case, q, k, v, mask), caps.fully_masked)
+    return _result("masked-rows", backend, case, problem, **metrics)
+
+
+def dead_row_problem(case: AttnCase, out, fully_masked: str) -> tuple[str | None, dict[str, float]]:
+    """What is wrong with the rows of ``out`` that have no key left (NaN/Inf; not zero where the
+    backend claims zeros), or None, with the metrics of the finding."""
     dead = dead_rows(case)
     assert dead is not None  # dead-rows masks always kill row 0 of batch 0
     dead = dead.expand_as(out).to(out.device)
     nonfinite = int((~out.isfinite()).sum())
     if nonfinite:
-        return _result("masked-rows", backend, case, f"{nonfinite} NaN/Inf values in the output with fully masked rows "
-                       f"({int(dead[..., 0].sum())} rows have no key)", nonfinite=nonfinite)
-    if caps.fully_masked == "zero":
+        return (f"{nonfinite} NaN/Inf values in the output with fully masked rows "
+                f"({int(dead[..., 0].sum())} rows have no key)"), {"nonfinite": nonfinite}
+    if fully_masked == "zero":
         worst = float(out.masked_fill(~dead, 0).abs().max())
         if worst > 0:
-            return _result("masked-rows", backend, case,
-                           f"fully masked rows are not zero (max |value| {worst:.3g}); a backend with another "
-                           "convention declares Capabilities(fully_masked='finite')", dead_row_max=worst)
-    return _result("masked-rows", backend, case, None)
+            return (f"fully masked rows are not zero (max |value| {worst:.3g}); a backend with another "
+                    "convention declares Capabilities(fully_masked='finite')"), {"dead_row_max": worst}
+    return None, {}
 
 
 def masked_kv(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
@@ -136,78 +146,105 @@ def _kwarg_variants(case: AttnCase, backend: Backend) -> list[tuple[str, AttnCas
 
 def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
     """Each claimed kwarg must move the output as far as it moves the reference, and the right way."""
-    from .parity import baseline_forward
-    from .reference import reference_forward
-
     problems, ignored, use = [], [], 0.0
+    bound = tolerances.bound(backend.name, case.dtype)
     for kwarg, with_kw, without_kw in _kwarg_variants(case, backend):
-        q, k, v, mask = with_kw.tensors()
-        _, _, _, no_mask = without_kw.tensors()
-        ref_with = reference_forward(q, k, v, mask, with_kw.causal, with_kw.scale)
-        ref_without = reference_forward(q, k, v, no_mask, without_kw.causal, without_kw.scale)
-        effect = float((ref_with - ref_without).abs().max())
-        base_err = float((baseline_forward(with_kw, q, k, v, mask).double() - ref_with).abs().max())
-        if effect <= 4 * _tol(backend, with_kw, tolerances, base_err, float(ref_with.abs().max())):
-            continue  # the kwarg hardly matters for this input: nothing to tell apart
-        out = _run(backend, with_kw, q, k, v, mask).double()
-        err = float((out - ref_with).abs().max())
-        use = max(use, err / (0.5 * effect))
-        if not err < 0.5 * effect:  # nearer to "without" than "with" means the kwarg was lost
+        problem, kw_use = kwarg_lost(kwarg, with_kw, without_kw, lambda c, q, k, v, m: _run(backend, c, q, k, v, m), bound)
+        use = max(use, kw_use)
+        if problem is not None:
             ignored.append(kwarg.split(" ")[0])
-            problems.append(f"{kwarg} looks ignored: output is {err:.3g} from the reference with it, and the kwarg "
-                            f"itself moves the reference by {effect:.3g}")
+            problems.append(problem)
     result = _result("kwargs", backend, case, "; ".join(problems) or None, bound_use=use)
     result.ignored_kwargs = tuple(ignored)
     return result
+
+
+def kwarg_lost(kwarg: str, with_kw: AttnCase, without_kw: AttnCase, attend, bound) -> tuple[str | None, float]:
+    """(why ``kwarg`` looks ignored, or None; error / half the kwarg's effect) for a backend called as
+    ``attend(case, q, k, v, mask)`` on the inputs of ``with_kw``. ``bound``: the tolerance.Bound of
+    the case's dtype (a kwarg that moves the reference by less than a few of its limits says nothing)."""
+    from .parity import baseline_forward
+    from .reference import reference_forward
+
+    q, k, v, mask = with_kw.tensors()
+    _, _, _, no_mask = without_kw.tensors()
+    ref_with = reference_forward(q, k, v, mask, with_kw.causal, with_kw.scale)
+    ref_without = reference_forward(q, k, v, no_mask, without_kw.causal, without_kw.scale)
+    effect = float((ref_with - ref_without).abs().max())
+    base_err = float((baseline_forward(with_kw, q, k, v, mask).double() - ref_with).abs().max())
+    if effect <= 4 * bound.limit(base_err, with_kw.dtype, float(ref_with.abs().max())):
+        return None, 0.0  # the kwarg hardly matters for this input: nothing to tell apart
+    out = attend(with_kw, q, k, v, mask).double()
+    err = float((out - ref_with).abs().max())
+    if err < 0.5 * effect:  # nearer to "without" than "with" means the kwarg was lost
+        return None, err / (0.5 * effect)
+    return (f"{kwarg} looks ignored: output is {err:.3g} from the reference with it, and the kwarg itself moves "
+            f"the reference by {effect:.3g}"), err / (0.5 * effect)
 
 
 def deterministic(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
     q, k, v, mask = case.tensors()
     first = _run(backend, case, q, k, v, mask)
     second = _run(backend, case, q, k, v, mask)
+    problem, diff, use = repeat_problem(first, second, backend.capabilities.deterministic, case.dtype)
+    return _result("deterministic", backend, case, problem, repeat_diff=diff, bound_use=use)
+
+
+def repeat_problem(first, second, claimed: bool, dtype: str) -> tuple[str | None, float, float]:
+    """(what is wrong, largest difference, difference / what is allowed) of two outputs of the same
+    call: none at all where determinism is ``claimed``, else a few roundings."""
     same_nan = first.isnan() & second.isnan()  # NaN is the masked-rows check's business, not this one's
     diff = float((first.double() - second.double()).abs().masked_fill(same_nan, 0).nan_to_num(nan=float("inf")).max())
-    if backend.capabilities.deterministic:
+    if claimed:
         problem = None if diff == 0 else f"two identical calls differ by {diff:.3g} (deterministic claimed: bitwise)"
-        use = 0.0 if diff == 0 else float("inf")
-    else:
-        limit = 16 * EPS[case.dtype] * (float(first.abs().max()) or 1.0)
-        problem = None if diff <= limit else f"two identical calls differ by {diff:.3g} > {limit:.3g}"
-        use = diff / limit
-    return _result("deterministic", backend, case, problem, repeat_diff=diff, bound_use=use)
+        return problem, diff, 0.0 if diff == 0 else float("inf")
+    limit = 16 * EPS[dtype] * (float(first.abs().max()) or 1.0)
+    return (None if diff <= limit else f"two identical calls differ by {diff:.3g} > {limit:.3g}"), diff, diff / limit
 
 
 def batch_independent(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
     """Output row b alone, in a shuffled batch and in the full batch must agree within the rounding
     budget: a kernel whose result depends on its neighbours (shared scratch, batch-wide statistics,
     wrong strides) fails."""
+    case = batch_case(case)
+    if case.outside(backend.capabilities):
+        return _skip("batch", backend, case, case.outside(backend.capabilities) or "")
+    problem, gaps, limit = batch_problem(case, lambda c, q, k, v, m: _run(backend, c, q, k, v, m),
+                                         tolerances.bound(backend.name, case.dtype))
+    return _result("batch", backend, case, problem, bound_use=max(gaps.values()) / limit,
+                   **{k.replace(" ", "_"): v for k, v in gaps.items()})
+
+
+def batch_case(case: AttnCase) -> AttnCase:
+    """The batch check's variant of a drawn case: three rows at least, contiguous."""
+    return case.with_(batch=max(case.batch, 3), layout="contiguous")
+
+
+def batch_problem(case: AttnCase, attend, bound) -> tuple[str | None, dict[str, float], float]:
+    """(what is wrong, {"shuffled batch" | "row alone": gap to the full batch's output}, the limit)
+    for a backend called as ``attend(case, q, k, v, mask)``; ``bound``: the case dtype's tolerance.Bound."""
     import torch
 
     from .parity import baseline_forward
     from .reference import reference_forward
 
-    case = case.with_(batch=max(case.batch, 3), layout="contiguous")
-    if case.outside(backend.capabilities):
-        return _skip("batch", backend, case, case.outside(backend.capabilities) or "")
     q, k, v, mask = case.tensors()
-    full = _run(backend, case, q, k, v, mask)
+    full = attend(case, q, k, v, mask)
     perm = torch.arange(case.batch - 1, -1, -1)
     # Only a mask with a batch dim of its own is taken apart with the batch; (1, ...), 3-D and 2-D
     # masks broadcast over it and go in unchanged.
     per_row = mask is not None and mask.dim() == 4 and mask.shape[0] == case.batch > 1
-    shuffled = _run(backend, case, q[perm], k[perm], v[perm], mask[perm] if per_row else mask)[perm]
-    single_case = case.with_(batch=1)
+    shuffled = attend(case, q[perm], k[perm], v[perm], mask[perm] if per_row else mask)[perm]
     row = slice(1, 2)
-    alone = _run(backend, single_case, q[row], k[row], v[row], mask[row] if per_row else mask)
+    alone = attend(case.with_(batch=1), q[row], k[row], v[row], mask[row] if per_row else mask)
     ref = reference_forward(q, k, v, mask, case.causal, case.scale)
     base_err = float((baseline_forward(case, q, k, v, mask).double() - ref).abs().max())
-    limit = 2 * _tol(backend, case, tolerances, base_err, float(ref.abs().max()))
+    limit = 2 * bound.limit(base_err, case.dtype, float(ref.abs().max()))
     gaps = {"shuffled batch": float((shuffled.double() - full.double()).abs().max()),
             "row alone": float((alone.double() - full[row].double()).abs().max())}
     bad = [f"{what} differs from the full batch by {gap:.3g} > {limit:.3g}" for what, gap in gaps.items()
            if not gap <= limit]
-    return _result("batch", backend, case, "; ".join(bad) or None, bound_use=max(gaps.values()) / limit,
-                   **{k.replace(" ", "_"): v for k, v in gaps.items()})
+    return "; ".join(bad) or None, gaps, limit
 
 
 SEMANTIC_CHECKS: dict[str, Callable[[Backend, AttnCase, Tolerances], ParityResult]] = {

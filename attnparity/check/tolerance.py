@@ -17,7 +17,7 @@ so they never lift the limit. rel_baseline is naive math's worst error in the te
 row's scale (max over rows of err_baseline[r] / scale[r]): the rows share how accurate the dtype
 allows, each at its own scale. The error ratio err_backend / err_baseline (whole tensor) is the number the matrix shows.
 
-Defaults were calibrated on this project's CPU runs (see docs/detection.md): every correct backend
+Defaults were calibrated on this project's CPU runs (see docs/reports/detection.md): every correct backend
 passes every seed, and every planted bug of the mutant zoo fails. Override per backend glob and
 dtype with the ``attn_tolerance`` ini key, one rule per line: ``sage* bf16 k=8 floor=4``.
 """
@@ -160,6 +160,11 @@ class Judgement:
     failed: tuple[str, ...] = ()
     #: baseline elements that were NaN/Inf where the reference is finite (left out of its error)
     baseline_nonfinite: int = 0
+    #: the max-abs limit of the row nearest to (or furthest past) its limit, that row's error, and
+    #: the mean-abs limit: what a standalone repro prints beside the errors
+    row_limit: float = 0.0
+    row_error: float = 0.0
+    mean_limit: float = 0.0
 
 
 def judge(out: "torch.Tensor", base: "torch.Tensor", ref: "torch.Tensor", magnitude: "torch.Tensor | None",
@@ -240,4 +245,5 @@ def judge(out: "torch.Tensor", base: "torch.Tensor", ref: "torch.Tensor", magnit
                        f"{floor_mean:g}*eps*{float(mag.mean()):.3g} = {lim_mean:.3g}")
     use = math.inf if err_b.nonfinite else max(use_max, use_mean)
     v = Verdict(not failed, "; ".join(reasons), r_max, r_mean, use)
-    return Judgement(v, err_b, err_0, scale, tuple(failed), int((~base_ok).sum()))
+    return Judgement(v, err_b, err_0, scale, tuple(failed), int((~base_ok).sum()), float(lim_row[row_index]),
+                     float(err_row[row_index]), lim_mean)

@@ -44,6 +44,10 @@ def shipped_golden_dir() -> Path | None:
             return candidate
     return None
 
+#: record.extra key of a pipeline cell whose golden half was skipped (no golden for its device
+#: class yet): {"device_class", "expected" (the path), "command" (the one that writes them all)}
+MISSING_KEY = "golden_missing"
+
 #: Versions whose change may move an image; a golden made with others is reported.
 TRACKED = ("torch", "diffusers", "transformers")
 

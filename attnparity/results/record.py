@@ -28,7 +28,10 @@ Schema (version SCHEMA_VERSION), a JSON object:
                 under pytest-xdist each worker is pinned to one GPU (machine.worker_device)
 
 A run's results.json is {"schema": SCHEMA_VERSION, "created": iso time, "device": ..., "versions":
-{...}, "records": [record, ...]}. The schema only grows by new optional fields within a version.
+{...}, "draws": {...}, "records": [record, ...]}. "draws" (optional) holds what makes the run's
+hypothesis draws repeatable: {"derandomize": bool, "seed": int or null, "examples": int, "profile":
+the user's hypothesis profile or null}; a run with --attn-compare reuses them. The schema only grows
+by new optional fields within a version.
 """
 
 from __future__ import annotations
@@ -44,8 +47,11 @@ SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 #: "xfail": the cell met a finding of the known-findings ledger (results/known.py) and nothing else
 VERDICTS = ("pass", "fail", "skip", "error", "xfail")
-#: user_properties key under which items carry their record, so xdist workers ship it to the controller.
-USER_PROPERTY = "attnparity_record"
+#: The test report attribute that carries an item's record (JSON text): pytest serializes a report's
+#: attributes for pytest-xdist, so workers' records reach the controller without riding in junitxml.
+REPORT_ATTRIBUTE = "attnparity_record"
+#: The short junitxml property of each item (user_properties): verdict and headline figures only.
+USER_PROPERTY = "attnparity"
 
 
 @dataclass
@@ -102,15 +108,18 @@ class ResultRecord:
 
 
 
-def write_results(path: Path, records: list[ResultRecord], device: str, run_versions: dict[str, str]) -> Path:
+def write_results(path: Path, records: list[ResultRecord], device: str, run_versions: dict[str, str],
+                  draws: dict[str, Any] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    payload: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "versions": run_versions,
-        "records": [r.to_json() for r in records],
     }
+    if draws is not None:
+        payload["draws"] = draws
+    payload["records"] = [r.to_json() for r in records]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=str))
     tmp.replace(path)  # never leave a half-written results.json behind

@@ -157,11 +157,24 @@ def golden_command(ctx: SuiteContext, spec: "PipelineSpec", backend: str, dtype:
     return f"cd {ctx.rootdir} && " + " ".join(parts)
 
 
+def golden_class_command(ctx: SuiteContext) -> str:
+    """The one command that writes every golden of this run's pipelines, dtypes and device class
+    (the golden is the fp64-reference image, whichever backend runs)."""
+    parts = ["pytest", "--attn-backends=sdpa-math", f"--attn-dtypes={','.join(ctx.options.dtypes)}"]
+    if ctx.options.device != "auto":
+        parts.append(f"--attn-device={ctx.options.device}")
+    if ctx.options.golden_dir:
+        parts.append(f"--attn-golden-dir={ctx.options.golden_dir}")
+    parts += [f"--attn-pipeline={p}" for p in ctx.options.pipeline]
+    parts += ["-m", "attn_pipeline", "--attn-golden-update"]
+    return f"cd {ctx.rootdir} && " + " ".join(parts)
+
+
 def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype: str,
               limits: tuple[float, float], known: "tuple[Finding, ...]" = ()) -> "ResultRecord":
     import numpy as np
 
-    from attnparity.pipelines import routing, specs
+    from attnparity.pipelines import golden, routing, specs
     from attnparity.pipelines.specs import PipelineSpecError
     from attnparity.pipelines.ssim import ssim
     from attnparity.results.record import ResultRecord
@@ -220,7 +233,7 @@ def run_check(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dtype
     calls = ", ".join(f"{k} {v}" for k, v in sorted(stats.by_component.items()))
     lines.append(f"{stats.routed} attention calls routed to {backend.name} ({calls})")
     attention_failed = bool(bad) or not ssim_ref.score >= ref_limit
-    if problems and stats.known and attention_failed and "golden" in record.extra:
+    if problems and stats.known and attention_failed and ("golden" in record.extra or golden.MISSING_KEY in record.extra):
         _judge_known(ctx, spec, backend, dtype, pipe, reference, limits, known, stats, explain, record, label,
                      problems + lines)
     else:
@@ -311,16 +324,16 @@ def _judge_known(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend", dt
     with routing.route(pipe, backend, known=explain, divert=True) as diverted:
         image = specs.run_pipeline(pipe, spec)
     ref_limit, golden_limit = limits
-    found = _find_golden(ctx, spec, dtype)
-    assert found is not None, "only a cell compared with its golden is judged against the ledger"
-    scores = {"ref": ssim(image, reference).score,
-              "golden": golden.compare(found, image, specs.config_hash(pipe, spec)).score}
-    passes = scores["ref"] >= ref_limit and scores["golden"] >= golden_limit
+    found = _find_golden(ctx, spec, dtype)  # None: no golden for this device class yet (that half skipped)
+    scores = {"ref": ssim(image, reference).score}
+    if found is not None:
+        scores["golden"] = golden.compare(found, image, specs.config_hash(pipe, spec)).score
+    passes = scores["ref"] >= ref_limit and scores.get("golden", 1.0) >= golden_limit
     record.metrics.update({f"ssim_{k}_known_diverted": round(v, 6) for k, v in scores.items()})
     calls = ", ".join(f"{n} call(s) {fid}" for fid, n in stats.known.items())
     cites = [f for f in known if f.id in stats.known]
-    shown = (f"attention-isolated SSIM {scores['ref']:.4f} (needs {ref_limit}), "
-             f"golden SSIM {scores['golden']:.4f} (needs {golden_limit})")
+    shown = f"attention-isolated SSIM {scores['ref']:.4f} (needs {ref_limit}), " + (
+        f"golden SSIM {scores['golden']:.4f} (needs {golden_limit})" if found is not None else "no golden yet")
     rerun = (f"with the {sum(stats.known.values())} call(s) the ledger explains ({calls}) computed by the fp64 "
              f"reference and the other {diverted.routed} by {backend.name}: {shown}")
     if passes:
@@ -367,8 +380,16 @@ def _golden_check(ctx: SuiteContext, spec: "PipelineSpec", backend: str, dtype: 
     found = _find_golden(ctx, spec, dtype)
     if found is None:
         expected = golden.GoldenPaths.under(store, spec.name, cls, dtype).image
-        problems.append(f"no golden image {expected}. Create it (fp64 reference attention, this machine) with:\n"
-                        f"    {golden_command(ctx, spec, backend, dtype)}")
+        if ctx.options.golden_required:
+            problems.append(f"no golden image {expected} (--attn-golden-required). Create it (fp64 reference "
+                            f"attention, this machine) with:\n    {golden_command(ctx, spec, backend, dtype)}")
+            return
+        # A device class without goldens (every new GPU) starts green where the kernels are right: the
+        # cell stands on the attention-isolated comparison, and the summary says once how to write them.
+        record.extra[golden.MISSING_KEY] = {"device_class": cls, "expected": str(expected),
+                                        "command": golden_class_command(ctx)}
+        lines.append(f"no golden for {cls} yet ({expected}): golden half skipped; write this one with "
+                     f"{golden_command(ctx, spec, backend, dtype)}")
         return
     result = golden.compare(found, image, config_hash)
     record.metrics["ssim_golden"] = round(result.score, 6)
