@@ -58,6 +58,21 @@ def worker_device(device: str, worker: str | None, device_count: int) -> str:
     return device if index is None else f"cuda:{index}"
 
 
+def auto_workers(device: str) -> int:
+    """How many pytest-xdist workers ``-n auto`` starts for a run on ``device``: one per core this
+    process may use on CPU (its affinity, which a container or ``taskset`` narrows), one per GPU for
+    a plain "cuda" (worker_device pins each to its own), one for a device chosen by index or kind."""
+    import os
+
+    if device == "cpu":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device == "cuda":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return 1
+
+
 def resolve_device(requested: str) -> str:
     """The device of ``--attn-device`` ("auto", "cpu", "cuda", "cuda:1", ...) as torch sees it here."""
     import torch
@@ -71,12 +86,12 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def has_own_gpu(device: str, worker: str | None, workers: int, device_count: int) -> bool:
-    """Whether this pytest-xdist worker runs on a GPU that no other worker uses: pinned by its id
-    (worker_device) and no more workers than GPUs. Such a worker may time on its GPU beside the
-    others (their kernels run on other chips; only the host's CPU is shared, which launches them)."""
-    return (device.startswith("cuda:") and 0 < workers <= device_count
-            and device == worker_device("cuda", worker, device_count))
+def gpu_per_worker(device: str, workers: int, device_count: int) -> bool:
+    """Whether every one of ``workers`` pytest-xdist workers of a run on ``device`` (as the run
+    resolved it, before worker_device pins it) gets a GPU of its own: a plain "cuda" and no more
+    workers than GPUs. Such workers may time side by side (their kernels run on other chips; only
+    the host's CPU is shared, which launches them). An explicit "cuda:N" puts every worker on GPU N."""
+    return device == "cuda" and 0 < workers <= device_count
 
 
 def identify(device: str) -> DeviceIdentity:

@@ -22,6 +22,7 @@ from attnparity.results.record import REPORT_ATTRIBUTE, USER_PROPERTY
 
 if TYPE_CHECKING:
     from attnparity.session import Run
+    from attnparity.suite.perf import Placement
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,6 +60,9 @@ def _given(config: pytest.Config) -> frozenset[str]:
 
 
 RUN = pytest.StashKey["Run"]()
+PLACEMENT = pytest.StashKey["Placement"]()
+#: the key of xdist's workerinput under which the controller tells its workers what ran beside perf items
+WORKERINPUT_BESIDE = "attnparity_timing_beside"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -72,11 +76,16 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     from attnparity.session import start_run
 
+    workerinput = getattr(config, "workerinput", None)  # set on xdist workers only
+    beside = workerinput.get(WORKERINPUT_BESIDE) if workerinput else None
     try:
-        run = start_run(options, Path(config.rootpath), Path(config.invocation_params.dir), _given(config))
+        run = start_run(options, Path(config.rootpath), Path(config.invocation_params.dir), _given(config),
+                        timing_beside=beside)
     except (LookupError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[RUN] = run
+    # only the controller distributes; a worker's placement would be its own (none)
+    config.stash[PLACEMENT] = _placement(config, run.suite.device) if workerinput is None else _not_distributed()
     config.pluginmanager.register(RecordCollector(run), "attnparity-records")
 
 
@@ -98,7 +107,71 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     from attnparity.session import header_lines
 
-    return header_lines(config.stash[RUN])
+    placement = config.stash[PLACEMENT]
+    return header_lines(config.stash[RUN], placement.describe() if placement.workers else None)
+
+
+def _not_distributed() -> "Placement":
+    from attnparity.suite.perf import Placement
+
+    return Placement(0)
+
+
+def _placement(config: pytest.Config, device: str) -> "Placement":
+    """Where perf items run under pytest-xdist (Placement(0) without it), from the options xdist
+    has settled by now (``-n auto`` counted, ``--dist`` defaulted to load)."""
+    from attnparity.suite.perf import Placement
+
+    dist = config.getoption("dist", "no")
+    if dist == "no" or not config.getoption("tx", None):
+        return _not_distributed()
+    from xdist.workermanage import parse_tx_spec_config
+
+    from attnparity.machine import gpu_per_worker
+
+    workers = len(parse_tx_spec_config(config))
+    if device == "cuda":
+        import torch
+
+        return Placement(workers, dist, gpu_per_worker(device, workers, torch.cuda.device_count()))
+    return Placement(workers, dist)
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` for an attnparity run: a worker per usable core on CPU, per GPU on CUDA
+    (machine.auto_workers). Other test suites, and PYTEST_XDIST_AUTO_NUM_WORKERS, keep xdist's count."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or config.getoption("attn_list"):
+        return None
+    try:
+        options = resolve_options(config)
+    except pytest.UsageError:
+        return None  # pytest_configure says what is wrong
+    if not options.backends:
+        return None
+    from attnparity.machine import auto_workers, resolve_device
+
+    try:
+        return auto_workers(resolve_device(options.device))
+    except ValueError:
+        return None  # an unusable --attn-device: pytest_configure says so
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under --dist load: perf items after every other item, on one worker, alone (scheduling.py).
+    Another --dist the user chose is kept; the perf records then say what ran beside them."""
+    if RUN not in config.stash or not config.stash[PLACEMENT].perf_last:
+        return None
+    from attnparity.scheduling import PerfLastScheduling
+
+    return PerfLastScheduling(config, log)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    if RUN in node.config.stash:
+        node.workerinput[WORKERINPUT_BESIDE] = node.config.stash[PLACEMENT].beside
 
 
 @contextmanager

@@ -234,10 +234,12 @@ def pin_worker_device(device: str) -> str:
     return device
 
 
-def start_run(options: Options, rootdir: Path, invocation_dir: Path, given: frozenset[str] = frozenset()) -> Run:
+def start_run(options: Options, rootdir: Path, invocation_dir: Path, given: frozenset[str] = frozenset(),
+              timing_beside: str | None = None) -> Run:
     """The run for ``options`` (``given``: the options the user set, by field name); bad input (an
     unknown backend, an unreadable gate file, a report without jinja2) raises a ValueError or
-    LookupError that says what to do."""
+    LookupError that says what to do. ``timing_beside``: what perf records say about other
+    pytest-xdist workers' items beside their timing (suite.perf.Placement.beside)."""
     from attnparity.backends.registry import select_backends
     from attnparity.check.tolerance import Tolerances
     from attnparity.results.known import load_ledger
@@ -260,7 +262,8 @@ def start_run(options: Options, rootdir: Path, invocation_dir: Path, given: froz
     share_cpu_threads(device)
     suite = SuiteContext(backends=backends, device=device, options=options, tolerances=Tolerances(options.tolerance),
                          hypothesis_settings=hypothesis_settings(draws.examples, draws.derandomize), rootdir=rootdir,
-                         user_profile=_user_profile(), ledger=ledger, versions=versions())
+                         user_profile=_user_profile(), ledger=ledger, versions=versions(),
+                         timing_beside=timing_beside)
     return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), baseline=baseline,
                isolation=_isolation(options, suite, rootdir, invocation_dir), draws=draws)
 
@@ -286,7 +289,7 @@ def _isolation(options: Options, suite: SuiteContext, rootdir: Path, invocation_
     isolated = isolated_backends(suite.backends, options.isolate, suite.device)
     if not isolated:
         return Isolation(None, isolated)
-    spec = WorkerSpec(build=partial(worker_suite, options, rootdir, invocation_dir),
+    spec = WorkerSpec(build=partial(worker_suite, options, rootdir, invocation_dir, suite.timing_beside),
                       registering=registering_modules(suite.backends, registered_from),
                       suite_modules=tuple(attnparity.suite.SUITE_MODULES), sys_path=tuple(sys.path),
                       cwd=os.getcwd(), env=tuple(os.environ.items()), torch_threads=torch.get_num_threads(),
@@ -294,10 +297,12 @@ def _isolation(options: Options, suite: SuiteContext, rootdir: Path, invocation_
     return Isolation(spec, isolated, options.timeout)
 
 
-def worker_suite(options: Options, rootdir: Path, invocation_dir: Path) -> SuiteContext:
+def worker_suite(options: Options, rootdir: Path, invocation_dir: Path,
+                 timing_beside: str | None = None) -> SuiteContext:
     """The suite of an isolated worker process: the parent's run, rebuilt from the same options."""
     # the parent's draws are settled in ``options``: nothing is taken from the baseline again
-    return start_run(replace(options, isolate="none"), rootdir, invocation_dir, frozenset({"seed", "examples"})).suite
+    return start_run(replace(options, isolate="none"), rootdir, invocation_dir, frozenset({"seed", "examples"}),
+                     timing_beside).suite
 
 
 def _user_profile() -> str | None:
@@ -307,7 +312,8 @@ def _user_profile() -> str | None:
     return None if name in HYPOTHESIS_OWN_PROFILES else name
 
 
-def header_lines(run: Run) -> list[str]:
+def header_lines(run: Run, distribution: str | None = None) -> list[str]:
+    """The run's header; ``distribution``: how pytest-xdist spreads it (suite.perf.Placement.describe)."""
     import torch
 
     found = run.versions
@@ -321,11 +327,16 @@ def header_lines(run: Run) -> list[str]:
         f"attnparity: torch {torch.__version__} ({cuda}), device {run.device.ran_on}; {libs or 'no optional libraries'}",
         f"attnparity: {len(ctx.backends)} backends, dtypes {','.join(ctx.dtypes)}; hypothesis {draws.describe()}",
         f"attnparity: {ctx.ledger.describe()}",
+        *([f"attnparity: {distribution}"] if distribution else []),
     ]
 
 
 def stamp(run: Run, record: Any) -> None:
-    """Device and versions on every record: records travel alone (xdist, results.json)."""
+    """Device and versions on every record: records travel alone (xdist, results.json). The
+    pytest-xdist worker that ran it is a detail in extra: no cell or gate key depends on it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        record.extra.setdefault("worker", worker)
     record.device = record.device or run.device.name
     record.versions = record.versions or dict(run.versions)
     record.device_label = record.device_label or run.device.model

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from attnparity.cli import main as cli_main
-from attnparity.machine import gpu_for_worker, has_own_gpu, worker_device
+from attnparity.machine import auto_workers, gpu_for_worker, gpu_per_worker, worker_device
 from attnparity.results.gate import compare_records
 from attnparity.results.matrix import build_matrix
 from attnparity.results.merge import MergeError, merge_runs
@@ -34,10 +34,23 @@ def test_worker_device_pins_plain_cuda_only():
 
 
 def test_perf_on_every_worker_only_with_a_gpu_each():
-    assert has_own_gpu("cuda:1", "gw1", 2, 2)
-    assert not has_own_gpu("cuda:0", "gw2", 3, 2)  # more workers than GPUs: gw0 and gw2 share cuda:0
-    assert not has_own_gpu("cuda:0", "gw1", 2, 2)  # pinned by hand to another worker's GPU
-    assert not has_own_gpu("cpu", "gw1", 2, 0)
+    assert gpu_per_worker("cuda", 2, 2) and gpu_per_worker("cuda", 1, 8)
+    assert not gpu_per_worker("cuda", 3, 2)  # more workers than GPUs: gw0 and gw2 share cuda:0
+    assert not gpu_per_worker("cuda:1", 2, 2)  # pinned by hand: every worker on GPU 1
+    assert not gpu_per_worker("cpu", 2, 0) and not gpu_per_worker("cuda", 0, 2)
+
+
+def test_auto_gives_a_worker_per_core_on_cpu_and_per_gpu_on_cuda(monkeypatch):
+    import os
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert auto_workers("cuda") == 4
+    assert auto_workers("cuda:2") == 1  # the user chose one GPU
+    assert auto_workers("cpu") == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})  # taskset / a container's share
+    assert auto_workers("cpu") == 3
 
 
 def test_session_pins_the_worker_gpu_for_itself_and_its_isolated_workers(monkeypatch):
@@ -55,20 +68,6 @@ def test_session_pins_the_worker_gpu_for_itself_and_its_isolated_workers(monkeyp
     assert isolation.pin_device("cuda:1", pinned.append) == "cuda:1"
     assert pinned == [1, 1]
     assert session.pin_worker_device("cpu") == "cpu"
-
-
-def test_perf_refusal_lifted_for_a_worker_on_its_own_gpu(monkeypatch):
-    import torch
-
-    from attnparity.suite.perf import xdist_note, xdist_refusal
-
-    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
-    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert xdist_refusal("cuda:1") is None and xdist_note("cuda:1") is None
-    assert "gw0 only" in xdist_refusal("cpu")
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert "gw0 only" in xdist_refusal("cuda:0")
 
 
 def rec(backend, label, verdict="pass", ratio=0.5, kind="op", index=None, device="cpu", **kw):
@@ -173,3 +172,30 @@ def test_merge_refuses_what_is_not_one_matrix(tmp_path, capsys):
     # the CLI: a clear line and exit 2, never a traceback
     assert cli_main(["merge", str(a), str(same_cell), "--report", str(tmp_path / "m")]) == 2
     assert capsys.readouterr().err.startswith("attnparity merge: ")
+
+
+@pytest.mark.parametrize("device,gpus,workers,dist,scheduler,beside", [
+    ("cuda", 2, 2, "load", None, False),               # a GPU each: perf items on every worker, as xdist places them
+    ("cuda", 2, 3, "load", "PerfLastScheduling", False),  # gw0 and gw2 share cuda:0: perf last, alone
+    ("cuda:1", 2, 2, "load", "PerfLastScheduling", False),  # every worker on the chosen GPU
+    ("cpu", 0, 2, "load", "PerfLastScheduling", False),
+    ("cpu", 0, 2, "loadscope", None, True),            # the user's --dist is kept; records say so
+    ("cuda", 2, 2, "loadfile", None, False),           # a GPU each: nothing beside them either way
+])
+def test_where_perf_items_run_under_xdist(pytester, monkeypatch, device, gpus, workers, dist, scheduler, beside):
+    """Simulated on CPU: the controller's placement (plugin._placement) and scheduler for a machine
+    with ``gpus`` GPUs, with xdist's options as its pytest_cmdline_main leaves them."""
+    import torch
+
+    pytest.importorskip("xdist")
+    from attnparity import plugin
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    config = pytester.parseconfig("-p", "xdist")
+    config.option.dist, config.option.tx = dist, ["popen"] * workers
+    config.stash[plugin.RUN] = object()
+    config.stash[plugin.PLACEMENT] = placement = plugin._placement(config, device)
+    assert placement.workers == workers
+    made = plugin.pytest_xdist_make_scheduler(config, None)
+    assert (type(made).__name__ if made is not None else None) == scheduler
+    assert (placement.beside is not None) is beside

@@ -1,4 +1,4 @@
-"""The attn_perf items through pytest: selection, records, the baseline gate, xdist refusal."""
+"""The attn_perf items through pytest: selection, records, the baseline gate, under pytest-xdist."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ def test_baseline_equal_timing_passes_and_slowdown_fails(suite: pytest.Pytester,
                                  "*repro: pytest --attn-backends=sleepy*--attn-perf-margin=0.5*"])
 
 
-def steady_timings(fns, device, settings, *, tolerate=()):
+def steady_timings(fns, device, settings, *, tolerate=(), warm=()):
     """perf.timer.time_many with fixed times: each function runs once (the item's code path), and the
     reference's time does not drift between runs. Measured, a 0.4 ms sdpa-math on the tiny shape
     moved 1.48x between two runs of a CI job, which alone carried a planted 1.4x past 2x."""
@@ -187,20 +187,39 @@ def test_bad_options_are_usage_errors(suite: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*--attn-perf=everything: expected one of quick, full*"])
 
 
-def test_xdist_workers_other_than_gw0_refuse(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    from attnparity.suite.perf import xdist_note, xdist_refusal
+def test_records_say_when_other_workers_items_ran_beside_them(suite: pytest.Pytester,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a --dist the user chose, perf items run where xdist puts them: never skipped, and their
+    records carry the note the controller sent (Placement.beside); alone, none."""
+    from attnparity.suite.perf import Placement
 
-    assert xdist_refusal("cuda") is None and xdist_note() is None  # not under xdist
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
-    assert "worker gw0 only (this is gw1)" in xdist_refusal("cuda") and "GPU" in xdist_refusal("cuda")
-    suite.inline_run(*ARGS, "-m", "attn_perf").assertoutcome(skipped=1)
-    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
-    assert xdist_refusal("cuda") is None
-    reprec = suite.inline_run(*ARGS, "-m", "attn_perf")
-    reprec.assertoutcome(passed=1)
-    (rec,) = perf_records(reprec)
-    assert "2 workers" in rec["extra"]["contended"]
+    for placement, noted in ((Placement(2, "loadfile"), True), (Placement(2, "load"), False)):
+        suite.makeconftest(CONFTEST + f"""
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):  # what xdist gives a worker: the controller's workerinput
+    config.workerinput = {{"attnparity_timing_beside": {placement.beside!r}}}
+""")
+        reprec = suite.inline_run(*ARGS, "-m", "attn_perf")
+        reprec.assertoutcome(passed=1)
+        (rec,) = perf_records(reprec)
+        assert rec["extra"]["worker"] == "gw1"
+        assert ("--dist loadfile with 2 workers" in rec["extra"].get("contended", "")) is noted
+        assert ("--dist loadfile" in rec["message"]) is noted
+
+
+def test_placement_of_perf_items() -> None:
+    from attnparity.suite.perf import Placement
+
+    serial, load, gpus, mine = Placement(0), Placement(2), Placement(4, "load", gpu_each=True), Placement(2, "loadscope")
+    assert not serial.perf_last and serial.beside is None
+    assert load.perf_last and load.beside is None and "last, alone on one worker" in load.describe()
+    assert not gpus.perf_last and gpus.beside is None and "each on its own GPU" in gpus.describe()
+    assert not mine.perf_last and "--dist loadscope with 2 workers" in mine.beside
+    assert Placement(1, "each").beside is None  # one worker: nothing beside it
 
 
 def test_catalogue_holds_the_real_diffusion_shapes() -> None:
@@ -232,3 +251,22 @@ def test_quick_cpu_set_stays_small_and_says_what_it_reduced() -> None:
             assert "@" in s.model
     assert perf_shapes.select("full", "cpu") == perf_shapes.full_catalogue()
     assert perf_shapes.select("quick", "cuda") == perf_shapes.quick_gpu()
+
+
+def test_the_scheduler_tells_perf_items_by_node_id_as_their_marker_does(pytester: pytest.Pytester) -> None:
+    """The xdist controller sees node ids only (scheduling.py): its rule must pick exactly the items
+    marked attn_perf, op-level and pipeline-level, and no others."""
+    from attnparity.suite.perf import is_perf_nodeid
+
+    args = ("--attn-backends=naive,sdpa-math", "--attn-dtypes=fp32", "--attn-perf=full", "--collect-only", "-q",
+            "-p", "no:cacheprovider")
+
+    def ids(*extra: str) -> list[str]:
+        out = pytester.runpytest_subprocess(*args, *extra).stdout.lines
+        return [line for line in out if line.startswith("attnparity::")]
+
+    everything, marked = ids(), ids("-m", "attn_perf")
+    assert any(i.startswith("attnparity::perf-pipeline:") for i in marked)
+    assert any(i.startswith("attnparity::perf:") for i in marked)
+    assert len(everything) > len(marked) > 0
+    assert [i for i in everything if is_perf_nodeid(i)] == marked

@@ -91,6 +91,43 @@ def test_time_many_interleaves_and_rotates():
     assert timed_calls == list("abc") + list("bca") + list("cab")
 
 
+def test_warm_functions_skip_only_their_first_call():
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    settings = perf.TimerSettings(warmup_ms=0, rep_ms=0, min_reps=3, max_reps=3)
+    result = perf.time_many(fns, "cpu", settings, warm={"b", "c"})
+    assert calls[:4] == ["a", "a", "b", "c"]  # a's first call, then the warm-up round of all three
+    assert calls[4:] == list("abc") + list("bca") + list("cab")
+    assert result["b"].first_call_ms == 0.0 and result["a"].first_call_ms > 0.0
+
+
+def test_a_reference_is_warm_from_its_second_item_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """suite/perf.py: the references' first call is paid once per case in a process, never the
+    backend's own (its first_call_ms is reported: compilation shows there)."""
+    from types import SimpleNamespace
+
+    from attnparity.backends.registry import get_backend
+    from attnparity.perf.shapes import quick_cpu
+    from attnparity.suite import perf as suite_perf
+
+    seen: list[set[str]] = []
+
+    def recording(fns, device, settings, *, tolerate=(), warm=()):
+        seen.append(set(warm))
+        return {name: perf.Timing((1.0,), "CPU", "perf_counter", 1.0, 1) for name in fns}
+
+    monkeypatch.setattr(perf, "time_many", recording)
+    backends = [get_backend(n) for n in ("naive", "sdpa-math", "sdpa-flash")]
+    ctx = SimpleNamespace(backends=backends, unavailable=lambda b: None, perf_warm=set())
+    case = quick_cpu()[0].case("fp32", "cpu")
+    for backend in backends:
+        suite_perf.time_with_references(ctx, backend, case, FAST)
+    # naive's own item warms both (naive timed as the backend); then sdpa-math's own first call runs
+    assert seen == [set(), {"naive"}, {"naive", "sdpa-math"}]
+    suite_perf.time_with_references(ctx, backends[0], quick_cpu()[1].case("fp32", "cpu"), FAST)
+    assert seen[-1] == set()  # another case: cold again
+
+
 def test_time_many_leaves_out_a_refusing_function():
     def refuses():
         raise Unsupported("not this shape")
@@ -114,6 +151,23 @@ def test_matmul_peak_is_cached_per_dtype():
     first = peak.matmul_peak("cpu", "fp32", settings)
     assert peak.matmul_peak("cpu", "fp32", settings) is first
     assert first.tflops == pytest.approx(flops.tflops(2 * first.n ** 3, min(first.timing.times_ms)))
+
+
+def test_matmul_peak_takes_three_runs_only_of_a_matmul_of_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    class Matrix:
+        def __init__(self, seconds: float, kind: str = "cpu") -> None:
+            self.seconds, self.device = seconds, SimpleNamespace(type=kind)
+
+        def __matmul__(self, other: "Matrix") -> "Matrix":
+            time.sleep(self.seconds)
+            return self
+
+    monkeypatch.setattr(peak, "LONG_MS", 30.0)
+    assert peak._min_runs(Matrix(0.0), Matrix(0.0)) == 10
+    assert peak._min_runs(Matrix(0.04), Matrix(0.04)) == 3
+    assert peak._min_runs(Matrix(0.04, "cuda"), Matrix(0.04, "cuda")) == 10  # not timed by the clock there
 
 
 def test_table_rows_show_metrics_and_skips():

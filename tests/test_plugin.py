@@ -98,6 +98,36 @@ def test_header_names_versions_and_profile(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["attnparity: torch *device*", "attnparity: 1 backends*hypothesis attnparity*"])
 
 
+def test_n_auto_counts_workers_for_an_attnparity_run_only(pytester: pytest.Pytester,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """-n auto: a worker per usable core here (CPU); another suite, or PYTEST_XDIST_AUTO_NUM_WORKERS,
+    keeps xdist's own count."""
+    import os
+
+    pytest.importorskip("xdist")
+    from attnparity.plugin import pytest_xdist_auto_num_workers as auto
+
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert auto(pytester.parseconfig("-n", "auto", "--attn-backends=naive", "--attn-device=cpu")) == 3
+    assert auto(pytester.parseconfig("-n", "auto")) is None
+    monkeypatch.setenv("PYTEST_XDIST_AUTO_NUM_WORKERS", "5")
+    assert auto(pytester.parseconfig("-n", "auto", "--attn-backends=naive", "--attn-device=cpu")) is None
+    monkeypatch.delenv("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    pytester.makeini("[pytest]\nattn_backends = naive\nattn_device = cpu\n")  # the ini key counts too
+    assert auto(pytester.parseconfig("-n", "auto")) == 3
+
+
+def test_header_says_how_xdist_splits_the_run(pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    args = ("--attn-backends=naive", "--attn-dtypes=fp32", "--collect-only", *FAST)
+    result = pytester.runpytest_subprocess(*args, "-n", "auto")
+    cores = len(__import__("os").sched_getaffinity(0))
+    result.stdout.fnmatch_lines([f"attnparity: pytest-xdist {cores} worker* (--dist load): perf items last, alone*"])
+    mine = pytester.runpytest_subprocess(*args, "-n", "2", "--dist", "loadfile")
+    mine.stdout.fnmatch_lines(["attnparity: pytest-xdist 2 workers (--dist loadfile): perf items beside other*"])
+
+
 def test_user_hypothesis_profile_is_never_overridden(pytester: pytest.Pytester) -> None:
     pytester.makeconftest(
         "from hypothesis import settings\n"

@@ -5,10 +5,12 @@ results.json and index.html; junitxml gets one short line per testcase, not the 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from attn_pytester import matrix_project  # noqa: F401  (fixture)
+from attnparity.results.gate import compare_files
 
 pytest.importorskip("xdist")
 
@@ -89,3 +91,86 @@ def test_xdist_workers_share_the_cpu_cores(monkeypatch: pytest.MonkeyPatch) -> N
         assert share_cpu_threads("cpu") is None and torch.get_num_threads() == cores  # not under xdist
     finally:
         torch.set_num_threads(before)
+
+
+#: A small matrix with perf items: the mini suite's op cells, a few op cells that take a while (so
+#: both workers are busy when perf items could start), and the real perf suite on two tiny shapes,
+#: timed by a stand-in that reports the same figures every run (the test is about how the run is
+#: split, not about the machine's noise). Set up in every process: xdist's workers import it too.
+PERF_PROJECT = '''
+import json, os, time
+import pytest
+import attnparity.suite as _suite
+from attnparity.perf import shapes as _shapes, timer as _timer
+from attnparity.perf.shapes import PerfShape
+from attnparity.results.record import ResultRecord
+from attnparity.suite import Check
+
+_SAVED = _suite.SUITE_MODULES
+_suite.SUITE_MODULES = ("minisuite", "conftest", "attnparity.suite.perf")
+_shapes.quick_cpu = lambda: [PerfShape(f"tiny-{n}", "Tiny", "self", 1, 2, n, n, 16, "test shape") for n in (32, 64)]
+
+def _steady(fns, device, settings, *, tolerate=(), warm=()):
+    for fn in fns.values():
+        fn()
+    label = _timer.identify("cpu").timing_label
+    return {name: _timer.Timing((1.0, 1.0, 1.0), label, "perf_counter", 0.0, 1) for name in fns}
+
+_timer.time_many = _steady
+
+def checks(ctx):  # op cells that take a while
+    def run(i):
+        time.sleep(0.3)
+        return ResultRecord("op", f"slow-{i}", "naive", "fp32", "pass", metrics={"ratio_max": 1.0})
+    return [Check("op", f"slow-{i}", "naive", "fp32", lambda i=i: run(i), marks=("attn_op",)) for i in range(6)]
+
+def pytest_runtest_logreport(report):
+    # the controller's view of when each item ran where (workers' clocks: one machine)
+    if report.when == "call" and not os.environ.get("PYTEST_XDIST_WORKER"):
+        with open(os.environ["ATTN_TEST_RUNLOG"], "a") as f:
+            f.write(json.dumps([report.nodeid, getattr(report, "worker_id", None), report.start, report.stop]) + "\\n")
+
+def pytest_unconfigure(config):
+    _suite.SUITE_MODULES = _SAVED
+'''
+PERF_ARGS = ("--attn-backends=naive,sdpa-math", "--attn-dtypes=fp32", "--attn-examples=2", "--attn-isolate=none",
+             "-p", "no:cacheprovider")
+
+
+def test_serial_and_parallel_runs_hold_the_same_cells_and_the_gate_sees_no_difference(pytester, tmp_path, monkeypatch):
+    from attnparity.cli import main as cli_main
+    from attnparity.suite.perf import is_perf_nodeid
+
+    pytester.makepyfile(minisuite=(Path(__file__).parent / "minisuite.py").read_text())
+    pytester.makeconftest(PERF_PROJECT)
+    runs = {}
+    for name, extra in (("serial", ()), ("xdist", ("-n", "2"))):
+        monkeypatch.setenv("ATTN_TEST_RUNLOG", str(tmp_path / f"{name}.jsonl"))
+        result = pytester.runpytest_subprocess(*PERF_ARGS, *extra, f"--attn-report={tmp_path / name}")
+        assert result.ret == 0, result.stdout.str()[-3000:]
+        runs[name] = json.loads((tmp_path / name / "results.json").read_text())["records"]
+    result.stdout.fnmatch_lines(["attnparity: pytest-xdist 2 workers (--dist load): perf items last, alone on one worker"])
+
+    def cell_set(records):
+        return sorted((r["kind"], r["check"], r["backend"], r["dtype"], r["verdict"]) for r in records)
+
+    perf = [r for r in runs["xdist"] if r["kind"] == "perf"]
+    assert len(perf) == 4 and all(r["verdict"] == "pass" for r in perf)  # none skipped on a worker
+    assert cell_set(runs["serial"]) == cell_set(runs["xdist"]) and len(cell_set(runs["serial"])) == 12
+    # no note of other workers beside them (outside load on this machine may still be noted)
+    assert not any("pytest-xdist" in r["extra"].get("contended", "") for r in perf)
+    assert {r["extra"]["worker"] for r in runs["xdist"]} == {"gw0", "gw1"}  # a detail of each record ...
+    assert not any("worker" in r["extra"] for r in runs["serial"])
+    assert cli_main(["compare", str(tmp_path / "serial" / "results.json"),
+                     str(tmp_path / "xdist" / "results.json")]) == 0  # ... that no cell or gate key depends on
+    comparison = compare_files(str(tmp_path / "serial" / "results.json"), str(tmp_path / "xdist" / "results.json"))
+    assert comparison.differences == [] and comparison.cells_compared == 12
+
+    # -n 2: every perf item started after every other item had ended, all on one worker
+    ran = [json.loads(line) for line in (tmp_path / "xdist.jsonl").read_text().splitlines()]
+    timed = [r for r in ran if is_perf_nodeid(r[0])]
+    others = [r for r in ran if not is_perf_nodeid(r[0])]
+    assert len(timed) == 4 and len(others) == 8
+    assert len({r[1] for r in timed}) == 1 and len({r[1] for r in others}) == 2
+    assert min(r[2] for r in timed) >= max(r[3] for r in others)
+    assert ran[-4:] == timed  # and reached the controller last

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,7 +118,8 @@ def time_fn(fn: Callable[[], Any], device: str, settings: TimerSettings) -> Timi
 
 
 def time_many(fns: Mapping[str, Callable[[], Any]], device: str, settings: TimerSettings, *,
-              tolerate: tuple[type[BaseException], ...] = ()) -> dict[str, "Timing | BaseException"]:
+              tolerate: tuple[type[BaseException], ...] = (), warm: Collection[str] = ()
+              ) -> dict[str, "Timing | BaseException"]:
     """Time several functions on the same inputs, interleaved run by run.
 
     Interleaving is what makes the speed-up ratios trustworthy on a shared or throttling device:
@@ -126,20 +127,30 @@ def time_many(fns: Mapping[str, Callable[[], Any]], device: str, settings: Timer
     instead of whichever happened to run then. The order rotates each round so no function always
     follows the same one. A function whose first call raises one of ``tolerate`` is left out and
     its exception returned in its place (a backend refusing a shape).
+
+    ``warm``: functions this process has already called on inputs of this shape and dtype (a
+    reference timed in an earlier item). What their untimed first call is for (lazy init,
+    compilation, a refusal) has happened, so they skip it (first_call_ms 0); the warm-up before
+    the timed runs stays, for them as for the others.
     """
     if device.startswith("cuda"):
-        return time_many_cuda(fns, device=device, settings=settings, tolerate=tolerate)
+        return time_many_cuda(fns, device=device, settings=settings, tolerate=tolerate, warm=warm)
     if device != "cpu":
         raise ValueError(f"perf timing supports cpu and cuda devices, not {device!r}")
-    return time_many_cpu(fns, settings=settings, tolerate=tolerate)
+    return time_many_cpu(fns, settings=settings, tolerate=tolerate, warm=warm)
 
 
 def _first_calls(fns: Mapping[str, Callable[[], Any]], sync: Callable[[], None],
-                 tolerate: tuple[type[BaseException], ...]) -> tuple[dict[str, float], dict[str, BaseException]]:
-    """The untimed first call of each function (lazy init, compilation), its wall time, and refusals."""
+                 tolerate: tuple[type[BaseException], ...], warm: Collection[str] = ()
+                 ) -> tuple[dict[str, float], dict[str, BaseException]]:
+    """The untimed first call of each function (lazy init, compilation), its wall time, and refusals;
+    0 for the ``warm`` ones, which skip it (time_many)."""
     first_ms: dict[str, float] = {}
     refused: dict[str, BaseException] = {}
     for name, fn in fns.items():
+        if name in warm:
+            first_ms[name] = 0.0
+            continue
         sync()
         t0 = time.perf_counter()
         try:
@@ -164,8 +175,9 @@ def time_cpu(fn: Callable[[], Any], *, settings: TimerSettings) -> Timing:
 
 
 def time_many_cpu(fns: Mapping[str, Callable[[], Any]], *, settings: TimerSettings,
-                  tolerate: tuple[type[BaseException], ...] = ()) -> dict[str, "Timing | BaseException"]:
-    first_ms, refused = _first_calls(fns, lambda: None, tolerate)
+                  tolerate: tuple[type[BaseException], ...] = (), warm: Collection[str] = ()
+                  ) -> dict[str, "Timing | BaseException"]:
+    first_ms, refused = _first_calls(fns, lambda: None, tolerate, warm)
     names = list(first_ms)
     times: dict[str, list[float]] = {n: [] for n in names}
     warmups = 0
@@ -213,8 +225,8 @@ def time_cuda(fn: Callable[[], Any], *, device: str = "cuda", settings: TimerSet
 
 
 def time_many_cuda(fns: Mapping[str, Callable[[], Any]], *, device: str = "cuda", settings: TimerSettings,
-                   flush: bool = True, tolerate: tuple[type[BaseException], ...] = ()
-                   ) -> dict[str, "Timing | BaseException"]:
+                   flush: bool = True, tolerate: tuple[type[BaseException], ...] = (),
+                   warm: Collection[str] = ()) -> dict[str, "Timing | BaseException"]:
     import torch
 
     dev = torch.device(device)
@@ -226,7 +238,7 @@ def time_many_cuda(fns: Mapping[str, Callable[[], Any]], *, device: str = "cuda"
                 cache.zero_()  # evict L2 so every run reads its inputs from HBM, as in a real model
 
         # First calls: lazy init, flex / torch.compile compilation happen here, never in a timed run.
-        first_ms, refused = _first_calls(fns, torch.cuda.synchronize, tolerate)
+        first_ms, refused = _first_calls(fns, torch.cuda.synchronize, tolerate, warm)
         names = list(first_ms)
         out: dict[str, Timing | BaseException] = dict(refused)
         if not names:

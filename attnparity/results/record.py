@@ -16,6 +16,8 @@ Schema (version SCHEMA_VERSION), a JSON object:
     message     human text: the reason for a skip, the failure explanation
     artifacts   {label: path} of files written for this record (images, diff maps)
     extra       free-form details a check wants to keep (routed call counts, shapes, ...)
+                under pytest-xdist, ``worker``: the worker that ran it ("gw1"), a detail no
+                cell, fold or gate key reads
     device      "cpu" or the GPU's name
     versions    {"torch": ..., "diffusers": ..., ...} of this run
     device_label  the device as the matrix's device dimension (added within schema 2; "" in older

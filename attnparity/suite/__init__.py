@@ -53,6 +53,12 @@ class SuiteContext:
     versions: dict[str, str] = field(default_factory=dict)
     #: (pipeline, device class, dtype) of goldens written in this run: each is written once
     goldens_written: set[tuple[str, str, str]] = field(default_factory=set)
+    #: (reference backend, perf case) pairs this process has timed: their lazy init is done
+    #: (perf.timer.time_many's ``warm``)
+    perf_warm: set[tuple[str, Any]] = field(default_factory=set)
+    #: what perf records say about other pytest-xdist workers' items running beside their timing
+    #: (suite.perf.Placement.beside), or None when nothing of this run can
+    timing_beside: str | None = None
 
     @property
     def dtypes(self) -> tuple[str, ...]:

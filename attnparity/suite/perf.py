@@ -23,17 +23,18 @@ is what makes the ratio hold under load.
 Pipeline-level timings (images/s per backend, speed-up over the default attention) are the items
 of suite/perf_pipelines.py, collected after these.
 
-pytest-xdist: perf items run on worker gw0 only; on other workers they are skipped with the reason.
-Workers share the device (one GPU, or the CPU's cores), so concurrent timings would contaminate each
-other; gw0's records say when other workers may still have run beside them. Exception: on a machine
-with several GPUs, where each worker is pinned to a GPU of its own (machine.has_own_gpu: `-n` at most
-the number of GPUs), every worker times on its own GPU.
+pytest-xdist: every perf item runs, under any ``-n``. With the default ``--dist load``, the plugin's
+scheduler (attnparity/scheduling.py) holds them back until every other item has finished, then sends
+them all to one worker while the others have ended, so they are timed on a quiet machine, as in a
+serial run. Where each worker is pinned to a GPU of its own (plain ``cuda``, ``-n`` at most the
+number of GPUs: machine.gpu_per_worker) every worker times on its own GPU beside the others. Under
+another ``--dist`` the user chose, perf items run where it puts them, beside other items, and their
+records say so (``Placement.beside``).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,13 +65,12 @@ def checks(ctx: SuiteContext) -> list[Check]:
     shapes = perf_shapes.select(mode, ctx.device)
     gate = GateSettings.from_options(ctx.options)
     baseline = load_baseline(ctx.options.perf_baseline)
-    refused = xdist_refusal(ctx.device)
     out: list[Check] = []
     for backend in ctx.backends:
         unavailable = ctx.unavailable(backend)
         for dtype in ctx.dtypes:
             for shape in shapes:
-                skip = unavailable or refused or _not_claimed(backend, shape.case(dtype, ctx.device))
+                skip = unavailable or _not_claimed(backend, shape.case(dtype, ctx.device))
                 run = functools.partial(run_perf, ctx, backend, dtype, shape, mode, baseline, gate)
                 out.append(Check("perf", f"perf:{shape.name}", backend.name, dtype, run,
                                  marks=("attn_perf",), skip=skip))
@@ -119,46 +119,57 @@ def load_baseline(path: Any) -> Baseline | None:
     return Baseline(str(path), cells)
 
 
-def _own_gpu(device: str) -> bool:
-    """This xdist worker is pinned to a GPU no other worker uses (machine.has_own_gpu)."""
-    if not device.startswith("cuda:"):
-        return False
-    import torch
-
-    from attnparity.machine import has_own_gpu
-
-    return has_own_gpu(device, os.environ.get("PYTEST_XDIST_WORKER"),
-                       int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0), torch.cuda.device_count())
+#: Check names of perf items begin with these ("perf:<shape>", "perf-pipeline:<pipeline>"): the
+#: xdist scheduler on the controller, which sees node ids only, tells perf items apart by them.
+PERF_CHECK_PREFIXES = ("perf:", "perf-pipeline:")
 
 
-def xdist_refusal(device: str) -> str | None:
-    """Why this pytest-xdist worker must not time (all but gw0, unless each worker has a GPU of its
-    own), or None."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if not worker or worker == "gw0" or _own_gpu(device):
-        return None
-    where = "GPU" if device.startswith("cuda") else "CPU"
-    return (f"perf items run on pytest-xdist worker gw0 only (this is {worker}): workers share this {where}, "
-            "so concurrent timings would contaminate each other. For clean figures run "
-            "`pytest -m attn_perf -p no:xdist`.")
+def is_perf_nodeid(nodeid: str) -> bool:
+    """Whether a pytest node id names one of attnparity's perf items (``attnparity::perf:...[...]``)."""
+    return nodeid.rpartition("::")[2].startswith(PERF_CHECK_PREFIXES)
 
 
-def xdist_note(device: str = "") -> str | None:
-    """On gw0 with other workers: the figures may be contaminated by their items (not when each
-    worker has a GPU of its own)."""
-    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
-    if os.environ.get("PYTEST_XDIST_WORKER") and count > 1 and not _own_gpu(device):
-        return (f"timed under pytest-xdist with {count} workers: other workers' items may have run on the "
-                "same device meanwhile (run `pytest -m attn_perf -p no:xdist` for clean figures)")
-    return None
+@dataclass(frozen=True)
+class Placement:
+    """Where perf items run under pytest-xdist: decided once, on the controller, from its options."""
+
+    #: the number of workers (0: not distributed)
+    workers: int
+    #: xdist's --dist mode ("load" unless the user chose another)
+    dist: str = "load"
+    #: every worker is pinned to a GPU of its own (machine.gpu_per_worker)
+    gpu_each: bool = False
+
+    @property
+    def perf_last(self) -> bool:
+        """The plugin's scheduler times perf items after every other item, on one worker, alone."""
+        return self.workers > 0 and self.dist == "load" and not self.gpu_each
+
+    @property
+    def beside(self) -> str | None:
+        """What perf records say about other workers' items running beside their timing, or None
+        when none can (serial, scheduled last and alone, or a GPU per worker)."""
+        if self.workers < 2 or self.perf_last or self.gpu_each:
+            return None
+        return (f"timed under pytest-xdist --dist {self.dist} with {self.workers} workers: other workers' items "
+                "may have run on the same device meanwhile (the default --dist load times perf items last, alone)")
+
+    def describe(self) -> str:
+        """The header's words for it."""
+        where = ("perf items last, alone on one worker" if self.perf_last
+                 else "perf items on every worker, each on its own GPU" if self.gpu_each
+                 else "perf items beside other items, and their records say so")
+        return f"pytest-xdist {self.workers} worker{'' if self.workers == 1 else 's'} (--dist {self.dist}): {where}"
 
 
-def note_contention(device: str, extra: dict[str, Any], notes: list[str], others_cpu: float | None) -> None:
+def note_contention(device: str, extra: dict[str, Any], notes: list[str], others_cpu: float | None,
+                    beside: str | None = None) -> None:
     """What else may have run beside a timing, in the record's extra["contended"] and its message
-    notes: other xdist workers, a CPU busy by its load average and, on CPU, ``others_cpu``, the share
-    of the machine other processes used while the item timed (perf.timer.OthersCpu around it), kept
-    as extra["others_cpu"]. The gate reads others_cpu first (results.gate.TimingSample.busy): the
-    load average is a minute's mean that counts this process too, and older records have only it."""
+    notes: ``beside`` (other xdist workers' items, Placement.beside) and, on CPU, ``others_cpu``, the
+    share of the machine other processes used while the item timed (perf.timer.OthersCpu around it),
+    kept as extra["others_cpu"]. Only where that share cannot be measured does a load average above
+    the CPU count stand in: a minute's mean, it also counts this run's own workers that have just
+    finished their items, and the gate reads others_cpu first (results.gate.TimingSample.busy)."""
     from attnparity.perf.timer import cpu_contention
     from attnparity.results.gate import BUSY_SHARE
 
@@ -169,7 +180,8 @@ def note_contention(device: str, extra: dict[str, Any], notes: list[str], others
         if others_cpu > BUSY_SHARE:
             busy = (f"CPU busy: other processes used {others_cpu:.0%} of this machine's CPU while timing; "
                     "a memory-heavy neighbour slows some kernels more than their reference")
-    for contended in (xdist_note(device), cpu_contention() if on_cpu else None, busy):
+    load = cpu_contention() if on_cpu and others_cpu is None else None
+    for contended in (beside, load, busy):
         if contended:
             extra["contended"] = "; ".join(filter(None, (extra.get("contended"), contended)))
             notes.append(contended)
@@ -202,13 +214,17 @@ def time_with_references(ctx: SuiteContext, backend: "Backend", case: "AttnCase"
                          ) -> tuple[dict[str, "Timing | BaseException"], dict[str, str]]:
     """The backend and its references timed interleaved on the same inputs (perf.time_many)."""
     from attnparity.backends.base import Unsupported
-    from attnparity.perf.timer import time_many
+    from attnparity.perf.timer import Timing, time_many
 
     refs, missing = reference_backends(ctx, case)
     group = {backend.name: backend, **{n: b for n, b in refs.items() if n != backend.name}}
     q, k, v, _ = case.tensors()
     fns = {name: functools.partial(b.fn, q, k, v) for name, b in group.items()}
-    return time_many(fns, case.device, settings, tolerate=(Unsupported,)), missing
+    # a reference this process already timed on this case needs no second first call
+    warm = {name for name in refs if name != backend.name and (name, case) in ctx.perf_warm}
+    timings = time_many(fns, case.device, settings, tolerate=(Unsupported,), warm=warm)
+    ctx.perf_warm.update((name, case) for name in refs if isinstance(timings.get(name), Timing))
+    return timings, missing
 
 
 def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShape", mode: str,
@@ -249,7 +265,7 @@ def run_perf(ctx: SuiteContext, backend: "Backend", dtype: str, shape: "PerfShap
                  warmup_runs=timing.warmup_runs, ms_min=min(timing.times_ms), ms_max=max(timing.times_ms),
                  matmul_peak=peak.describe(),
                  matmul_peak_tflops=peak.tflops)
-    note_contention(ctx.device, extra, notes, others.share)
+    note_contention(ctx.device, extra, notes, others.share, ctx.timing_beside)
     summary = (f"{ms:.3g} ms (cv {100 * timing.cv:.0f}%, {timing.reps} runs), {metrics['tflops']:.3g} TFLOP/s = "
                f"{metrics['pct_peak']:.0f}% of matmul peak"
                + "".join(f", {metrics[m]:.2f}x {r}" for r, m in REFERENCES if m in metrics)

@@ -50,7 +50,7 @@ def wanted(ctx: SuiteContext, mode: str) -> bool:
 
 
 def checks(ctx: SuiteContext) -> list[Check]:
-    from .perf import GateSettings, load_baseline, xdist_refusal
+    from .perf import GateSettings, load_baseline
     from .pipelines import COMPILED_ROW, compile_unavailable, compiled_cells
 
     mode, gate = ctx.options.perf, GateSettings.from_options(ctx.options)
@@ -61,7 +61,6 @@ def checks(ctx: SuiteContext) -> list[Check]:
     from attnparity.pipelines.specs import specs_for
 
     baseline = load_baseline(ctx.options.perf_baseline)
-    refused = xdist_refusal(ctx.device)
 
     out: list[Check] = []
     specs = specs_for(list(ctx.options.pipeline), ctx.rootdir)
@@ -71,14 +70,14 @@ def checks(ctx: SuiteContext) -> list[Check]:
             if (spec.name, dtype) in compiled:
                 run = functools.partial(run_compiled_perf, ctx, spec, dtype, mode, baseline, gate)
                 out.append(Check("perf", f"perf-pipeline:{spec.name}", COMPILED_ROW, dtype, run,
-                                 marks=("attn_perf",), skip=compile_unavailable() or refused))
+                                 marks=("attn_perf",), skip=compile_unavailable()))
         if not wanted(ctx, mode):
             continue
         for backend in ctx.backends:
             if backend.name == COMPILED_ROW and compiled:
                 continue  # under --attn-compile this row's pipeline perf items are the compiled-denoiser ones
             for dtype in ctx.dtypes:
-                skip = ctx.unavailable(backend) or refused
+                skip = ctx.unavailable(backend)
                 if skip is None and dtype not in backend.capabilities.dtype_names:
                     skip = f"{backend.name} does not claim {dtype}"
                 run = functools.partial(run_pipeline_perf, ctx, spec, backend, dtype, mode, baseline, gate)
@@ -150,7 +149,7 @@ def run_pipeline_perf(ctx: SuiteContext, spec: "PipelineSpec", backend: "Backend
         notes.append(f"routing caught no attention call: {backend.name} was never exercised; the timing says nothing about it")
     if route_stats.fallback:
         notes.append(route_stats.describe_fallback() + " (included in the time)")
-    note_contention(ctx.device, extra, notes, others.share)
+    note_contention(ctx.device, extra, notes, others.share, ctx.timing_beside)
     summary = (f"{metrics['images_per_s']:.3g} images/s ({mine.median_ms:.4g} ms per {spec.size}px image, "
                f"{spec.steps} steps; cv {100 * mine.cv:.0f}%, {mine.reps} runs), {metrics['speedup_default']:.2f}x "
                f"the default attention ({DEFAULT_ATTENTION}, routed alike); unrouted pipeline "
@@ -204,7 +203,7 @@ def run_compiled_perf(ctx: SuiteContext, spec: "PipelineSpec", dtype: str, mode:
                              "default_routed_ms": eager.median_ms, "default_routed_cv": eager.cv,
                              "default_routed_ratio_cv": ratio_cv(mine, eager), "eager_ms": eager.median_ms}
     notes: list[str] = []
-    note_contention(ctx.device, extra, notes, others.share)
+    note_contention(ctx.device, extra, notes, others.share, ctx.timing_beside)
     summary = (f"compiled {holder.component}: {metrics['images_per_s']:.3g} images/s ({mine.median_ms:.4g} ms per "
                f"{spec.size}px image, {spec.steps} steps; cv {100 * mine.cv:.0f}%, {mine.reps} runs), "
                f"{metrics['speedup_eager']:.2f}x eager ({metrics['eager_images_per_s']:.3g} images/s); "
