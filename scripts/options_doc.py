@@ -44,6 +44,12 @@ compiled too. See [compile.md](compile.md).
 `-n auto` (pytest-xdist) runs op and pipeline items in parallel and gathers every worker's records into
 one matrix and one report. On CPU each worker takes its share of the cores as torch threads (cores //
 workers; your `OMP_NUM_THREADS` wins); on CUDA each worker is pinned to one GPU ([gpu.md](gpu.md)).
+For an attnparity run `-n auto` means one worker per usable core on CPU and one per GPU on CUDA; the
+header line shows the count and how perf items run.
+
+Perf items run after all other items, on one worker, once the other workers have ended, so they are
+timed on a machine as quiet as a serial run's and every perf cell is present under any `-n`. Another
+`--dist` you choose is kept; perf records then say other items may have run beside them.
 
 ## Hypothesis draws
 
