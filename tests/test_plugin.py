@@ -133,7 +133,9 @@ def test_user_hypothesis_profile_is_never_overridden(pytester: pytest.Pytester) 
         "from hypothesis import settings\n"
         "settings.register_profile('mine', max_examples=3, deadline=None)\n"
         "settings.load_profile('mine')\n")
-    result = pytester.runpytest("--attn-backends=naive", "--attn-dtypes=fp32", "--collect-only", "-p", "no:cacheprovider")
+    # a subprocess: a hypothesis profile loaded in this process would govern every later in-process run
+    result = pytester.runpytest_subprocess("--attn-backends=naive", "--attn-dtypes=fp32", "--collect-only",
+                                           "-p", "no:cacheprovider")
     result.stdout.fnmatch_lines(["*hypothesis user profile 'mine'*"])
 
 
