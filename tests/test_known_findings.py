@@ -47,6 +47,7 @@ reason = "drops is_causal when no mask is given"
 link = "https://example.org/issue/1"
 backends = ["one-bug", "two-bugs", "fixed"]
 checks = ["forward"]
+checks_why = "these tests run the forward check alone"
 versions = { torch = "%s" }
 when = { causal = ["top-left", "bottom-right"], mask = "none" }
 repro = [{ heads = 2, sq = 8, skv = 8, head_dim = 16, causal = "top-left", seed = 1 }]
@@ -130,18 +131,23 @@ def test_the_kwargs_finding_matches_the_ignored_kwarg_not_the_case() -> None:
 
 
 @pytest.mark.parametrize("text, says", [
-    ("[[finding]]\nid = 'x'\n", "missing reason, backends, checks"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\ncolour='red'\n", "unknown keys colour"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nversions={torch='>>2'}\n",
+    ("[[finding]]\nid = 'x'\n", "missing reason, backends"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\n", "checks leaves out backward"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nwhen={sq={least=3}}\n", "a range table has min, max"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nwhen={mask={min=3}}\n", "when.mask.min = 3"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nwhen={tensors='dx'}\n", "when.tensors = 'dx'"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nrepro_checks=['pipeline']\n", "repro_checks 'pipeline' unknown"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\ncolour='red'\n", "unknown keys colour"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nversions={torch='>>2'}\n",
      "not a PEP 440 specifier"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={colour='red'}\n",
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nwhen={colour='red'}\n",
      "neither AttnCase fields"),
     ("[[finding]\n", "not valid TOML"),
     ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forwards']\n", "checks 'forwards' unknown"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\ndtypes=['float32']\n", "dtypes 'float32' unknown"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={mask='nonee'}\n", "when.mask = 'nonee'"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nrepro=[{heads='two'}]\n", "repro.heads = 'two' is not a int"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={mask='none'}\n"
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\ndtypes=['float32']\n", "dtypes 'float32' unknown"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nwhen={mask='nonee'}\n", "when.mask = 'nonee'"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nrepro=[{heads='two'}]\n", "repro.heads = 'two' is not a int"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nwhen={mask='none'}\n"
      "repro=[{mask='random'}]\n", "outside the finding's own `when`"),
     ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['pipeline']\nwhen={masked_value='min'}\n",
      "masked_value cannot be told from a call"),
@@ -228,9 +234,7 @@ def test_builtin_ledger_findings_reproduce_here() -> None:
                 continue
             if backend.unavailable_reason():
                 continue
-            for check in finding.checks:
-                if check == "pipeline":  # repro cases are op-level; pipeline cells have their own test
-                    continue
+            for check in finding.repro_checks:
                 for dtype in ("fp32", "fp16", "bf16"):
                     if not finding.applies(backend.name, check, dtype, "cpu", installed):
                         continue
@@ -240,7 +244,8 @@ def test_builtin_ledger_findings_reproduce_here() -> None:
                             continue
                         ran += 1
                         assert not result.passed, f"{finding.id}: {backend.name} {check} {dtype} repro passes now"
-                        assert finding.explains(case, result), f"{finding.id}: its own repro failure is outside its `when`"
+                        assert finding.explains(case, result), (f"{finding.id}: its own repro failure ({check} "
+                                                                f"{dtype}) is outside its `when`: {result.message}")
     assert ran >= 6, "the built-in findings' repro cases did not run here"
 
 

@@ -33,6 +33,11 @@ class ParityResult:
     #: what failed, as classes the search keeps apart ("dv:bound", "out:nonfinite", "contract"); the
     #: first is the one a failing example is filed under. Empty: the check name is the class.
     failure_classes: tuple[str, ...] = ()
+    #: The calls each failure rests on, as the cases the backend was called on, one group per
+    #: failure (a semantic check's own variants of ``case``: the kwargs check's case with a kwarg, the
+    #: batch check's full batch and row alone); at least one call of a group gave a wrong output.
+    #: Empty: the one call on ``case``. A known finding is asked about these (results/known.py).
+    calls: tuple[tuple[AttnCase, ...], ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -50,7 +55,10 @@ class ParityResult:
 
 
 class ContractViolation(AssertionError):
-    """The backend broke the contract on a claimed case (raised, wrong shape, wrong dtype)."""
+    """The backend broke the contract on a claimed case (raised, wrong shape, wrong dtype); ``case``:
+    the case of the call that broke it."""
+
+    case: "AttnCase | None" = None
 
 
 def repro_line(check: str, backend: str, case: AttnCase) -> str:
@@ -62,6 +70,15 @@ def call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.
                  mask: "torch.Tensor | None") -> "torch.Tensor":
     """Run the backend on a claimed case; anything but a (B, H, Sq, D) tensor of the case dtype is a
     contract violation (a backend may not refuse what it claims)."""
+    try:
+        return _call_backend(backend, case, q, k, v, mask)
+    except ContractViolation as exc:
+        exc.case = case
+        raise
+
+
+def _call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor",
+                  mask: "torch.Tensor | None") -> "torch.Tensor":
     import torch
 
     before = _snapshot(q, k, v, mask)
@@ -215,8 +232,6 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
     """dQ, dK, dV of ``backend`` against fp64 autograd, beside the naive baseline's gradients."""
     import torch
 
-    from .reference import reference_grads
-
     tolerances = tolerances or Tolerances()
     if not backend.capabilities.backward:
         return ParityResult("backward", backend.name, case, True, skipped="backward not claimed")
@@ -226,6 +241,24 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
     q, k, v, mask = case.tensors()
     gen = torch.Generator().manual_seed(case.seed + 1)
     grad_out = torch.randn(case.batch, case.heads, case.sq, case.head_dim, generator=gen).to(q.dtype).to(q.device)
+    result = _judge_grads(backend, case, tolerances, (q, k, v, mask), grad_out)
+    dead = None if result.passed or case.mask == "none" else dead_rows(case.with_(masked_value="-inf"))
+    if dead is not None and not result.failure_classes == ("contract",):
+        # Whether the failure comes from the fully masked rows alone: with their upstream gradient
+        # zero they add nothing to dQ, dK or dV, whatever the kernel computes for them.
+        live = _judge_grads(backend, case, tolerances, (q, k, v, mask),
+                            grad_out.masked_fill(dead.expand_as(grad_out).to(grad_out.device), 0))
+        result.metrics["live_rows_bound_use"] = live.bound_use if live.passed else float("inf")
+    return result
+
+
+def _judge_grads(backend: Backend, case: AttnCase, tolerances: Tolerances, tensors: tuple,
+                 grad_out: "torch.Tensor") -> ParityResult:
+    import torch
+
+    from .reference import reference_grads
+
+    q, k, v, mask = tensors
     ref = reference_grads(q, k, v, grad_out, mask, case.causal, case.scale)
 
     def grads_of(fn) -> tuple:

@@ -23,10 +23,13 @@ if TYPE_CHECKING:
     import torch
 
 
-def _result(check: str, backend: Backend, case: AttnCase, problem: str | None, **metrics: float) -> ParityResult:
+def _result(check: str, backend: Backend, case: AttnCase, problem: str | None,
+            calls: tuple[tuple[AttnCase, ...], ...] = (), **metrics: float) -> ParityResult:
+    """``calls``: the cases of the calls each failure rests on, where they are not ``case`` itself."""
     message = "" if problem is None else (
         f"{backend.name} {check}: {problem}\n  case: {case.short()}\n  reproduce: {repro_line(check, backend.name, case)}")
-    return ParityResult(check, backend.name, case, problem is None, message=message, metrics=dict(metrics))
+    return ParityResult(check, backend.name, case, problem is None, message=message, metrics=dict(metrics),
+                        calls=calls if problem is not None else ())
 
 
 def _skip(check: str, backend: Backend, case: AttnCase, why: str) -> ParityResult:
@@ -139,7 +142,7 @@ def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) ->
     from .parity import baseline_forward
     from .reference import reference_forward
 
-    problems, ignored, use = [], [], 0.0
+    problems, ignored, calls, use = [], [], [], 0.0
     for kwarg, with_kw, without_kw in _kwarg_variants(case, backend):
         q, k, v, mask = with_kw.tensors()
         _, _, _, no_mask = without_kw.tensors()
@@ -154,9 +157,10 @@ def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) ->
         use = max(use, err / (0.5 * effect))
         if not err < 0.5 * effect:  # nearer to "without" than "with" means the kwarg was lost
             ignored.append(kwarg.split(" ")[0])
+            calls.append((with_kw,))
             problems.append(f"{kwarg} looks ignored: output is {err:.3g} from the reference with it, and the kwarg "
                             f"itself moves the reference by {effect:.3g}")
-    result = _result("kwargs", backend, case, "; ".join(problems) or None, bound_use=use)
+    result = _result("kwargs", backend, case, "; ".join(problems) or None, tuple(calls), bound_use=use)
     result.ignored_kwargs = tuple(ignored)
     return result
 
@@ -206,7 +210,10 @@ def batch_independent(backend: Backend, case: AttnCase, tolerances: Tolerances) 
             "row alone": float((alone.double() - full[row].double()).abs().max())}
     bad = [f"{what} differs from the full batch by {gap:.3g} > {limit:.3g}" for what, gap in gaps.items()
            if not gap <= limit]
-    return _result("batch", backend, case, "; ".join(bad) or None, bound_use=max(gaps.values()) / limit,
+    # a gap says one of its two calls is wrong, not which: the shuffled batch has the full one's shape
+    calls = tuple((case,) if what == "shuffled batch" else (case, single_case) for what, gap in gaps.items()
+                  if not gap <= limit)
+    return _result("batch", backend, case, "; ".join(bad) or None, calls, bound_use=max(gaps.values()) / limit,
                    **{k.replace(" ", "_"): v for k, v in gaps.items()})
 
 
@@ -227,4 +234,6 @@ def run_semantic(name: str, backend: Backend, case: AttnCase, tolerances: Tolera
     try:
         return SEMANTIC_CHECKS[name](backend, case, tolerances)
     except ContractViolation as exc:
-        return _result(name, backend, case, str(exc))
+        result = _result(name, backend, case, str(exc), ((exc.case or case,),))
+        result.failure_classes = ("contract",)
+        return result
