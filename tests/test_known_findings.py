@@ -281,3 +281,104 @@ def test_compare_fails_only_where_the_gate_finds_worse(matrix_project, tmp_path,
     records = json.loads((tmp_path / "after" / "results.json").read_text())["records"]
     scale = next(r for r in records if r["backend"] == "vendor-scale")
     assert scale["verdict"] == "fail"  # the record keeps the truth; only the item's outcome is xfail
+
+
+def _builtin(fid: str):
+    (finding,) = [f for f in load_ledger([], invocation_dir=Path(".")).findings if f.id == fid]
+    return finding
+
+
+def test_a_finding_applies_to_every_op_check_unless_it_says_why_not(tmp_path: Path) -> None:
+    from attnparity.results.known import op_checks
+
+    path = tmp_path / "l.toml"
+    path.write_text("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\n")
+    (wide,) = read_ledger(path)
+    assert wide.checks == op_checks() and wide.repro_checks == ("forward",)
+    assert all(wide.applies("a", c, "fp32", "cpu", {}) for c in op_checks())
+    assert not wide.applies("a", "pipeline:sd15", "fp32", "cpu", {})  # pipelines only when named
+    path.write_text("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['backward']\nchecks_why='only there'\n")
+    (narrow,) = read_ledger(path)
+    assert narrow.applies("a", "backward", "fp32", "cpu", {}) and not narrow.applies("a", "batch", "fp32", "cpu", {})
+
+
+def test_the_batch_check_is_explained_by_the_variant_it_ran() -> None:
+    """diffusers native reads a 2-D mask as key padding when Sq = B. The batch check runs a drawn
+    B = 2, Sq = 3 case at B = 3: that variant meets the finding, the drawn case does not."""
+    pytest.importorskip("diffusers")
+    from attnparity.backends.registry import get_backend
+    from attnparity.check.semantics import run_semantic
+    from attnparity.check.tolerance import Tolerances
+
+    finding = _builtin("diffusers-native-2d-mask-as-key-padding-when-sq-equals-batch")
+    drawn = AttnCase(batch=2, heads=2, kv_heads=2, sq=3, skv=5, head_dim=16, dtype="fp16", mask="random", mask_dims="")
+    result = run_semantic("batch", get_backend("diffusers:native"), drawn, Tolerances())
+    assert not result.passed, "the upstream bug no longer shows in the batch check"
+    assert not finding.explains(drawn)  # the drawn case alone does not meet it ...
+    assert finding.explains(drawn, result)  # ... the full batch of 3 the check ran does
+    # a case whose variants miss Sq = B stays unexplained even if the check failed
+    other = drawn.with_(sq=4)
+    assert not finding.explains(other, result.__class__("batch", "diffusers:native", other.with_(batch=3), False,
+                                                        calls=((other.with_(batch=3), other.with_(batch=1)),)))
+
+
+def test_failure_bounds_of_the_dq_overflow_finding() -> None:
+    from attnparity.check.parity import ParityResult
+
+    finding = _builtin("torch-cpu-flash-backward-fp16-dq-overflow")
+    long = AttnCase(sq=1189, skv=1101, head_dim=8, dtype="fp16", v_scale=100.0, scale=1.0)
+
+    def failed(case: AttnCase, *classes: str) -> ParityResult:
+        return ParityResult("backward", "sdpa-flash", case, False, failure_classes=classes,
+                            metrics={"bound_use": float("inf")})
+
+    assert finding.explains(long, failed(long, "dq:nonfinite"))
+    assert not finding.explains(long, failed(long, "dq:nonfinite", "dv:bound"))  # a wrong dV is not about dQ
+    assert not finding.explains(long, failed(long, "dq:bound"))  # finite: not the overflow
+    short = long.with_(sq=200, skv=150)
+    assert not finding.explains(short, failed(short, "dq:nonfinite"))  # needs Sq and Skv above 1000
+
+
+def test_the_masked_rows_finding_explains_only_what_the_masked_rows_cause() -> None:
+    """torch's CPU flash backward is wrong on rows fully masked by finfo.min. A kernel that is also
+    wrong elsewhere (dV 1 % large everywhere) or NaN is not that finding."""
+    import torch
+
+    from attnparity import Backend
+    from attnparity.backends.registry import get_backend
+    from attnparity.check.parity import check_grads
+
+    finding = _builtin("torch-cpu-flash-backward-finite-masked-rows")
+    flash = get_backend("sdpa-flash")
+    case = AttnCase(batch=1, heads=2, kv_heads=1, sq=9, skv=8, head_dim=8, dtype="fp32", mask="dead-rows",
+                    mask_type="float", masked_value="min", seed=3)
+    known = check_grads(flash, case)
+    assert not known.passed and finding.explains(case, known), known.metrics
+
+    def dv_too_large(q, k, v, **kw):  # the same forward; dV scaled by 1.01
+        return flash.fn(q, k, v + 0.01 * (v - v.detach()), **kw)
+
+    def nan_dq(q, k, v, **kw):  # the same forward; NaN in dQ
+        return flash.fn(q + (q - q.detach()) * torch.tensor(float("nan")), k, v, **kw)
+
+    for fn in (dv_too_large, nan_dq):
+        wrong = check_grads(Backend("wrong", fn, flash.capabilities), case)
+        assert not wrong.passed and not finding.explains(case, wrong), (fn.__name__, wrong.metrics)
+
+
+NAN_CONFTEST = CONFTEST.replace('NAMES = {', '''
+def nan_bug(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # is_causal without a mask gives NaN: not the finite drop the ledger describes
+    out = naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    return out * float("nan") if is_causal and attn_mask is None else out
+
+NAMES = {"nan-bug": nan_bug, ''')
+
+
+def test_a_repro_case_that_fails_another_way_is_not_met(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(NAN_CONFTEST)
+    ledger = LEDGER.replace('mask = "none" }', 'mask = "none", nonfinite = false }').replace('"fixed"]', '"fixed", "nan-bug"]')
+    pytester.path.joinpath("ledger.toml").write_text(ledger % ">=2.5")
+    got = _by_backend(pytester.inline_run("--attn-backends=nan-bug,one-bug", *ARGS))
+    assert got["one-bug"]["verdict"] == "xfail", got["one-bug"]["message"]
+    assert got["nan-bug"]["verdict"] == "fail" and "known" not in got["nan-bug"]["extra"], got["nan-bug"]["message"]
