@@ -337,3 +337,50 @@ def test_compiled_flex_path_on_cpu():
     for case in (AttnCase(batch=2, heads=4, kv_heads=2, sq=5, skv=9, head_dim=32, mask="dead-rows", causal="top-left"),
                  AttnCase(batch=2, heads=4, kv_heads=2, sq=5, skv=9, head_dim=32, mask="dead-rows", mask_type="float")):
         assert_matches_reference(compiled, case)
+
+
+# -- diffusers' flash varlen backend, run on the flash-attn stand-in -------------------------------
+@pytest.fixture
+def varlen_dispatch(bridge, monkeypatch):
+    """diffusers' attention_dispatch with the flash-attn stand-in's flash_attn_varlen_func."""
+    import importlib
+
+    from _backend_checks import STANDINS, forget_standins
+
+    forget_standins()
+    monkeypatch.syspath_prepend(str(STANDINS))
+    ad = importlib.import_module("diffusers.models.attention_dispatch")
+    monkeypatch.setattr(ad, "flash_attn_varlen_func", importlib.import_module("flash_attn").flash_attn_varlen_func)
+    yield ad
+    forget_standins()
+
+
+def _varlen_right(ad, case: AttnCase) -> bool:
+    """Whether diffusers' own _flash_varlen_attention (on the stand-in kernel) gets ``case`` right."""
+    from attnparity.check.reference import reference_forward
+
+    q, k, v, mask = case.tensors()
+    try:
+        out = ad._flash_varlen_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    except (ValueError, RuntimeError):
+        return False
+    ref = reference_forward(q, k, v, mask, case.causal, case.scale)
+    return bool(torch.allclose(out.transpose(1, 2).double(), ref, atol=2e-2))
+
+
+def test_varlen_rows_claim_only_the_masks_diffusers_handles(bridge, varlen_dispatch):
+    """diffusers reduces a varlen mask to (B, Skv) with .any() and keeps a key prefix: a right-padded
+    mask the same for every head is right (claimed); left padding, per-head lengths and (H, 1, Skv)
+    masks come out wrong or raise (not claimed)."""
+    caps = bridge["diffusers:flash_varlen"].capabilities
+    base = AttnCase(batch=3, heads=2, kv_heads=2, sq=5, skv=9, head_dim=16, dtype="fp16", mask="padding")
+    claimed = [base, base.with_(mask_dims="11"), base.with_(mask_dims="1"), base.with_(mask_dims=""),
+               base.with_(mask_layout="expanded"), base.with_(kv_heads=1)]
+    unclaimed = [base.with_(pad_side="left"), base.with_(mask_dims="BH"), base.with_(mask_dims="1H"),
+                 base.with_(mask_dims="H")]
+    for case in claimed:
+        assert case.with_(device="cuda").outside(caps) is None, case.short()
+        assert all(_varlen_right(varlen_dispatch, case.with_(seed=s)) for s in range(3)), case.short()
+    for case in unclaimed:
+        assert case.with_(device="cuda").outside(caps), case.short()
+        assert not all(_varlen_right(varlen_dispatch, case.with_(seed=s)) for s in range(3)), case.short()
