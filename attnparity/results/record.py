@@ -24,9 +24,12 @@ Schema (version SCHEMA_VERSION), a JSON object:
                 ``attnparity merge`` and the gate split runs by it (``device_key``)
     device_index  the CUDA device index that ran the cell (cuda:N; null on CPU and in older records):
                 under pytest-xdist each worker is pinned to one GPU (machine.worker_device)
+    numerics    torch's fp32 matmul settings the cell ran under (added within schema 2; {} in older
+                records): {"float32_matmul_precision": "highest", "cuda.matmul.allow_tf32": "False",
+                "cudnn.allow_tf32": "False", ...}; a run pins them to full fp32 (machine.pin_fp32_math)
 
 A run's results.json is {"schema": SCHEMA_VERSION, "created": iso time, "device": ..., "versions":
-{...}, "records": [record, ...]}. The schema only grows by new optional fields within a version.
+{...}, "numerics": {...}, "records": [record, ...]}. The schema only grows by new optional fields within a version.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class ResultRecord:
     versions: dict[str, str] = field(default_factory=dict)
     device_label: str = ""
     device_index: int | None = None
+    numerics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -107,6 +111,7 @@ def write_results(path: Path, records: list[ResultRecord], device: str, run_vers
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "versions": run_versions,
+        "numerics": next((r.numerics for r in records if r.numerics), {}),
         "records": [r.to_json() for r in records],
     }
     tmp = path.with_suffix(".tmp")
