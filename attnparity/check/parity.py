@@ -151,6 +151,16 @@ def dead_rows(case: AttnCase) -> "torch.Tensor | None":
     return dead if bool(dead.any()) else None
 
 
+def own_convention_rows(case: AttnCase, caps: Any) -> "torch.Tensor | None":
+    """Bool (B, 1|H, Sq, 1): the rows whose value a backend declaring ``fully_masked="finite"``
+    documents itself, or None. Rows with no key left, and rows whose every key a float mask pushes to
+    finfo.min: the reference gives those the mean of V (equal logits), while a kernel that multiplies
+    the biased scores by 1/ln2 for exp2 (compiled flex on CUDA) overflows them to -inf and gives 0."""
+    if caps.fully_masked != "finite":
+        return None
+    return dead_rows(case.with_(masked_value="-inf") if case.masked_value == "min" else case)
+
+
 def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances, pairs: dict[str, tuple],
            *, grad: bool = False) -> ParityResult:
     """Apply the rule to each named tensor on its own: {label: (backend, baseline, reference, magnitude,
@@ -218,13 +228,14 @@ def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None
     except ContractViolation as exc:
         return ParityResult("forward", backend.name, case, False, metrics={"ratio_max": float("inf")},
                             failure_classes=("contract",), message=f"{backend.name} {exc} on {case.short()}\nreproduce: {repro_line('forward', backend.name, case)}")
-    dead = dead_rows(case)
-    if dead is not None and backend.capabilities.fully_masked == "finite":
-        # The backend documents its own value for rows with no key: judge only the other rows here
-        # (the masked-rows check still demands those rows be finite).
+    dead = own_convention_rows(case, backend.capabilities)
+    if dead is not None:
+        # The backend documents its own value for these rows: judge only the other rows here, the
+        # reference's too (its mean of V on a finfo.min row would swamp the limit), and never NaN/Inf.
         dead = dead.expand_as(ref).to(ref.device)
-        out = out.masked_fill(dead, 0.0)
+        out = out.masked_fill(dead & out.isfinite(), 0.0)
         base = base.masked_fill(dead, 0.0)
+        ref = ref.masked_fill(dead, 0.0)
     return _judge("forward", backend, case, tolerances, {"out": (out, base, ref, magnitude, logit_terms)})
 
 
@@ -241,6 +252,9 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
     q, k, v, mask = case.tensors()
     gen = torch.Generator().manual_seed(case.seed + 1)
     grad_out = torch.randn(case.batch, case.heads, case.sq, case.head_dim, generator=gen).to(q.dtype).to(q.device)
+    own = own_convention_rows(case, backend.capabilities)
+    if own is not None:  # rows the backend documents itself: no gradient flows from them
+        grad_out = grad_out.masked_fill(own.expand_as(grad_out).to(grad_out.device), 0)
     result = _judge_grads(backend, case, tolerances, (q, k, v, mask), grad_out)
     dead = None if result.passed or case.mask == "none" else dead_rows(case.with_(masked_value="-inf"))
     if dead is not None and not result.failure_classes == ("contract",):
