@@ -142,6 +142,8 @@ def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
                 f"Python: {r.case.literal()})\n{r.message}" for r in others)
         if known_text:
             message += "\nThe ledger explains other failures of this cell, not this one:\n" + "\n".join(known_text)
+        message += "".join(f"\nThe repro case of known finding {fid} fails here too, but not as the finding says:\n"
+                           f"{r.message}" for fid, r in repro_other.items())
         return ResultRecord(kind, name, backend.name, dtype, "fail", metrics=metrics, examples=outcome.examples,
                             case=failure.case.as_dict(), repro=failure.repro(), message=message, extra=extra)
     if stale:
