@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--busy-slowdown", type=float, default=defaults.perf_busy_slowdown,
                          help="a timing taken beside other work (either run) that grew beyond that but within this "
                               f"fraction is inconclusive, not worse ({defaults.perf_busy_slowdown:g})")
+    compare.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                         help="text for a log, markdown for a CI job summary or a pull-request comment, json for a "
+                              "program (text)")
     table = sub.add_parser("perf-table", help="the perf records of a results.json as Markdown tables")
     table.add_argument("results", help="a results.json written with --attn-report=DIR")
     merge = sub.add_parser("merge", help="one matrix and one HTML report of runs on several devices (GPUs, machines)")
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 def _compare(args: argparse.Namespace) -> int:
     """0: nothing got worse (inconclusive timings included); 1: something did (the differences are
     printed); 2: bad input."""
-    from attnparity.results.gate import Thresholds, compare_files, format_comparison
+    from attnparity.report.comparison import render
+    from attnparity.results.gate import Thresholds, compare_files
     from attnparity.results.record import ResultsFileError
 
     try:
@@ -66,10 +70,8 @@ def _compare(args: argparse.Namespace) -> int:
     except (ResultsFileError, ValueError) as exc:
         print(f"attnparity compare: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(format_comparison(comparison)))
-    print("upgrade gate: " + ("FAILED" if comparison.failed else "passed"))
+    print(render(comparison, args.format).rstrip("\n"))
     return 1 if comparison.failed else 0
-
 
 
 def _merge(args: argparse.Namespace) -> int:

@@ -108,8 +108,8 @@ class Options:
     backends: str | None = _opt("backends to put in the matrix: 'all', a comma list, globs ('sdpa-*', 'diffusers:*')")
     dtypes: tuple[str, ...] = _opt("dtypes of the matrix, comma list of fp32,fp16,bf16", ("fp32", "fp16", "bf16"), "dtypes")
     device: str = _opt("device to run on: 'cuda' when one is present, else 'cpu'", "auto", "device")
-    examples: int = _opt("hypothesis examples per parity item (the user's hypothesis profile wins when loaded)", 30, "int", low=1)
-    seed: int | None = _opt("fixed hypothesis seed for the suite (reproducible draws)", None, "int")
+    examples: int = _opt("hypothesis examples per parity item (the user's hypothesis profile wins when loaded; with --attn-compare, the baseline's count unless given)", 30, "int", low=1)
+    seed: int | None = _opt("hypothesis seed for the suite's draws; without it attnparity picks one (printed in the header, kept in results.json), derandomizes under CI, or with --attn-compare reuses the baseline's", None, "int")
     tolerance: tuple[Rule, ...] = _opt("tolerance overrides, one per line: '<backend-glob> <dtype|*> k=<k> floor=<floor> [floor_mean=<n>]'",
                                        (), "rules", grammar=TOLERANCE_RULES)
     artifacts: Path = _opt("directory for failure artifacts (images, diff maps)", Path(".attnparity/artifacts"), "rootpath")
@@ -167,7 +167,7 @@ class OptionSpec:
     def ini(self) -> str:
         return "attn_" + self.attr
 
-    name = ini  # the ini key, as the README's table calls it
+    name = ini  # the ini key, as docs/options.md calls it
 
     @property
     def flag(self) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from attnparity.options import OPTIONS, Options
-from attnparity.results.record import USER_PROPERTY
+from attnparity.results.record import REPORT_ATTRIBUTE, USER_PROPERTY
 
 if TYPE_CHECKING:
     from attnparity.session import Run
@@ -52,6 +52,12 @@ def resolve_options(config: pytest.Config) -> Options:
         raise pytest.UsageError(str(exc)) from None
 
 
+def _given(config: pytest.Config) -> frozenset[str]:
+    """The options the user set (command line or ini), by Options field name."""
+    return frozenset(o.attr for o in OPTIONS if config.getoption(o.ini) not in (None, [])
+                     or config.getini(o.ini) not in (None, "", []))
+
+
 RUN = pytest.StashKey["Run"]()
 
 
@@ -67,7 +73,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from attnparity.session import start_run
 
     try:
-        run = start_run(options, Path(config.rootpath), Path(config.invocation_params.dir))
+        run = start_run(options, Path(config.rootpath), Path(config.invocation_params.dir), _given(config))
     except (LookupError, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[RUN] = run
@@ -163,7 +169,8 @@ class AttnItem(pytest.Item):
 
         record.nodeid = self.nodeid
         stamp(self.config.stash[RUN], record)
-        self.user_properties.append((USER_PROPERTY, json.dumps(record.to_json(), default=str)))
+        self.record_json = json.dumps(record.to_json(), default=str)
+        self.user_properties.append((USER_PROPERTY, headline(record)))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CheckFailed):
@@ -172,6 +179,29 @@ class AttnItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, 0, self.nodeid
+
+
+def headline(record: Any) -> str:
+    """The record in one short line for junitxml: verdict, backend, dtype, the figures that matter."""
+    figures = {"ratio": record.metrics.get("ratio_max"), "ssim": record.metrics.get("ssim_ref"),
+               "ms": record.metrics.get("ms")}
+    shown = " ".join(f"{k}={float(v):.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
+    return " ".join(p for p in (record.verdict, record.backend, record.dtype, shown) if p)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    text = getattr(item, "record_json", None)
+    if text is not None and call.when in ("setup", "call"):
+        setattr(report, REPORT_ATTRIBUTE, text)  # a plain attribute: xdist serializes it with the report
+    return report
+
+
+def record_of(report: pytest.TestReport) -> dict[str, Any] | None:
+    """The record an item's report carries (from this process or an xdist worker), or None."""
+    text = getattr(report, REPORT_ATTRIBUTE, None)
+    return json.loads(text) if text else None
 
 
 class AttnCollector(pytest.Collector):
@@ -199,7 +229,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 class RecordCollector:
     """Gathers the records of this run's items into the Run (registered per run, so no module
     global outlives a session). On the xdist controller the reports are the workers': each record
-    rides in the report's user_properties."""
+    rides in an attribute of its report (``record_of``)."""
 
     def __init__(self, run: "Run") -> None:
         self.run = run
@@ -207,7 +237,9 @@ class RecordCollector:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call" and not (report.when == "setup" and report.skipped):
             return
-        self.run.records.extend(json.loads(value) for key, value in report.user_properties if key == USER_PROPERTY)
+        record = record_of(report)
+        if record is not None:
+            self.run.records.append(record)
 
 
 def _is_controller(config: pytest.Config) -> bool:
@@ -230,6 +262,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if RUN not in config.stash:
         return
+    from attnparity.session import end_run
+
+    end_run(config.stash[RUN])
     config.stash[RUN].isolation.close()
     still = config.stash[RUN].guard.drain(5.0)
     if still:

@@ -57,6 +57,8 @@ class Run:
     isolation: Isolation = field(default_factory=lambda: Isolation(None, frozenset()))
     #: torch's fp32 matmul settings, pinned to full fp32 for the run (machine.pin_fp32_math)
     numerics: dict[str, str] = field(default_factory=dict)
+    #: how the run's hypothesis draws were set (results.json keeps them for a later --attn-compare)
+    draws: "Draws | None" = None
 
     @property
     def versions(self) -> dict[str, str]:
@@ -98,7 +100,7 @@ class Run:
         """With --attn-compare: why a failing cell is no news (it failed in the baseline too), or None.
         The record keeps its verdict; only the item's outcome says the gate does not count it. Only
         the verdict class is compared: a different bug in a cell that failed before is unchanged
-        too, unless its error ratio grew past the gate's factor (README says so)."""
+        too, unless its error ratio grew past the gate's factor (docs/gate.md says so)."""
         if self.baseline_cells is None or record.verdict not in ("fail", "error"):
             return None
         if record.extra.get("stale_known"):  # a ledger entry to remove is news every time
@@ -110,8 +112,79 @@ class Run:
                 f"not count it as worse (it still fails; fix it or record it in a known-findings ledger)")
 
 
-def hypothesis_settings(examples: int) -> Any:
-    """The suite's settings: ours only when the user loaded no profile of their own."""
+#: Where the controller leaves the seed it picked, for its pytest-xdist workers (started after it).
+RUN_SEED_ENV = "ATTNPARITY_RUN_SEED"
+
+
+@dataclass(frozen=True)
+class Draws:
+    """What makes a run's hypothesis draws repeatable, kept in its results.json ("draws"): a run
+    with --attn-compare draws as its baseline did unless the user set these themselves."""
+
+    derandomize: bool
+    seed: int | None
+    examples: int
+    #: the user's own hypothesis profile governed the draws (then nothing here is ours to repeat)
+    profile: str | None = None
+    #: the baseline the settings were taken from, and which ("" when none was)
+    reused_from: str = ""
+    reused: tuple[str, ...] = ()
+    #: the seed was picked by attnparity for this run (no --attn-seed, no CI)
+    picked: bool = False
+    #: this process picked it and left it in RUN_SEED_ENV for its xdist workers (end_run removes it)
+    shared: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"derandomize": self.derandomize, "seed": self.seed, "examples": self.examples, "profile": self.profile}
+
+    def describe(self) -> str:
+        if self.profile is not None:
+            return f"user profile {self.profile!r}"
+        how = f"seed {self.seed}" if self.seed is not None else "derandomized" if self.derandomize else "random"
+        text = f"attnparity ({self.examples} examples, {how}"
+        if self.picked:
+            text += f", picked for this run: --attn-seed={self.seed} repeats it"
+        if self.reused:
+            text += f"; {', '.join(self.reused)} reused from {self.reused_from}"
+        return text + ")"
+
+
+def resolve_draws(options: Options, given: frozenset[str], baseline: dict[str, Any] | None,
+                  source: str = "") -> Draws:
+    """The run's draws: the user's settings (--attn-seed, --attn-examples, CI), else the baseline's
+    (--attn-compare), else derandomized under CI, else a seed picked here and printed, so that every
+    run's cases can be drawn again."""
+    profile = _user_profile()
+    derandomize, seed, examples = bool(os.environ.get("CI")), options.seed, options.examples
+    if profile is not None:
+        return Draws(derandomize, seed, examples, profile)
+    reused: list[str] = []
+    if baseline and baseline.get("profile") is None:
+        if "seed" not in given and baseline.get("seed") is not None:
+            seed = int(baseline["seed"])
+            reused.append("seed")
+        if "examples" not in given and baseline.get("examples"):
+            examples = int(baseline["examples"])
+            reused.append("examples")
+        if "CI" not in os.environ and baseline.get("derandomize"):
+            derandomize = True
+            reused.append("derandomize")
+    picked = seed is None and not derandomize
+    inherited = os.environ.get(RUN_SEED_ENV) if picked else None
+    if picked:
+        import secrets
+
+        # xdist workers take the controller's pick: one seed for the whole run
+        seed = int(inherited or secrets.randbelow(2**32))
+        os.environ[RUN_SEED_ENV] = str(seed)
+    return Draws(derandomize, seed, examples, None, source if reused else "", tuple(reused), picked,
+                 shared=picked and not inherited)
+
+
+def hypothesis_settings(examples: int, derandomize: bool | None = None) -> Any:
+    """The suite's settings: ours only when the user loaded no profile of their own. No example
+    database: a run's draws follow from its seed (or derandomization) alone, so a baseline's cases
+    are the ones drawn again."""
     from hypothesis import HealthCheck, settings
 
     if _user_profile() is not None:
@@ -119,9 +192,9 @@ def hypothesis_settings(examples: int) -> Any:
     return settings(
         max_examples=examples,
         deadline=None,  # first calls compile kernels; timing is perf's business, not parity's
-        derandomize=bool(os.environ.get("CI")),
+        derandomize=bool(os.environ.get("CI")) if derandomize is None else derandomize,
         print_blob=True,
-        database=None if os.environ.get("CI") else settings.default.database,
+        database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
     )
 
@@ -163,28 +236,42 @@ def pin_worker_device(device: str) -> str:
     return device
 
 
-def start_run(options: Options, rootdir: Path, invocation_dir: Path) -> Run:
-    """The run for ``options``; bad input (an unknown backend, an unreadable gate file) raises a
-    ValueError or LookupError that says what to do."""
+def start_run(options: Options, rootdir: Path, invocation_dir: Path, given: frozenset[str] = frozenset()) -> Run:
+    """The run for ``options`` (``given``: the options the user set, by field name); bad input (an
+    unknown backend, an unreadable gate file, a report without jinja2) raises a ValueError or
+    LookupError that says what to do."""
     from attnparity.backends.registry import select_backends
     from attnparity.check.tolerance import Tolerances
     from attnparity.results.known import load_ledger
 
+    if options.report is not None:
+        from attnparity.report.html import require_jinja2
+
+        require_jinja2()
     backends = select_backends(options.backends or "")
     ledger = load_ledger(options.known, invocation_dir=invocation_dir)  # raises LedgerError saying why
-    baseline = None
+    baseline, baseline_draws = None, None
     if options.compare is not None:
         from attnparity.results.record import read_results
 
-        baseline = read_results(options.compare)["records"]  # raises ResultsFileError saying why
+        payload = read_results(options.compare)  # raises ResultsFileError saying why
+        baseline, baseline_draws = payload["records"], payload.get("draws")
+    draws = resolve_draws(options, given, baseline_draws, str(options.compare))
+    options = replace(options, seed=draws.seed, examples=draws.examples)
     device = pin_worker_device(resolve_device(options.device))
     share_cpu_threads(device)
     numerics = pin_fp32_math()
     suite = SuiteContext(backends=backends, device=device, options=options, tolerances=Tolerances(options.tolerance),
-                         hypothesis_settings=hypothesis_settings(options.examples), rootdir=rootdir,
+                         hypothesis_settings=hypothesis_settings(draws.examples, draws.derandomize), rootdir=rootdir,
                          user_profile=_user_profile(), ledger=ledger, versions=versions())
     return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), baseline=baseline,
-               isolation=_isolation(options, suite, rootdir, invocation_dir), numerics=numerics)
+               isolation=_isolation(options, suite, rootdir, invocation_dir), numerics=numerics, draws=draws)
+
+
+def end_run(run: Run) -> None:
+    """Forget the seed this run picked, so a later run in this process picks its own."""
+    if run.draws is not None and run.draws.shared:
+        os.environ.pop(RUN_SEED_ENV, None)
 
 
 def _isolation(options: Options, suite: SuiteContext, rootdir: Path, invocation_dir: Path) -> Isolation:
@@ -212,7 +299,8 @@ def _isolation(options: Options, suite: SuiteContext, rootdir: Path, invocation_
 
 def worker_suite(options: Options, rootdir: Path, invocation_dir: Path) -> SuiteContext:
     """The suite of an isolated worker process: the parent's run, rebuilt from the same options."""
-    return start_run(replace(options, isolate="none"), rootdir, invocation_dir).suite
+    # the parent's draws are settled in ``options``: nothing is taken from the baseline again
+    return start_run(replace(options, isolate="none"), rootdir, invocation_dir, frozenset({"seed", "examples"})).suite
 
 
 def _user_profile() -> str | None:
@@ -230,13 +318,11 @@ def header_lines(run: Run) -> list[str]:
                                                           "sageattention", "triton") if name in found)
     cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA build"
     ctx = run.suite
-    prof = ctx.user_profile
-    prof_text = f"user profile {prof!r}" if prof is not None else (
-        f"attnparity ({ctx.hypothesis_settings.max_examples} examples, derandomize={ctx.hypothesis_settings.derandomize})")
+    draws = run.draws or Draws(bool(ctx.hypothesis_settings.derandomize), ctx.seed, ctx.options.examples,
+                               ctx.user_profile)
     return [
         f"attnparity: torch {torch.__version__} ({cuda}), device {run.device.ran_on}; {libs or 'no optional libraries'}",
-        f"attnparity: {len(ctx.backends)} backends, dtypes {','.join(ctx.dtypes)}; hypothesis {prof_text}"
-        + (f", seed {ctx.seed}" if ctx.seed is not None else ""),
+        f"attnparity: {len(ctx.backends)} backends, dtypes {','.join(ctx.dtypes)}; hypothesis {draws.describe()}",
         f"attnparity: {ctx.ledger.describe()}",
     ]
 
@@ -270,11 +356,24 @@ def finish_records(run: Run) -> RunOutcome:
 
         try:
             outcome.report_dir = write_report(options.report, outcome.records, device=run.device.name,
-                                              comparison=outcome.comparison, base=run.suite.rootdir)
+                                              comparison=outcome.comparison, base=run.suite.rootdir,
+                                              draws=run.draws.to_json() if run.draws else None)
         except OSError as exc:
             outcome.errors.append(f"report not written to {options.report}: {exc}")
+    if options.report is not None or options.compare is not None:
+        _job_summary(run, outcome)
     run.outcome = outcome
     return outcome
+
+
+def _job_summary(run: Run, outcome: RunOutcome) -> None:
+    """The run in Markdown appended to CI's job summary file (GITHUB_STEP_SUMMARY), when one is named."""
+    from attnparity.report.summary import append_step_summary, run_summary
+
+    try:
+        append_step_summary(run_summary(outcome.records, device=run.device.name, comparison=outcome.comparison))
+    except OSError as exc:
+        outcome.errors.append(f"job summary not written: {exc}")
 
 
 def finish_run(run: Run, terminal: Any) -> None:

@@ -1,9 +1,9 @@
-"""Generate docs/detection.md: which check catches each planted bug (on one seed and over many),
+"""Generate docs/reports/detection.md: which check catches each planted bug (on one seed and over many),
 which layer (op level, pipelines) sees it, how close the correct backends come to their bound over
 many seeds, and what a larger example budget buys.
 
     python scripts/detection.py                       # every section, default budget (about 40 min on 2 cores)
-    python scripts/detection.py --only margins        # one section; the rest of docs/detection.md is kept
+    python scripts/detection.py --only margins        # one section; the rest of docs/reports/detection.md is kept
 
 It runs the suite's own code paths (attnparity.suite.op.run_op, attnparity.suite.pipelines) with the
 default tolerances, in worker processes of one torch thread each.
@@ -232,7 +232,7 @@ def _item_seconds(name: str, dtype: str, examples: int) -> float:
     return time.perf_counter() - start
 
 
-#: The cells the default run catches last (docs/detection.md): where a larger budget could matter.
+#: The cells the default run catches last (docs/reports/detection.md): where a larger budget could matter.
 HARD_CELLS = [("mutant-softmax-bf16", "bf16"), ("mutant-batch-dependent", "bf16"), ("mutant-guesses-layout", "fp32"),
               ("mutant-ignores-scale", "fp16")]
 
@@ -393,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default="30,100,300", help="budget study: example counts to compare")
     parser.add_argument("--budget-seeds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (one torch thread each)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "detection.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "reports" / "detection.md")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma list of sections to (re)generate, the others of --out are kept: {','.join(SECTIONS)}")
     args = parser.parse_args(argv)

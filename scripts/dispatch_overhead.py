@@ -1,5 +1,5 @@
 """Time diffusers' attention dispatch against torch SDPA directly, piece by piece, on the perf
-suite's CPU quick shapes (docs/upgrade-gate.md, "torch 2.14.1: diffusers' _native_math/_native_flash").
+suite's CPU quick shapes (docs/reports/upgrade-gate.md, "torch 2.14.1: diffusers' _native_math/_native_flash").
 
     python scripts/dispatch_overhead.py [--threads N] [--reps R] [--dtype fp32] [--profile]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce docs/upgrade-gate.md: gate two upgrades with attnparity, each environment in its own
+# Reproduce docs/reports/upgrade-gate.md: gate two upgrades with attnparity, each environment in its own
 # fresh venv.
 #
 #   torch pair:     torch 2.13.0(+cpu) -> 2.14.1, diffusers 0.42.1 in both
@@ -28,7 +28,7 @@ WORK=${UPGRADE_GATE_WORK:-/tmp/attnparity-upgrade-gate}
 PYTHON=${PYTHON:-python3}
 TORCH_OLD=2.13.0 TORCH_NEW=2.14.1
 DIFFUSERS_OLD=0.36.0 DIFFUSERS_NEW=0.42.1
-# Pins for an environment, when one is needed (docs/upgrade-gate.md says whether any was).
+# Pins for an environment, when one is needed (docs/reports/upgrade-gate.md says whether any was).
 TRANSFORMERS_PIN_OLD_DIFFUSERS=${TRANSFORMERS_PIN_OLD_DIFFUSERS:-}
 DRY=0 PAIRS="torch diffusers" REUSE=0 REUSE_RUNS=0
 

@@ -113,13 +113,11 @@ def pytest_unconfigure(config):
 def records_of(reprec: pytest.HookRecorder) -> list[dict]:
     """The result records an in-process run's items produced, from their reports, as the plugin
     gathers them."""
-    import json
+    from attnparity.plugin import record_of
 
-    from attnparity.results.record import USER_PROPERTY
-
-    return [json.loads(value) for rep in reprec.getreports("pytest_runtest_logreport")
+    return [record for rep in reprec.getreports("pytest_runtest_logreport")
             if rep.when == "call" or (rep.when == "setup" and rep.skipped)
-            for key, value in rep.user_properties if key == USER_PROPERTY]
+            if (record := record_of(rep)) is not None]
 
 
 @pytest.fixture

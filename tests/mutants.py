@@ -3,7 +3,7 @@
 Each is registered the way a vendor would (``register_backend`` from a conftest.py) and must be
 caught by the DEFAULT ``pytest --attn-backends=<mutant>`` run. ``CAUGHT_BY`` names the check(s)
 expected to catch each one. Which layer can see each at all (op-level checks, pipelines) is measured,
-not declared: docs/detection.md, section "Which layer sees each bug", made by scripts/detection.py.
+not declared: docs/reports/detection.md, section "Which layer sees each bug", made by scripts/detection.py.
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ CAUGHT_BY = {
     "mutant-guesses-layout": {"forward"},
     "mutant-fp16-overflow": {"forward"},
     # batch-wide statistics also let garbage in padded keys of other rows through: masked-kv sees it in
-    # every seed and dtype, batch and forward not always in bf16 (docs/detection.md, over 20 seeds)
+    # every seed and dtype, batch and forward not always in bf16 (docs/reports/detection.md, over 20 seeds)
     "mutant-batch-dependent": {"forward", "batch", "masked-kv"},
     "mutant-pads-head-dim": {"forward"},
     "mutant-grad-unscaled-dk": {"backward"},

@@ -167,3 +167,81 @@ def test_a_cell_that_did_not_run_before_and_fails_now_is_worse():
     assert sorted(d.label for d in comparison.worse) == ["forward b fp32", "forward c fp32"]
     assert [d.label for d in comparison.better] == ["forward d fp32"]  # a new passing cell: listed only
     assert comparison.failed
+
+
+def test_cli_compare_formats_are_full_width(tmp_path, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    slow = dict(device="cpu", extra={"device_label": "CPU (1 torch thread)"})
+    write_results(old, [op("a"), ResultRecord("perf", "perf:sdxl-self-4096-10x64-b1", "a-kernel-with-a-long-name",
+                                              "fp16", "pass", metrics={"ms": 10.0}, **slow)], "cpu", {})
+    write_results(new, [op("a", verdict="fail", message="NaN | in row 3\nsecond line"),
+                        ResultRecord("perf", "perf:sdxl-self-4096-10x64-b1", "a-kernel-with-a-long-name", "fp16",
+                                     "pass", metrics={"ms": 30.0}, **slow)], "cpu", {})
+    assert cli_main(["compare", str(old), str(new), "--format", "text"]) == 1
+    text = capsys.readouterr().out.splitlines()
+    timing = next(line for line in text if "a-kernel-with-a-long-name" in line)
+    assert len(timing) > 100 and timing.endswith("on CPU (1 torch thread)")  # never cut: the ms stay
+    assert text[-1] == "upgrade gate: FAILED"
+    assert cli_main(["compare", str(old), str(new), "--format", "markdown"]) == 1
+    md = capsys.readouterr().out
+    assert md.startswith("### attnparity upgrade gate: FAILED") and "#### Worse (2)" in md
+    assert "| forward a fp32 | verdict | pass -> fail: NaN \\| in row 3 |" in md
+    assert cli_main(["compare", str(old), str(new), "--format", "json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["failed"] is True and data["worse"] == 2 and len(data["differences"]) == 2
+    with pytest.raises(SystemExit):
+        cli_main(["compare", str(old), str(new), "--format", "html"])
+
+
+def closest_cases(path):
+    """What each cell saw: its verdict and its worst case's errors (they follow from the draws)."""
+    return sorted((r["backend"], r["check"], r["verdict"], json.dumps(r["metrics"], sort_keys=True))
+                  for r in json.loads(path.read_text())["records"])
+
+
+def test_the_upgrade_recipe_as_copied_draws_the_baseline_cases(matrix_project, tmp_path, monkeypatch):
+    # The README's recipe without CI=1 or a seed: the baseline keeps the seed it drew with, the
+    # compare run reuses it, so both judge the same cases and nothing moves.
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "summary.md"))
+    args = ("--attn-backends=naive,sdpa-math", "--attn-dtypes=fp32", "--attn-examples=4", "-k", "forward or masked",
+            "-p", "no:cacheprovider")
+    assert matrix_project.runpytest(*args, f"--attn-report={tmp_path / 'before'}").ret == 0
+    baseline = tmp_path / "before" / "results.json"
+    draws = json.loads(baseline.read_text())["draws"]
+    assert draws["seed"] is not None and draws["examples"] == 4 and draws["derandomize"] is False
+    after = matrix_project.runpytest(*args[1:], "--attn-backends=naive,sdpa-math", f"--attn-compare={baseline}",
+                                     f"--attn-report={tmp_path / 'after'}")
+    assert after.ret == 0
+    after.stdout.fnmatch_lines([f"*hypothesis attnparity (4 examples, seed {draws['seed']}; seed reused from *",
+                                "compared * cells with *: 0 worse, 0 better or new"])
+    assert closest_cases(tmp_path / "after" / "results.json") == closest_cases(baseline)
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("### attnparity on cpu") == 2 and "### attnparity upgrade gate: passed" in summary
+    # the same run with a seed of its own draws other cases: what the reuse above prevents
+    other = matrix_project.runpytest(*args, f"--attn-seed={draws['seed'] + 1}", f"--attn-report={tmp_path / 'other'}")
+    assert other.ret == 0 and closest_cases(tmp_path / "other" / "results.json") != closest_cases(baseline)
+
+
+def test_draws_reuse_the_baseline_unless_the_user_set_them(monkeypatch):
+    from dataclasses import replace
+
+    from attnparity.options import Options
+    from attnparity.session import RUN_SEED_ENV, resolve_draws
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(RUN_SEED_ENV, raising=False)
+    base = {"seed": 5, "examples": 7, "derandomize": False, "profile": None}
+    taken = resolve_draws(Options(), frozenset(), base, "old.json")
+    assert (taken.seed, taken.examples, taken.reused, taken.picked) == (5, 7, ("seed", "examples"), False)
+    own = resolve_draws(replace(Options(), seed=9), frozenset({"seed"}), base, "old.json")
+    assert (own.seed, own.examples, own.reused) == (9, 7, ("examples",))
+    derandomized = resolve_draws(Options(), frozenset(), {**base, "seed": None, "derandomize": True}, "old.json")
+    assert derandomized.derandomize and derandomized.seed is None and not derandomized.picked
+    monkeypatch.setenv("CI", "1")  # the user's CI: derandomized, and the baseline's seed still repeats its draws
+    assert resolve_draws(Options(), frozenset(), base, "old.json").reused == ("seed", "examples")
+    monkeypatch.delenv("CI")
+    picked = resolve_draws(Options(), frozenset(), None)
+    assert picked.picked and picked.shared and picked.seed is not None and not picked.reused
+    worker = resolve_draws(Options(), frozenset(), None)  # an xdist worker started after it: the same seed
+    assert worker.seed == picked.seed and not worker.shared

@@ -113,7 +113,7 @@ def _detection_script(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_margin_study_tells_a_false_alarm_from_a_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    # docs/detection.md's margins come from scripts/detection.py: it must report a wrong backend as a
+    # docs/reports/detection.md's margins come from scripts/detection.py: it must report a wrong backend as a
     # failure nobody knows of, and a correct one as a pass below its bound.
     from mutants import mutant
 

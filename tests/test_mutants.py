@@ -106,7 +106,7 @@ def test_each_new_class_is_what_catches_its_mutant() -> None:
 
 
 def test_bound_use_crosses_one_exactly_where_the_verdict_flips() -> None:
-    # The margins in docs/detection.md read bound use: it must say "failed" (>1) where the verdict
+    # The margins in docs/reports/detection.md read bound use: it must say "failed" (>1) where the verdict
     # does and "passed" (<1) where it does, for the numeric rule and for a semantic check alike.
     import itertools
 

@@ -16,8 +16,8 @@ import attnparity.perf.peak  # noqa: F401
 from cpuload import cpu_load
 
 from attnparity.cli import main as cli_main
-from attnparity.results.gate import (BUSY_SHARE, Thresholds, TimingSample, compare_records, compare_timing,
-                                     format_comparison)
+from attnparity.report.comparison import comparison_lines
+from attnparity.results.gate import BUSY_SHARE, Thresholds, TimingSample, compare_records, compare_timing
 from attnparity.results.record import ResultRecord, write_results
 
 LABEL = "CPU (2 torch threads)"
@@ -38,7 +38,7 @@ def timed(backend: str, ms: float, *, math_ms: float | None = None, naive_ms: fl
     return ResultRecord("perf", f"perf:{shape}", backend, "fp32", "pass", metrics=metrics, extra=extra)
 
 
-#: (backend, shape, ms, sdpa-math ms, naive ms) of an idle run: the figures of docs/perf-cpu.md's size.
+#: (backend, shape, ms, sdpa-math ms, naive ms) of an idle run: the figures of docs/reports/perf-cpu.md's size.
 IDLE = [(b, s, ms * f, 2.66 * f, 3.09 * f) for s, f in (("pixart-self-256-16x72-b1", 1.0), ("sd15-self-1024-8x40-b1", 9.0))
         for b, ms in (("sdpa-flash", 1.56), ("sdpa", 1.37), ("naive", 3.09), ("sdpa-math", 2.66))]
 #: Load slows each item by its own factor, 25 to 60%, backend and references alike (interleaved).
@@ -240,7 +240,7 @@ def test_inconclusive_cells_are_a_group_of_their_own_and_never_fail() -> None:
     data = comparison.to_json()
     assert (data["worse"], data["inconclusive"], data["better"]) == (1, 1, 1)
     assert [d["inconclusive"] for d in data["differences"]] == [False, True, False]
-    lines = format_comparison(comparison, width=1000)
+    lines = [line for _, line in comparison_lines(comparison)]
     assert lines[0].endswith(": 1 worse, 1 inconclusive (timed beside other work: rerun on an idle machine), "
                              "1 better or new")
     assert lines[2].startswith("  ?     perf:sd15-self-1024-8x40-b1 busy-cell fp32: relative to sdpa-math: ")
@@ -248,7 +248,7 @@ def test_inconclusive_cells_are_a_group_of_their_own_and_never_fail() -> None:
     assert not compare_records(old[:1], new[:1]).failed
 
 
-#: docs/upgrade-gate.md, the diffusers pair: run C (0.36.0) timed while another test suite ran (every
+#: docs/reports/upgrade-gate.md, the diffusers pair: run C (0.36.0) timed while another test suite ran (every
 #: perf record has the load-average note, none has others_cpu: written before it), run A (0.42.1) on
 #: an idle machine. Their perf records, trimmed to what the gate reads.
 UG3_BUSY = Path(__file__).parent / "data" / "ug3_diffusers-0.36.0-busy_perf.json"

@@ -92,9 +92,33 @@ def test_terminal_summary_fits_100_columns_and_shows_every_section(tmp_path):
 def test_full_terminal_summary_shows_every_row(tmp_path):
     lines = render_terminal(sample_records(tmp_path), markup=False, full=True).splitlines()
     assert any(line.startswith("pipeline:sd15") and "0.9997" in line and "0.9981" in line for line in lines)
-    assert any(line.startswith("perf:sd15-4096x40") and "sdpa-flash" in line and "3.43x" in line for line in lines)
+    assert any(line.startswith("| sd15-4096x40 | sdpa-flash | fp32 | 3.5 |") and "| 3.43 |" in line for line in lines)
     assert any("xformers" in line and "xformers not installed (1 cell)" in line for line in lines)
     assert any(line.startswith("xformers ") and "skip" in line for line in lines)  # skipped rows too
+
+
+def test_a_perf_run_shows_every_shape_a_mixed_run_the_rollup(tmp_path):
+    records = sample_records(tmp_path)
+    perf_only = [r for r in records if r.kind == "perf"]
+    lines = render_terminal(perf_only, markup=False).splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("| shape |")))
+    assert lines[header].split(" | ")[3:7] == ["ms", "cv", "TFLOP/s", "% peak"]
+    assert lines[header + 1].startswith("|---|") and len(lines[header + 2:header + 5]) == 3
+    assert any(line.startswith("| sd15-4096x40 | sdpa-math | fp32 | 12 |") for line in lines)
+    assert any(line.startswith("| sd15-4096x40 | sdpa-flash | fp32 | 3.5 |") and "| 3.43 |" in line for line in lines)
+    mixed = render_terminal(records, markup=False)
+    assert "| shape |" not in mixed and "geometric mean" in mixed
+
+
+def test_finding_links_resolve_and_image_rows_wrap(tmp_path):
+    known = {"docs-finding": {"met": 1, "reason": "the kernel drops is_causal", "link": "docs/findings.md#x"},
+             "web-finding": {"met": 1, "reason": "upstream bug", "link": "https://example.org/issues/1"}}
+    cells = [ResultRecord("op", "forward", "sdpa-flash", "fp32", "xfail", extra={"known": {k: v}})
+             for k, v in known.items()]
+    html = (write_report(tmp_path / "rep", cells, device="cpu") / "index.html").read_text()
+    assert 'href="docs/findings.md' not in html and "<code>docs/findings.md#x</code>" in html
+    assert "the kernel drops is_causal" in html and 'href="https://example.org/issues/1"' in html
+    assert re.search(r"\.images \{[^}]*flex-wrap: wrap", html)
 
 
 def test_terminal_colours_only_with_markup(tmp_path):
@@ -139,6 +163,21 @@ def gate_comparison():
 
     return compare_records([perf("slower", 4.0), perf("busy", 4.0), perf("faster", 4.0)],
                            [perf("slower", 12.0), perf("busy", 6.0, others=0.7), perf("faster", 2.0)])
+
+
+def test_report_without_jinja2_is_a_usage_error_before_anything_runs(matrix_project, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jinja2", None)  # what an install without the [report] extra has
+    result = matrix_project.runpytest("--attn-backends=naive", "--attn-dtypes=fp32", "-p", "no:cacheprovider",
+                                      f"--attn-report={tmp_path / 'rep'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "ERROR: --attn-report writes an HTML page with jinja2, which is not installed: pip install " \
+           "'attnparity[report]'" in result.stderr.str()
+    assert "passed" not in result.stdout.str() and not (tmp_path / "rep").exists()
+    monkeypatch.delitem(sys.modules, "jinja2")
+    assert matrix_project.runpytest("--attn-backends=naive", "--attn-dtypes=fp32", "--attn-examples=1", "-k",
+                                    "forward", "-p", "no:cacheprovider", f"--attn-report={tmp_path / 'rep'}").ret == 0
 
 
 def test_gate_groups_are_coloured_in_the_terminal_and_listed_apart_in_the_report(tmp_path):

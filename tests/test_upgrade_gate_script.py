@@ -1,4 +1,4 @@
-"""scripts/upgrade_gate.sh (docs/upgrade-gate.md): its plan and its refusals, without installing
+"""scripts/upgrade_gate.sh (docs/reports/upgrade-gate.md): its plan and its refusals, without installing
 anything (the real run takes an hour and downloads gigabytes)."""
 
 from __future__ import annotations

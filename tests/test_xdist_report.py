@@ -1,5 +1,6 @@
 """pytest -n 2 gives the same matrix and one report as a serial run: workers' records reach the
-controller (in user_properties), only the controller writes results.json and index.html."""
+controller (on an attribute of each test report, which xdist serializes), only the controller writes
+results.json and index.html; junitxml gets one short line per testcase, not the record."""
 
 from __future__ import annotations
 
@@ -35,14 +36,25 @@ def cells(path):
 
 def test_xdist_gives_the_serial_matrix_and_one_report(matrix_project, tmp_path):
     matrix_project.makeconftest(matrix_project.path.joinpath("conftest.py").read_text() + WORKER_WATCH)
-    serial = matrix_project.runpytest(*ARGS, f"--attn-report={tmp_path / 'serial'}")
-    parallel = matrix_project.runpytest(*ARGS, "-n", "2", f"--attn-report={tmp_path / 'xdist'}")
+    parallel = matrix_project.runpytest(*ARGS, "-n", "2", f"--attn-report={tmp_path / 'xdist'}",
+                                        f"--junitxml={tmp_path / 'junit.xml'}")
+    # the seed the controller picked is the one every worker drew with: a serial run with it draws the same
+    seed = json.loads((tmp_path / "xdist" / "results.json").read_text())["draws"]["seed"]
+    serial = matrix_project.runpytest(*ARGS, f"--attn-seed={seed}", f"--attn-report={tmp_path / 'serial'}")
     assert serial.ret == parallel.ret == 1  # vendor-scale fails in both
     parallel.stdout.fnmatch_lines(["*2 workers*"])
     assert cells(tmp_path / "serial" / "results.json") == cells(tmp_path / "xdist" / "results.json")
     assert len(cells(tmp_path / "xdist" / "results.json")) == 3
     assert not list(tmp_path.glob("worker-wrote-*"))
     assert parallel.stdout.str().count("attnparity matrix") == 1
+    import xml.etree.ElementTree as ET
+
+    props = {case.get("name"): [(p.get("name"), p.get("value")) for p in case.iter("property")]
+             for case in ET.parse(tmp_path / "junit.xml").iter("testcase")}
+    assert sorted(props) == ["forward[naive-fp32]", "forward[sdpa-math-fp32]", "forward[vendor-scale-fp32]"]
+    assert [name for found in props.values() for name, _ in found] == ["attnparity"] * 3
+    line = props["forward[vendor-scale-fp32]"][0][1]
+    assert line.startswith("fail vendor-scale fp32 ratio=") and len(line) < 100  # a line, not the record
 
     def matrix_lines(result):
         lines = result.outlines

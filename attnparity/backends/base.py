@@ -1,7 +1,6 @@
 """The public backend contract: ``Backend``, ``Capabilities``, ``Unsupported``.
 
-Vendors build on these names and fields; keep them stable (README.md and docs/vendor.md,
-"The backend contract").
+Vendors build on these names and fields; keep them stable (docs/vendor.md, "The contract").
 No torch import at module level: the plugin must cost nothing when ``--attn-backends`` is absent.
 """
 

@@ -17,7 +17,7 @@ so they never lift the limit. rel_baseline is naive math's worst error in the te
 row's scale (max over rows of err_baseline[r] / scale[r]): the rows share how accurate the dtype
 allows, each at its own scale. The error ratio err_backend / err_baseline (whole tensor) is the number the matrix shows.
 
-Defaults were calibrated on this project's CPU runs (see docs/detection.md): every correct backend
+Defaults were calibrated on this project's CPU runs (see docs/reports/detection.md): every correct backend
 passes every seed, and every planted bug of the mutant zoo fails. Override per backend glob and
 dtype with the ``attn_tolerance`` ini key, one rule per line: ``sage* bf16 k=8 floor=4``.
 """

@@ -167,12 +167,29 @@ def perf_charts(rows: list[mx.Row]) -> list[tuple[str, Chart, Chart]]:
     return charts
 
 
+REPORT_NEEDS = "--attn-report writes an HTML page with jinja2, which is not installed: pip install 'attnparity[report]'"
+
+
+def require_jinja2() -> None:
+    """Raise (a ValueError: a usage error at the start of a run) when jinja2 cannot be imported."""
+    try:
+        import jinja2  # noqa: F401
+    except ImportError:
+        raise ValueError(REPORT_NEEDS) from None
+
+
+def finding_link(link: str) -> str | None:
+    """A ledger link a report page can follow: web addresses only. A path into attnparity's
+    docs means nothing beside a report directory; the finding's reason is shown instead."""
+    return link if link.startswith(("http://", "https://")) else None
+
+
 def render_html(records: list[ResultRecord], *, device: str = "", versions: dict[str, str] | None = None,
                 comparison: Any = None, base: Path | None = None, created: str = "") -> str:
     try:
         import jinja2
     except ImportError:
-        raise RuntimeError("the HTML report needs jinja2: pip install 'attnparity[report]'") from None
+        raise RuntimeError(REPORT_NEEDS) from None
     from .terminal import fmt_num, fmt_ssim
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("attnparity.report", "templates"), autoescape=True,
@@ -209,17 +226,18 @@ def render_html(records: list[ResultRecord], *, device: str = "", versions: dict
         unavailable=unavailable,
         unclaimed=unclaimed,
         comparison=comparison,
+        finding_link=finding_link,
     )
 
 
 def write_report(directory: Path, records: list[ResultRecord], *, device: str = "", comparison: Any = None,
-                 base: Path | None = None) -> Path:
-    """Write DIR/results.json and DIR/index.html; returns DIR."""
+                 base: Path | None = None, draws: dict[str, Any] | None = None) -> Path:
+    """Write DIR/results.json (with the run's hypothesis ``draws``) and DIR/index.html; returns DIR."""
     import datetime as dt
 
     directory = Path(directory)
     found = next((r.versions for r in records if r.versions), None) or run_versions()
-    write_results(directory / "results.json", records, device, found)
+    write_results(directory / "results.json", records, device, found, draws=draws)
     if comparison is not None:  # the gate's verdict travels with the run, beside (not inside) the schema
         (directory / "comparison.json").write_text(json.dumps(comparison.to_json(), indent=1, default=str))
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,5 +1,5 @@
 """The perf records of a run as Markdown tables (``attnparity perf-table results.json``; what
-docs/perf-cpu.md was made with)."""
+docs/reports/perf-cpu.md was made with)."""
 
 from __future__ import annotations
 

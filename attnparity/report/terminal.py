@@ -1,6 +1,7 @@
 """The terminal summary: matrix backend x dtype, pipelines, perf, unavailable backends, the gate.
 
-Lines stay within 100 columns. Colour goes through the terminal reporter's markup, which pytest
+The matrix and lists stay within 100 columns; lines that carry figures to copy (repro lines, the
+gate's differences, the Markdown perf table) are never cut. Colour goes through the terminal reporter's markup, which pytest
 turns off when the output is not a tty (or with --color=no / NO_COLOR).
 """
 
@@ -81,7 +82,11 @@ def summarize(ctx: Any, records: list[ResultRecord | dict[str, Any]], terminal: 
         return
     write_matrix(matrix, terminal, backends=mx.ran_backends(matrix))
     write_pipeline_rollup(mx.pipeline_matrix(recs), terminal)
-    write_perf_rollup(mx.rows_of(recs, "perf"), terminal)
+    perf = mx.rows_of(recs, "perf")
+    if perf_run(recs):  # -m attn_perf: the per-shape figures are what was asked for
+        write_perf(perf, terminal, skips=False)
+    else:
+        write_perf_rollup(perf, terminal)
     write_skip_groups(*mx.skip_groups(recs), terminal)
     write_repros(failed, terminal, limit=SHORT_REPROS)
     terminal.write_line("")
@@ -189,9 +194,15 @@ def write_pipeline_rollup(pm: mx.PipelineMatrix, terminal: Terminal) -> None:
         terminal.write_line("")
 
 
+def perf_run(records: list[ResultRecord]) -> bool:
+    """Only timings ran (a ``-m attn_perf`` run): its summary shows every shape."""
+    ran = {r.kind for r in records if r.verdict != "skip"}
+    return "perf" in ran and ran <= {"perf"}
+
+
 def write_perf_rollup(rows: list[mx.Row], terminal: Terminal) -> None:
     """Backend x dtype: geometric mean of the speed-up over sdpa-math across the shapes, with its
-    range. Per-shape figures: --attn-summary=full or ``attnparity perf-table results.json``."""
+    range. Per shape: a perf run's summary, --attn-summary=full or ``attnparity perf-table results.json``."""
     speeds: dict[tuple[str, str], list[float]] = {}
     shapes = set()
     for row in rows:
@@ -249,20 +260,18 @@ def write_skip_groups(whole: list[mx.SkipGroup], partial: list[mx.SkipGroup], te
                 terminal.write_line(("  " if i == 0 else "    ") + line, **({"yellow": True} if i == 0 else {}))
 
 
-def write_perf(rows: list[mx.Row], terminal: Terminal) -> None:
-    if not rows:
+def write_perf(rows: list[mx.Row], terminal: Terminal, *, skips: bool = True) -> None:
+    """The per-shape table of ``attnparity perf-table`` (ms, cv, TFLOP/s, % of peak, speed-ups), as
+    Markdown so it pastes into an issue as it is; ``skips`` adds the rows that did not time."""
+    from .markdown import markdown_table
+
+    shown = [r.record.to_json() for r in rows if skips or r.verdict not in ("skip", "error")]
+    if not shown:
         return
-    device = rows[0].record.device or "?"
     terminal.write_line("")
-    terminal.write_line(clip(f"perf on {device}: median ms, TFLOP/s, speed-up over sdpa-math", WIDTH))
-    terminal.write_line(f"{'shape':<24}{'backend':<{NAME_WIDTH}}{'dtype':<6}{'ms':>10}{'TFLOP/s':>10}{'speedup':>9}")
-    for row in rows:
-        if row.verdict == "skip":
-            continue
-        speed = row.metrics.get("speedup_math")
-        terminal.write_line(f"{clip(row.check, 23):<24}{clip(row.backend, NAME_WIDTH - 1):<{NAME_WIDTH}}{row.dtype:<6}"
-                            f"{fmt_num(row.metrics.get('ms')):>10}{fmt_num(row.metrics.get('tflops')):>10}"
-                            f"{(fmt_num(speed) + 'x') if speed is not None else '-':>9}")
+    terminal.write_line(f"perf on {rows[0].record.ran_on or '?'}, per shape:")
+    for line in markdown_table(shown).splitlines():
+        terminal.write_line(line)
 
 
 def write_unavailable(items: list[mx.Unavailable], terminal: Terminal) -> None:
@@ -288,15 +297,15 @@ def write_repros(failed: list[ResultRecord], terminal: Terminal, limit: int = 20
         terminal.write_line(f"  ... and {len(repros) - limit} more in results.json")
 
 
-#: How each group of the gate's differences is coloured (results.gate.comparison_lines).
+#: How each group of the gate's differences is coloured (report.comparison.comparison_lines).
 GATE_MARKUP: dict[str, dict[str, bool]] = {"": {}, "worse": {"red": True}, "inconclusive": {"yellow": True},
                                            "better": {"green": True}}
 
 
 def write_comparison(comparison: Any, terminal: Terminal) -> None:
-    from attnparity.results.gate import comparison_lines
+    from .comparison import comparison_lines
 
     title = "attnparity upgrade gate: " + ("FAILED" if comparison.failed else "passed")
     terminal.write_sep("=", title, red=comparison.failed, green=not comparison.failed)
-    for group, line in comparison_lines(comparison, WIDTH):
+    for group, line in comparison_lines(comparison):  # never cut: a timing's figures end its line
         terminal.write_line(line, **GATE_MARKUP[group])

@@ -36,7 +36,7 @@ such as the load average above the CPU count), a change beyond the allowance abo
 ``busy_slowdown`` (--attn-perf-busy-slowdown, 1.0: up to 2x slower or 2x faster) is listed in a
 group of its own, "inconclusive: timed beside other work (...); rerun on an idle machine to judge",
 and never fails. Why: a memory-heavy neighbour (another test suite) slows some kernels by a factor
-their interleaved reference does not share. In docs/upgrade-gate.md's diffusers pair, run C timed
+their interleaved reference does not share. In docs/reports/upgrade-gate.md's diffusers pair, run C timed
 beside a test suite against run A on an idle machine, 7 of 130 perf cells were 29-77 % "worse"
 relative to the reference with nothing changed, and most stay worse judged against every
 reference; with this rule the pair compares 0 worse, those 7 and the 4 cells that looked 22-40 %
@@ -290,7 +290,7 @@ def compare_timing(old: TimingSample, new: TimingSample, slowdown: float, noise:
     When either sample was timed beside other work (``TimingSample.busy``), a change beyond that
     allowance but within ``busy_slowdown`` (either way) is **inconclusive**, neither worse nor
     better: a memory-heavy neighbour slows some kernels by a factor their interleaved reference does
-    not share (29-77 % in docs/upgrade-gate.md, with nothing changed), which no spread measured in
+    not share (29-77 % in docs/reports/upgrade-gate.md, with nothing changed), which no spread measured in
     the item foretells. Beyond ``busy_slowdown`` it is worse (or better) even so.
     """
     if slowdown < 0:
@@ -337,9 +337,8 @@ def fold(records: Iterable[ResultRecord]) -> dict[Cell, FoldedCell]:
     return cells
 
 
-#: The groups differences are listed in, in order, and each one's mark in plain text.
+#: The groups differences are listed in, in order (report/comparison.py renders them).
 _GROUPS = ("worse", "inconclusive", "better")
-_MARKS = {"worse": "WORSE", "inconclusive": "?    ", "better": "ok   "}
 
 
 @dataclass(frozen=True)
@@ -543,21 +542,3 @@ def compare_files(old_path: str, new_path: str, thresholds: Thresholds | None = 
     old = read_results(old_path)  # type: ignore[arg-type]
     new = read_results(new_path)  # type: ignore[arg-type]
     return compare_records(old["records"], new["records"], thresholds, old_source=str(old_path))
-
-
-def comparison_lines(c: Comparison, width: int = 100) -> list[tuple[str, str]]:
-    """(group, line) pairs: the head (group ""), then one line per difference, cut to ``width``,
-    worse first, then inconclusive timings, then better or new."""
-    head = f"compared {c.cells_compared} cells with {c.old_source}: {len(c.worse)} worse, "
-    if c.inconclusive:
-        head += f"{len(c.inconclusive)} inconclusive (timed beside other work: rerun on an idle machine), "
-    lines = [("", head + f"{len(c.better)} better or new")]
-    for d in c.differences:
-        line = f"  {_MARKS[d.outcome]} {d.label}: {d.text}"
-        lines.append((d.outcome, line if len(line) <= width else line[: width - 3] + "..."))
-    return lines
-
-
-def format_comparison(c: Comparison, width: int = 100) -> list[str]:
-    """Plain lines: the head, then one per difference (``comparison_lines``)."""
-    return [line for _, line in comparison_lines(c, width)]

@@ -29,7 +29,11 @@ Schema (version SCHEMA_VERSION), a JSON object:
                 "cudnn.allow_tf32": "False", ...}; a run pins them to full fp32 (machine.pin_fp32_math)
 
 A run's results.json is {"schema": SCHEMA_VERSION, "created": iso time, "device": ..., "versions":
-{...}, "numerics": {...}, "records": [record, ...]}. The schema only grows by new optional fields within a version.
+{...}, "numerics": {...}, "draws": {...}, "records": [record, ...]}. "numerics": torch's fp32 matmul
+settings of the run (as on each record). "draws" (optional) holds what makes the run's
+hypothesis draws repeatable: {"derandomize": bool, "seed": int or null, "examples": int, "profile":
+the user's hypothesis profile or null}; a run with --attn-compare reuses them. The schema only grows
+by new optional fields within a version.
 """
 
 from __future__ import annotations
@@ -45,8 +49,11 @@ SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 #: "xfail": the cell met a finding of the known-findings ledger (results/known.py) and nothing else
 VERDICTS = ("pass", "fail", "skip", "error", "xfail")
-#: user_properties key under which items carry their record, so xdist workers ship it to the controller.
-USER_PROPERTY = "attnparity_record"
+#: The test report attribute that carries an item's record (JSON text): pytest serializes a report's
+#: attributes for pytest-xdist, so workers' records reach the controller without riding in junitxml.
+REPORT_ATTRIBUTE = "attnparity_record"
+#: The short junitxml property of each item (user_properties): verdict and headline figures only.
+USER_PROPERTY = "attnparity"
 
 
 @dataclass
@@ -104,16 +111,19 @@ class ResultRecord:
 
 
 
-def write_results(path: Path, records: list[ResultRecord], device: str, run_versions: dict[str, str]) -> Path:
+def write_results(path: Path, records: list[ResultRecord], device: str, run_versions: dict[str, str],
+                  draws: dict[str, Any] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
+    payload: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "versions": run_versions,
         "numerics": next((r.numerics for r in records if r.numerics), {}),
-        "records": [r.to_json() for r in records],
     }
+    if draws is not None:
+        payload["draws"] = draws
+    payload["records"] = [r.to_json() for r in records]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=str))
     tmp.replace(path)  # never leave a half-written results.json behind

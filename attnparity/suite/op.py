@@ -60,7 +60,7 @@ def run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
 
     On CPU the cell runs with one torch thread (except THREADED_CHECKS). The cases are small, so a
     second thread saved 7 % of the wall time on an idle 2-core machine while burning 62 % more CPU
-    (docs/matrix-cpu.md), and beside any other process it stalls at every OpenMP barrier: items
+    (docs/reports/matrix-cpu.md), and beside any other process it stalls at every OpenMP barrier: items
     took 20-40x their time in a run that shared the machine. The verdict does not depend on it."""
     from attnparity.machine import torch_threads
 

@@ -17,7 +17,7 @@ rule is results.gate.compare_timing, the same as ``--attn-compare``'s.
 On CPU the items time with ``--attn-perf-threads`` torch threads (1 by default). With two threads on
 a two-core machine that other processes use, a descheduled OpenMP thread stalls its partner at every
 barrier: one bf16 kernel measured 10x slower a minute later, by a factor its reference did not
-share, so even the in-item ratio moved 3.6x with nothing changed (docs/upgrade-gate.md). One thread
+share, so even the in-item ratio moved 3.6x with nothing changed (docs/reports/upgrade-gate.md). One thread
 is what makes the ratio hold under load.
 
 Pipeline-level timings (images/s per backend, speed-up over the default attention) are the items
