@@ -236,7 +236,15 @@ def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None
         out = out.masked_fill(dead & out.isfinite(), 0.0)
         base = base.masked_fill(dead, 0.0)
         ref = ref.masked_fill(dead, 0.0)
-    return _judge("forward", backend, case, tolerances, {"out": (out, base, ref, magnitude, logit_terms)})
+    result = _judge("forward", backend, case, tolerances, {"out": (out, base, ref, magnitude, logit_terms)})
+    rows = None if result.passed or case.mask == "none" else dead_rows(case.with_(masked_value="-inf"))
+    if rows is not None:
+        # Whether the failure is in the fully masked rows alone (results/known.py: masked_rows_only).
+        rows = rows.expand_as(ref).to(ref.device)
+        live = _judge("forward", backend, case, tolerances, {"out": (
+            out.masked_fill(rows, 0.0), base.masked_fill(rows, 0.0), ref.masked_fill(rows, 0.0), magnitude, logit_terms)})
+        result.metrics["live_rows_bound_use"] = live.bound_use if live.passed else float("inf")
+    return result
 
 
 def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None = None) -> ParityResult:

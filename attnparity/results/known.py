@@ -33,8 +33,9 @@ op checks) to explain pipeline cells too.
 - ``tensors``: which tensors failed ("out", "dq", "dk", "dv", or "contract" for a call that raised or
   broke the contract); every failed tensor must be listed, so a finding about dQ cannot explain a
   wrong dV;
-- ``masked_rows_only``: (backward) whether the gradients pass once the upstream gradient of the
-  fully masked rows is zero, that is whether the failure comes from those rows alone;
+- ``masked_rows_only``: whether the failure comes from the fully masked rows alone (rows whose every
+  key the mask drops, a finite masked value counted as dropped): the forward passes without those
+  rows, the gradients pass once those rows' upstream gradient is zero;
 - ``ignored_kwargs``: the kwargs the kwargs check found ignored.
 
 ``when`` is asked of the case the check actually ran: a semantic check builds variants of the drawn
