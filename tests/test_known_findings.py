@@ -382,3 +382,13 @@ def test_a_repro_case_that_fails_another_way_is_not_met(pytester: pytest.Pyteste
     got = _by_backend(pytester.inline_run("--attn-backends=nan-bug,one-bug", *ARGS))
     assert got["one-bug"]["verdict"] == "xfail", got["one-bug"]["message"]
     assert got["nan-bug"]["verdict"] == "fail" and "known" not in got["nan-bug"]["extra"], got["nan-bug"]["message"]
+
+
+def test_every_builtin_entry_bounds_the_failure_it_explains() -> None:
+    """Size, tensor, rows or kwarg: a `when` about the case alone would explain a NaN or any other bug
+    on the same cases."""
+    bounding = {"tensors", "masked_rows_only", "ignored_kwargs"}
+    for f in read_ledger(BUILTIN):
+        bounded = (bounding & set(f.when) or f.when.get("nonfinite") == (False,)
+                   or f.when.get("error_size") == ("rounding",))
+        assert bounded, f"{f.id}: `when` says nothing about the failure it explains"
