@@ -90,8 +90,9 @@ def _add_repro_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]"
                        help="the file to write (with --ledger: the directory)")
     repro.add_argument("--ledger", action="store_true",
                        help="one file per entry of the built-in known-findings ledger, <id>.py in the -o directory")
-    repro.add_argument("--call-as", metavar="BACKEND",
-                       help="call this backend instead of the buggy one (a correct one must make the file pass)")
+    repro.add_argument("--call-as", metavar="BACKEND", action="append",
+                       help="call this backend instead of the buggy one (a correct one must make the file pass); "
+                            "repeatable: the first that claims the case is called")
     repro.add_argument("--tolerance", action="append", default=[], help="an attn_tolerance rule line")
     repro.add_argument("--import", dest="modules", action="append", default=[],
                        help="module to import first (one that calls register_backend)")

@@ -140,6 +140,36 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def pin_fp32_math() -> dict[str, str]:
+    """fp32 matmuls and convolutions at full fp32 for the run, and what is now set (``fp32_math``).
+
+    With TF32 allowed (``torch.backends.cuda.matmul.allow_tf32``, cuDNN's ``allow_tf32``, or
+    ``set_float32_matmul_precision("high")``), an fp32 matmul on an Ampere or newer GPU keeps 10
+    mantissa bits: the fp32 baseline and every fp32 backend would then be judged as TF32, and a
+    user's setting would decide the verdict. The run pins them; the record says so."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    return fp32_math()
+
+
+def fp32_math() -> dict[str, str]:
+    """torch's fp32 matmul settings as they are now, by name (recorded in results.json)."""
+    import torch
+
+    found = {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+             "cuda.matmul.allow_tf32": str(torch.backends.cuda.matmul.allow_tf32),
+             "cudnn.allow_tf32": str(torch.backends.cudnn.allow_tf32)}
+    for name, holder in (("cuda.matmul.fp32_precision", torch.backends.cuda.matmul),
+                         ("cudnn.fp32_precision", torch.backends.cudnn)):
+        value = getattr(holder, "fp32_precision", None)  # the newer spelling, where torch has it
+        if value is not None:
+            found[name] = str(value)
+    return found
+
+
 def versions() -> dict[str, str]:
     """Versions of the libraries whose change moves results; absent packages are left out."""
     from importlib.metadata import PackageNotFoundError, version

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from attnparity.machine import DeviceIdentity, identify, resolve_device, versions, worker_device
+from attnparity.machine import DeviceIdentity, identify, pin_fp32_math, resolve_device, versions, worker_device
 from attnparity.options import Options
 from attnparity.suite import SuiteContext
 from attnparity.suite.guard import Guard
@@ -55,6 +55,8 @@ class Run:
     baseline: list[Any] | None = None
     #: the worker processes of isolated backends (--attn-isolate)
     isolation: Isolation = field(default_factory=lambda: Isolation(None, frozenset()))
+    #: torch's fp32 matmul settings, pinned to full fp32 for the run (machine.pin_fp32_math)
+    numerics: dict[str, str] = field(default_factory=dict)
     #: how the run's hypothesis draws were set (results.json keeps them for a later --attn-compare)
     draws: "Draws | None" = None
 
@@ -260,12 +262,13 @@ def start_run(options: Options, rootdir: Path, invocation_dir: Path, given: froz
     options = replace(options, seed=draws.seed, examples=draws.examples)
     device = pin_worker_device(resolve_device(options.device))
     share_cpu_threads(device)
+    numerics = pin_fp32_math()
     suite = SuiteContext(backends=backends, device=device, options=options, tolerances=Tolerances(options.tolerance),
                          hypothesis_settings=hypothesis_settings(draws.examples, draws.derandomize), rootdir=rootdir,
                          user_profile=_user_profile(), ledger=ledger, versions=versions(),
                          timing_beside=timing_beside)
     return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), baseline=baseline,
-               isolation=_isolation(options, suite, rootdir, invocation_dir), draws=draws)
+               isolation=_isolation(options, suite, rootdir, invocation_dir), numerics=numerics, draws=draws)
 
 
 def end_run(run: Run) -> None:
@@ -340,6 +343,7 @@ def stamp(run: Run, record: Any) -> None:
     record.device = record.device or run.device.name
     record.versions = record.versions or dict(run.versions)
     record.device_label = record.device_label or run.device.model
+    record.numerics = record.numerics or dict(run.numerics)
     if record.device_index is None:
         record.device_index = run.device.index
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from attnparity import Backend
 from attnparity.check.cases import AttnCase
+from attnparity.check.parity import ParityResult
 from attnparity.machine import versions
 from attnparity.results.known import load_ledger
 
@@ -28,14 +29,18 @@ LEDGER = load_ledger([], invocation_dir=Path(__file__).parent)
 _INSTALLED = versions()
 
 
-def known_finding(check: str, backend: str, case: dict | None) -> str | None:
-    """The ledger finding a failure is (its id), or None for a failure nobody knows of (a false
-    alarm or a new bug)."""
-    if not case:
-        return None
-    c = AttnCase.from_dict(case)
+def known_finding(check: str, backend: str, result: "ParityResult") -> str | None:
+    """The ledger finding a failing result is (its id), or None for a failure nobody knows of (a false
+    alarm or a new bug): asked of the failure itself (the cases the check ran, its size and tensors),
+    as a run asks it."""
+    c = result.case
     return next((f.id for f in LEDGER.findings
-                 if f.applies(backend, check, c.dtype, c.device, _INSTALLED) and f.explains(c)), None)
+                 if f.applies(backend, check, c.dtype, c.device, _INSTALLED) and f.explains(c, result)), None)
+
+
+def cell_findings(backend: str, check: str, dtype: str, device: str = "cpu") -> tuple:
+    """The built-in ledger's findings about one cell, as a run passes them to suite.op.run_op."""
+    return LEDGER.for_cell(backend, check, dtype, device, _INSTALLED)
 
 
 def scoped(backend: Backend, check: str) -> Backend:

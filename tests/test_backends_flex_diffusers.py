@@ -337,3 +337,120 @@ def test_compiled_flex_path_on_cpu():
     for case in (AttnCase(batch=2, heads=4, kv_heads=2, sq=5, skv=9, head_dim=32, mask="dead-rows", causal="top-left"),
                  AttnCase(batch=2, heads=4, kv_heads=2, sq=5, skv=9, head_dim=32, mask="dead-rows", mask_type="float")):
         assert_matches_reference(compiled, case)
+
+
+# -- diffusers' flash varlen backend, run on the flash-attn stand-in -------------------------------
+@pytest.fixture
+def varlen_dispatch(bridge, monkeypatch):
+    """diffusers' attention_dispatch with the flash-attn stand-in's flash_attn_varlen_func."""
+    import importlib
+
+    from _backend_checks import STANDINS, forget_standins
+
+    forget_standins()
+    monkeypatch.syspath_prepend(str(STANDINS))
+    ad = importlib.import_module("diffusers.models.attention_dispatch")
+    monkeypatch.setattr(ad, "flash_attn_varlen_func", importlib.import_module("flash_attn").flash_attn_varlen_func)
+    yield ad
+    forget_standins()
+
+
+def _varlen_right(ad, case: AttnCase) -> bool:
+    """Whether diffusers' own _flash_varlen_attention (on the stand-in kernel) gets ``case`` right."""
+    from attnparity.check.reference import reference_forward
+
+    q, k, v, mask = case.tensors()
+    try:
+        out = ad._flash_varlen_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    except (ValueError, RuntimeError):
+        return False
+    ref = reference_forward(q, k, v, mask, case.causal, case.scale)
+    return bool(torch.allclose(out.transpose(1, 2).double(), ref, atol=2e-2))
+
+
+def test_varlen_rows_claim_only_the_masks_diffusers_handles(bridge, varlen_dispatch):
+    """diffusers reduces a varlen mask to (B, Skv) with .any() and keeps a key prefix: a right-padded
+    mask the same for every head is right (claimed); left padding, per-head lengths and (H, 1, Skv)
+    masks come out wrong or raise (not claimed)."""
+    caps = bridge["diffusers:flash_varlen"].capabilities
+    base = AttnCase(batch=3, heads=2, kv_heads=2, sq=5, skv=9, head_dim=16, dtype="fp16", mask="padding")
+    claimed = [base, base.with_(mask_dims="11"), base.with_(mask_dims="1"), base.with_(mask_dims=""),
+               base.with_(mask_layout="expanded"), base.with_(kv_heads=1)]
+    unclaimed = [base.with_(pad_side="left"), base.with_(mask_dims="BH"), base.with_(mask_dims="1H"),
+                 base.with_(mask_dims="H")]
+    for case in claimed:
+        assert case.with_(device="cuda").outside(caps) is None, case.short()
+        assert all(_varlen_right(varlen_dispatch, case.with_(seed=s)) for s in range(3)), case.short()
+    for case in unclaimed:
+        assert case.with_(device="cuda").outside(caps), case.short()
+        assert not all(_varlen_right(varlen_dispatch, case.with_(seed=s)) for s in range(3)), case.short()
+
+
+# -- the finfo.min convention of exp2 kernels --------------------------------------------------------
+def _exp2_kernel(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    """What compiled flex's Triton kernel computes: fp32 scores, the bias added, times 1/ln2 for exp2,
+    a row whose maximum is -inf giving 0 (finfo.min * 1/ln2 overflows to -inf)."""
+    from attnparity.backends.naive import causal_keep, expand_kv
+
+    heads = q.shape[1]
+    k, v = expand_kv(k, heads), expand_kv(v, heads)
+    s = (q.float() @ k.float().transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        s = s.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else s + attn_mask.float()
+    if is_causal:
+        s = s.masked_fill(~causal_keep(q.shape[2], k.shape[2], "top-left").to(s.device), float("-inf"))
+    s = s * 1.44269504
+    m = s.amax(-1, keepdim=True)
+    p = torch.exp2(s - torch.where(m == float("-inf"), torch.zeros_like(m), m))
+    l = p.sum(-1, keepdim=True)
+    return ((p @ v.float()) / torch.where(l == 0, torch.ones_like(l), l)).to(q.dtype)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_an_exp2_kernel_declares_its_finfo_min_rows(dtype):
+    """A row whose every key is finfo.min: the reference gives the mean of V, an exp2 kernel 0. Declared
+    (fully_masked="finite"), those rows are its own value and the rest is judged; undeclared, it fails;
+    declared but wrong elsewhere, it still fails."""
+    from attnparity import Backend, Capabilities
+    from attnparity.check.parity import check_grads, check_parity
+
+    case = AttnCase(batch=2, heads=2, kv_heads=2, sq=9, skv=8, head_dim=16, dtype=dtype, mask="dead-rows",
+                    mask_type="float", masked_value="min", seed=3)
+    declared = Backend("exp2", _exp2_kernel, Capabilities(devices={"cpu"}, fully_masked="finite", backward=True))
+    assert check_parity(declared, case).passed
+    assert check_grads(declared, case).passed
+    undeclared = Backend("exp2-zero", _exp2_kernel, Capabilities(devices={"cpu"}, backward=True))
+    assert not check_parity(undeclared, case).passed
+    assert not check_grads(undeclared, case).passed
+
+    def ten_percent_large(q, k, v, **kw):  # every row 10 % too large: the declared rows excuse none of it
+        return _exp2_kernel(q, k, v, **kw) * 1.1
+
+    assert not check_parity(Backend("exp2-wrong", ten_percent_large, declared.capabilities), case).passed
+
+
+def test_compiled_flex_declares_the_exp2_convention_on_cuda_only(monkeypatch):
+    from attnparity.backends import flex
+
+    rows = {b.name: b for b in flex.backends()}
+    assert rows["flex"].capabilities.fully_masked == "zero"  # the C++ kernel on CPU gives the mean of V
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    rows = {b.name: b for b in flex.backends()}
+    assert rows["flex"].capabilities.fully_masked == "finite"
+    assert rows["flex-eager"].capabilities.fully_masked == "zero"
+
+
+def test_declared_finfo_min_rows_are_still_never_nan():
+    from attnparity import Backend, Capabilities
+    from attnparity.check.parity import check_parity, own_convention_rows
+
+    case = AttnCase(batch=2, heads=2, kv_heads=2, sq=9, skv=8, head_dim=16, mask="dead-rows", mask_type="float",
+                    masked_value="min", seed=3)
+    caps = Capabilities(devices={"cpu"}, fully_masked="finite")
+    rows = own_convention_rows(case, caps)
+
+    def nan_rows(q, k, v, **kw):
+        out = _exp2_kernel(q, k, v, **kw)
+        return out.masked_fill(rows.expand_as(out), float("nan"))
+
+    assert not check_parity(Backend("exp2-nan", nan_rows, caps), case).passed

@@ -47,6 +47,7 @@ reason = "drops is_causal when no mask is given"
 link = "https://example.org/issue/1"
 backends = ["one-bug", "two-bugs", "fixed"]
 checks = ["forward"]
+checks_why = "these tests run the forward check alone"
 versions = { torch = "%s" }
 when = { causal = ["top-left", "bottom-right"], mask = "none" }
 repro = [{ heads = 2, sq = 8, skv = 8, head_dim = 16, causal = "top-left", seed = 1 }]
@@ -130,18 +131,23 @@ def test_the_kwargs_finding_matches_the_ignored_kwarg_not_the_case() -> None:
 
 
 @pytest.mark.parametrize("text, says", [
-    ("[[finding]]\nid = 'x'\n", "missing reason, backends, checks"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\ncolour='red'\n", "unknown keys colour"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nversions={torch='>>2'}\n",
+    ("[[finding]]\nid = 'x'\n", "missing reason, backends"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\n", "checks leaves out backward"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nwhen={sq={least=3}}\n", "a range table has min, max"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nwhen={mask={min=3}}\n", "when.mask.min = 3"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nwhen={tensors='dx'}\n", "when.tensors = 'dx'"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nrepro_checks=['pipeline']\n", "repro_checks 'pipeline' unknown"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\ncolour='red'\n", "unknown keys colour"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nversions={torch='>>2'}\n",
      "not a PEP 440 specifier"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={colour='red'}\n",
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nwhen={colour='red'}\n",
      "neither AttnCase fields"),
     ("[[finding]\n", "not valid TOML"),
     ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forwards']\n", "checks 'forwards' unknown"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\ndtypes=['float32']\n", "dtypes 'float32' unknown"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={mask='nonee'}\n", "when.mask = 'nonee'"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nrepro=[{heads='two'}]\n", "repro.heads = 'two' is not a int"),
-    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nwhen={mask='none'}\n"
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\ndtypes=['float32']\n", "dtypes 'float32' unknown"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nwhen={mask='nonee'}\n", "when.mask = 'nonee'"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nrepro=[{heads='two'}]\n", "repro.heads = 'two' is not a int"),
+    ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['forward']\nchecks_why='w'\nwhen={mask='none'}\n"
      "repro=[{mask='random'}]\n", "outside the finding's own `when`"),
     ("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['pipeline']\nwhen={masked_value='min'}\n",
      "masked_value cannot be told from a call"),
@@ -234,9 +240,7 @@ def test_builtin_ledger_findings_reproduce_here() -> None:
                 continue
             if backend.unavailable_reason():
                 continue
-            for check in finding.checks:
-                if check == "pipeline":  # repro cases are op-level; pipeline cells have their own test
-                    continue
+            for check in finding.repro_checks:
                 for dtype in ("fp32", "fp16", "bf16"):
                     if not finding.applies(backend.name, check, dtype, "cpu", installed):
                         continue
@@ -246,7 +250,8 @@ def test_builtin_ledger_findings_reproduce_here() -> None:
                             continue
                         ran += 1
                         assert not result.passed, f"{finding.id}: {backend.name} {check} {dtype} repro passes now"
-                        assert finding.explains(case, result), f"{finding.id}: its own repro failure is outside its `when`"
+                        assert finding.explains(case, result), (f"{finding.id}: its own repro failure ({check} "
+                                                                f"{dtype}) is outside its `when`: {result.message}")
     assert ran >= 6, "the built-in findings' repro cases did not run here"
 
 
@@ -282,3 +287,114 @@ def test_compare_fails_only_where_the_gate_finds_worse(matrix_project, tmp_path,
     records = json.loads((tmp_path / "after" / "results.json").read_text())["records"]
     scale = next(r for r in records if r["backend"] == "vendor-scale")
     assert scale["verdict"] == "fail"  # the record keeps the truth; only the item's outcome is xfail
+
+
+def _builtin(fid: str):
+    (finding,) = [f for f in load_ledger([], invocation_dir=Path(".")).findings if f.id == fid]
+    return finding
+
+
+def test_a_finding_applies_to_every_op_check_unless_it_says_why_not(tmp_path: Path) -> None:
+    from attnparity.results.known import op_checks
+
+    path = tmp_path / "l.toml"
+    path.write_text("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\n")
+    (wide,) = read_ledger(path)
+    assert wide.checks == op_checks() and wide.repro_checks == ("forward",)
+    assert all(wide.applies("a", c, "fp32", "cpu", {}) for c in op_checks())
+    assert not wide.applies("a", "pipeline:sd15", "fp32", "cpu", {})  # pipelines only when named
+    path.write_text("[[finding]]\nid='x'\nreason='r'\nbackends=['a']\nchecks=['backward']\nchecks_why='only there'\n")
+    (narrow,) = read_ledger(path)
+    assert narrow.applies("a", "backward", "fp32", "cpu", {}) and not narrow.applies("a", "batch", "fp32", "cpu", {})
+
+
+def test_the_batch_check_is_explained_by_the_variant_it_ran() -> None:
+    """diffusers native reads a 2-D mask as key padding when Sq = B. The batch check runs a drawn
+    B = 2, Sq = 3 case at B = 3: that variant meets the finding, the drawn case does not."""
+    pytest.importorskip("diffusers")
+    from attnparity.backends.registry import get_backend
+    from attnparity.check.semantics import run_semantic
+    from attnparity.check.tolerance import Tolerances
+
+    finding = _builtin("diffusers-native-2d-mask-as-key-padding-when-sq-equals-batch")
+    drawn = AttnCase(batch=2, heads=2, kv_heads=2, sq=3, skv=5, head_dim=16, dtype="fp16", mask="random", mask_dims="")
+    result = run_semantic("batch", get_backend("diffusers:native"), drawn, Tolerances())
+    assert not result.passed, "the upstream bug no longer shows in the batch check"
+    assert not finding.explains(drawn)  # the drawn case alone does not meet it ...
+    assert finding.explains(drawn, result)  # ... the full batch of 3 the check ran does
+    # a case whose variants miss Sq = B stays unexplained even if the check failed
+    other = drawn.with_(sq=4)
+    assert not finding.explains(other, result.__class__("batch", "diffusers:native", other.with_(batch=3), False,
+                                                        calls=((other.with_(batch=3), other.with_(batch=1)),)))
+
+
+def test_failure_bounds_of_the_dq_overflow_finding() -> None:
+    from attnparity.check.parity import ParityResult
+
+    finding = _builtin("torch-cpu-flash-backward-fp16-dq-overflow")
+    long = AttnCase(sq=1189, skv=1101, head_dim=8, dtype="fp16", v_scale=100.0, scale=1.0)
+
+    def failed(case: AttnCase, *classes: str) -> ParityResult:
+        return ParityResult("backward", "sdpa-flash", case, False, failure_classes=classes,
+                            metrics={"bound_use": float("inf")})
+
+    assert finding.explains(long, failed(long, "dq:nonfinite"))
+    assert not finding.explains(long, failed(long, "dq:nonfinite", "dv:bound"))  # a wrong dV is not about dQ
+    assert not finding.explains(long, failed(long, "dq:bound"))  # finite: not the overflow
+    short = long.with_(sq=200, skv=150)
+    assert not finding.explains(short, failed(short, "dq:nonfinite"))  # needs Sq and Skv above 1000
+
+
+def test_the_masked_rows_finding_explains_only_what_the_masked_rows_cause() -> None:
+    """torch's CPU flash backward is wrong on rows fully masked by finfo.min. A kernel that is also
+    wrong elsewhere (dV 1 % large everywhere) or NaN is not that finding."""
+    import torch
+
+    from attnparity import Backend
+    from attnparity.backends.registry import get_backend
+    from attnparity.check.parity import check_grads
+
+    finding = _builtin("torch-cpu-flash-backward-finite-masked-rows")
+    flash = get_backend("sdpa-flash")
+    case = AttnCase(batch=1, heads=2, kv_heads=1, sq=9, skv=8, head_dim=8, dtype="fp32", mask="dead-rows",
+                    mask_type="float", masked_value="min", seed=3)
+    known = check_grads(flash, case)
+    assert not known.passed and finding.explains(case, known), known.metrics
+
+    def dv_too_large(q, k, v, **kw):  # the same forward; dV scaled by 1.01
+        return flash.fn(q, k, v + 0.01 * (v - v.detach()), **kw)
+
+    def nan_dq(q, k, v, **kw):  # the same forward; NaN in dQ
+        return flash.fn(q + (q - q.detach()) * torch.tensor(float("nan")), k, v, **kw)
+
+    for fn in (dv_too_large, nan_dq):
+        wrong = check_grads(Backend("wrong", fn, flash.capabilities), case)
+        assert not wrong.passed and not finding.explains(case, wrong), (fn.__name__, wrong.metrics)
+
+
+NAN_CONFTEST = CONFTEST.replace('NAMES = {', '''
+def nan_bug(q, k, v, *, attn_mask=None, is_causal=False, scale=None):
+    # is_causal without a mask gives NaN: not the finite drop the ledger describes
+    out = naive_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+    return out * float("nan") if is_causal and attn_mask is None else out
+
+NAMES = {"nan-bug": nan_bug, ''')
+
+
+def test_a_repro_case_that_fails_another_way_is_not_met(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(NAN_CONFTEST)
+    ledger = LEDGER.replace('mask = "none" }', 'mask = "none", nonfinite = false }').replace('"fixed"]', '"fixed", "nan-bug"]')
+    pytester.path.joinpath("ledger.toml").write_text(ledger % ">=2.5")
+    got = _by_backend(pytester.inline_run("--attn-backends=nan-bug,one-bug", *ARGS))
+    assert got["one-bug"]["verdict"] == "xfail", got["one-bug"]["message"]
+    assert got["nan-bug"]["verdict"] == "fail" and "known" not in got["nan-bug"]["extra"], got["nan-bug"]["message"]
+
+
+def test_every_builtin_entry_bounds_the_failure_it_explains() -> None:
+    """Size, tensor, rows or kwarg: a `when` about the case alone would explain a NaN or any other bug
+    on the same cases."""
+    bounding = {"tensors", "masked_rows_only", "ignored_kwargs"}
+    for f in read_ledger(BUILTIN):
+        bounded = (bounding & set(f.when) or f.when.get("nonfinite") == (False,)
+                   or f.when.get("error_size") == ("rounding",))
+        assert bounded, f"{f.id}: `when` says nothing about the failure it explains"

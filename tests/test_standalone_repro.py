@@ -140,6 +140,9 @@ def test_cli_refuses_what_it_cannot_write(tmp_path, capsys):
     assert "claims no mask" in capsys.readouterr().err
     assert main(["repro", "--standalone", "forward", "no-such-backend", "{}", "-o", out]) == 2
     assert main(["repro", "--standalone", "forward", "sdpa-math", "{not json", "-o", out]) == 2
+    masked_causal = '{"sq": 3, "skv": 5, "mask": "random", "causal": "top-left"}'
+    assert main(["repro", "--standalone", "forward", "naive", masked_causal, "--call-as", "sdpa-math", "-o", out]) == 2
+    assert "sdpa-math: torch SDPA refuses" in capsys.readouterr().err
     assert not Path(out).exists()
     assert main(["repro", "--standalone", "forward", "sdpa-math", '{"sq": 3, "skv": 5}', "-o", out]) == 0
     assert _run(Path(out)).returncode == 0
@@ -167,7 +170,8 @@ def regenerated(tmp_path_factory):
     out = tmp_path_factory.mktemp("findings")
     fixed = tmp_path_factory.mktemp("fixed")
     write_ledger_repros(out)
-    write_ledger_repros(fixed, call_as="sdpa-math")
+    # torch SDPA refuses a mask with is_causal: there naive math, which claims it, is the correct backend
+    write_ledger_repros(fixed, call_as=("sdpa-math", "naive"))
     return out, fixed
 
 

@@ -64,7 +64,9 @@ class Capabilities:
     gqa: bool = True
     backward: bool = False
     #: What a fully masked query row gives: "zero" (torch >= 2.5 SDPA) or "finite" (documented
-    #: otherwise, e.g. the mean of V). NaN is never acceptable either way.
+    #: otherwise, e.g. the mean of V). NaN is never acceptable either way. "finite" also covers rows
+    #: whose every key a float mask sets to finfo.min: the reference gives them the mean of V, a
+    #: kernel that computes exp2 of the biased scores (compiled flex on CUDA) overflows them to 0.
     fully_masked: Literal["zero", "finite"] = "zero"
     #: Bitwise-identical output for identical input, run to run.
     deterministic: bool = True

@@ -38,8 +38,10 @@ class _Family:
     causal: bool | str  # True = top-left (SDPA's), "bottom-right", False
     gqa: bool
     head_dims: range | None = None
-    #: The mask is a key-padding mask turned into per-row key lengths (varlen backends): only a
-    #: bool prefix ("padding") mask is meant, and causal with it would align to each row's length.
+    #: The mask is a key-padding mask turned into per-row key lengths (varlen backends: diffusers'
+    #: _normalize_attn_mask reduces it to (B, Skv) with .any() over heads and queries, and the
+    #: backend keeps key[b, :mask[b].sum()]): only a bool kept prefix, the same for every head, is
+    #: meant; causal with it would align to each row's length.
     padding_only: bool = False
     #: Causal alignment for Sq != Skv is undocumented (sage): only Sq == Skv is claimed.
     causal_square_only: bool = False
@@ -129,6 +131,11 @@ def _case_rule(family: _Family, claims: dict[str, Any]):
             return "torch SDPA refuses attn_mask together with is_causal"
         if family.padding_only and case.mask not in ("none", "padding"):
             return "varlen backend: only a key-padding mask (a kept prefix per row) is meant"
+        if family.padding_only and case.mask == "padding" and case.pad_side != "right":
+            return "varlen backend: diffusers keeps key[b, :length], a prefix; left padding would keep the padding"
+        if family.padding_only and case.mask == "padding" and "H" in case.mask_dims:
+            return ("varlen backend: diffusers reduces the mask to one length per batch row (.any() over heads); "
+                    "per-head lengths and (H, 1, Skv) masks are not meant")
         if family.padding_only and case.mask != "none" and case.causal is not None:
             return "varlen backend: causal with a padding mask aligns to each row's own length"
         if family.causal_square_only and case.causal is not None and case.sq != case.skv:

@@ -13,7 +13,16 @@ CUDA (Triton) kernel needs head_dim >= 16 (``tl.dot``; inductor/kernel/flex/flex
 rounds other head_dims up to a power of two itself; the eager path takes any head_dim. torch <= 2.6
 took only powers of two (see ``_head_dims``). A fully
 masked row gives zeros in eager flex (measured on torch 2.13 CPU, bool and -inf float masks); the
-compiled kernel is claimed the same and the matrix checks it. ``flex`` compiles through
+compiled kernel is claimed the same and the matrix checks it.
+
+The finfo.min convention differs by kernel. A row whose every key an additive mask pushes to
+finfo.min has equal logits, so the reference (and eager flex, and the compiled C++ kernel on CPU,
+measured on torch 2.13) gives it the mean of V. The compiled Triton kernel multiplies the scores by
+1/ln2 after the score_mod, for exp2 (``post_mod_scores *= RCP_LN2`` in
+torch/_inductor/kernel/flex/templates/common.py.jinja): finfo.min of fp32 or bf16 overflows to -inf,
+the row counts as fully masked and gives 0. On CUDA the compiled row therefore declares
+``fully_masked="finite"``: such rows (and rows with no key) are its own documented value, checked
+finite, not judged against the mean of V (check/parity.own_convention_rows). ``flex`` compiles through
 compiled.compiled_fn (dynamic shapes, fullgraph), so it runs on CPU too, opt-in there
 (docs/compile.md); it claims the scales a compiled graph bakes in (compiled.CLAIMED_SCALES).
 """
@@ -133,12 +142,13 @@ def backends() -> list[Backend]:
     # flex has no backward on CPU (flex_attention._validate_device); the caps are built once, for
     # the device this process will run on, as sdpa.py does.
     backward = torch.cuda.is_available()
+    triton = torch.cuda.is_available()  # the compiled kernel is Triton's: exp2 after the score_mod
     return [
         # Compiled with dynamic shapes (compiled.compiled_fn): a graph per mask kind, dtype and scale,
         # not per drawn shape, so the row runs on CPU too (opt-in there: docs/compile.md).
         Backend("flex", compiled.compiled_fn("flex", _flex_call),
                 Capabilities(dtypes=compiled.claimed_dtypes(), head_dims=_head_dims(16), backward=backward,
-                             constraint=compiled.scale_rule),
+                             fully_masked="finite" if triton else "zero", constraint=compiled.scale_rule),
                 _compiled_available, "torch.compile(flex_attention): the fused kernel (Triton on CUDA, C++ on CPU)",
                 opt_in=compiled.opt_in(), structures=STRUCTURES, structure_key=structure_key),
         Backend("flex-eager", _eager,

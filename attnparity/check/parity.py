@@ -33,6 +33,11 @@ class ParityResult:
     #: what failed, as classes the search keeps apart ("dv:bound", "out:nonfinite", "contract"); the
     #: first is the one a failing example is filed under. Empty: the check name is the class.
     failure_classes: tuple[str, ...] = ()
+    #: The calls each failure rests on, as the cases the backend was called on, one group per
+    #: failure (a semantic check's own variants of ``case``: the kwargs check's case with a kwarg, the
+    #: batch check's full batch and row alone); at least one call of a group gave a wrong output.
+    #: Empty: the one call on ``case``. A known finding is asked about these (results/known.py).
+    calls: tuple[tuple[AttnCase, ...], ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -50,7 +55,10 @@ class ParityResult:
 
 
 class ContractViolation(AssertionError):
-    """The backend broke the contract on a claimed case (raised, wrong shape, wrong dtype)."""
+    """The backend broke the contract on a claimed case (raised, wrong shape, wrong dtype); ``case``:
+    the case of the call that broke it."""
+
+    case: "AttnCase | None" = None
 
 
 def repro_line(check: str, backend: str, case: AttnCase) -> str:
@@ -82,6 +90,15 @@ def call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.
                  mask: "torch.Tensor | None") -> "torch.Tensor":
     """Run the backend on a claimed case; anything but a (B, H, Sq, D) tensor of the case dtype is a
     contract violation (a backend may not refuse what it claims)."""
+    try:
+        return _call_backend(backend, case, q, k, v, mask)
+    except ContractViolation as exc:
+        exc.case = case
+        raise
+
+
+def _call_backend(backend: Backend, case: AttnCase, q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor",
+                  mask: "torch.Tensor | None") -> "torch.Tensor":
     import torch
 
     before = _snapshot(q, k, v, mask)
@@ -154,6 +171,20 @@ def dead_rows(case: AttnCase) -> "torch.Tensor | None":
     return dead if bool(dead.any()) else None
 
 
+def own_convention_rows(case: AttnCase, caps: Any) -> "torch.Tensor | None":
+    """Bool (B, 1|H, Sq, 1): the rows whose value a backend declaring ``fully_masked="finite"``
+    documents itself, or None. Rows with no key left, and rows whose every key a float mask pushes to
+    finfo.min: the reference gives those the mean of V (equal logits), while a kernel that multiplies
+    the biased scores by 1/ln2 for exp2 (compiled flex on CUDA) overflows them to -inf and gives 0."""
+    return finite_convention_rows(case) if caps.fully_masked == "finite" else None
+
+
+def finite_convention_rows(case: AttnCase) -> "torch.Tensor | None":
+    """Bool (B, 1|H, Sq, 1): rows with no key left, and rows whose every key a float mask pushes to
+    finfo.min, or None when there are none."""
+    return dead_rows(case.with_(masked_value="-inf") if case.masked_value == "min" else case)
+
+
 def _judge(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances, pairs: dict[str, tuple],
            *, grad: bool = False) -> ParityResult:
     """Apply the rule to each named tensor on its own: {label: (backend, baseline, reference, magnitude,
@@ -218,23 +249,34 @@ def check_parity(backend: Backend, case: AttnCase, tolerances: Tolerances | None
         return ParityResult("forward", backend.name, case, False, metrics={"ratio_max": float("inf")},
                             failure_classes=("contract",), message=f"{backend.name} {exc} on {case.short()}\n{reproduce_lines('forward', backend.name, case)}")
     pairs = forward_pairs(case, q, k, v, mask, out, backend.capabilities.fully_masked == "finite")
-    return _judge("forward", backend, case, tolerances, pairs)
+    result = _judge("forward", backend, case, tolerances, pairs)
+    rows = None if result.passed or case.mask == "none" else dead_rows(case.with_(masked_value="-inf"))
+    if rows is not None:
+        # Whether the failure is in the fully masked rows alone (results/known.py: masked_rows_only).
+        out, base, ref, magnitude, logit_terms = pairs["out"]
+        rows = rows.expand_as(ref).to(ref.device)
+        live = _judge("forward", backend, case, tolerances, {"out": (
+            out.masked_fill(rows, 0.0), base.masked_fill(rows, 0.0), ref.masked_fill(rows, 0.0), magnitude, logit_terms)})
+        result.metrics["live_rows_bound_use"] = live.bound_use if live.passed else float("inf")
+    return result
 
 
 def forward_pairs(case: AttnCase, q, k, v, mask, out, finite_dead_rows: bool = False) -> dict[str, tuple]:
     """{"out": (output, baseline, reference, magnitude, logit terms)} for ``_judge``: the fp64
     reference and the naive same-dtype baseline of ``out``, a backend's output on ``case``'s inputs.
-    ``finite_dead_rows``: the backend documents its own value for rows with no key; those rows are
-    then not judged here (the masked-rows check still demands them finite)."""
+    ``finite_dead_rows``: the backend documents its own value for the rows of finite_convention_rows;
+    those rows are then judged only elsewhere (the masked-rows check), here only never NaN/Inf, and
+    left out of the reference too (its mean of V on a finfo.min row would swamp the limit)."""
     from .reference import reference_forward_terms
 
     ref, magnitude, logit_terms = reference_forward_terms(q, k, v, mask, case.causal, case.scale, EPS["fp32"] / EPS[case.dtype])
     base = baseline_forward(case, q, k, v, mask)
-    dead = dead_rows(case) if finite_dead_rows else None
+    dead = finite_convention_rows(case) if finite_dead_rows else None
     if dead is not None:
         dead = dead.expand_as(ref).to(ref.device)
-        out = out.masked_fill(dead, 0.0)
+        out = out.masked_fill(dead & out.isfinite(), 0.0)
         base = base.masked_fill(dead, 0.0)
+        ref = ref.masked_fill(dead, 0.0)
     return {"out": (out, base, ref, magnitude, logit_terms)}
 
 
@@ -248,6 +290,23 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
         return ParityResult("backward", backend.name, case, True, skipped=outside)
     q, k, v, mask = case.tensors()
     grad_out = upstream_grad(case, q)
+    own = own_convention_rows(case, backend.capabilities)
+    if own is not None:  # rows the backend documents itself: no gradient flows from them
+        grad_out = grad_out.masked_fill(own.expand_as(grad_out).to(grad_out.device), 0)
+    result = _judge_grads(backend, case, tolerances, (q, k, v, mask), grad_out)
+    dead = None if result.passed or case.mask == "none" else dead_rows(case.with_(masked_value="-inf"))
+    if dead is not None and not result.failure_classes == ("contract",):
+        # Whether the failure comes from the fully masked rows alone: with their upstream gradient
+        # zero they add nothing to dQ, dK or dV, whatever the kernel computes for them.
+        live = _judge_grads(backend, case, tolerances, (q, k, v, mask),
+                            grad_out.masked_fill(dead.expand_as(grad_out).to(grad_out.device), 0))
+        result.metrics["live_rows_bound_use"] = live.bound_use if live.passed else float("inf")
+    return result
+
+
+def _judge_grads(backend: Backend, case: AttnCase, tolerances: Tolerances, tensors: tuple,
+                 grad_out: "torch.Tensor") -> ParityResult:
+    q, k, v, mask = tensors
     try:
         got = grads_of(lambda a, b, c: call_backend(backend, case, a, b, c, mask), q, k, v, grad_out)
     except (ContractViolation, RuntimeError) as exc:

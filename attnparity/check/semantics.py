@@ -23,10 +23,13 @@ if TYPE_CHECKING:
     import torch
 
 
-def _result(check: str, backend: Backend, case: AttnCase, problem: str | None, **metrics: float) -> ParityResult:
+def _result(check: str, backend: Backend, case: AttnCase, problem: str | None,
+            calls: tuple[tuple[AttnCase, ...], ...] = (), **metrics: float) -> ParityResult:
+    """``calls``: the cases of the calls each failure rests on, where they are not ``case`` itself."""
     message = "" if problem is None else (
         f"{backend.name} {check}: {problem}\n  case: {case.short()}\n{reproduce_lines(check, backend.name, case, '  ')}")
-    return ParityResult(check, backend.name, case, problem is None, message=message, metrics=dict(metrics))
+    return ParityResult(check, backend.name, case, problem is None, message=message, metrics=dict(metrics),
+                        calls=calls if problem is not None else ())
 
 
 def _skip(check: str, backend: Backend, case: AttnCase, why: str) -> ParityResult:
@@ -146,15 +149,16 @@ def _kwarg_variants(case: AttnCase, backend: Backend) -> list[tuple[str, AttnCas
 
 def kwargs_honoured(backend: Backend, case: AttnCase, tolerances: Tolerances) -> ParityResult:
     """Each claimed kwarg must move the output as far as it moves the reference, and the right way."""
-    problems, ignored, use = [], [], 0.0
+    problems, ignored, calls, use = [], [], [], 0.0
     bound = tolerances.bound(backend.name, case.dtype)
     for kwarg, with_kw, without_kw in _kwarg_variants(case, backend):
         problem, kw_use = kwarg_lost(kwarg, with_kw, without_kw, lambda c, q, k, v, m: _run(backend, c, q, k, v, m), bound)
         use = max(use, kw_use)
         if problem is not None:
             ignored.append(kwarg.split(" ")[0])
+            calls.append((with_kw,))
             problems.append(problem)
-    result = _result("kwargs", backend, case, "; ".join(problems) or None, bound_use=use)
+    result = _result("kwargs", backend, case, "; ".join(problems) or None, tuple(calls), bound_use=use)
     result.ignored_kwargs = tuple(ignored)
     return result
 
@@ -211,7 +215,10 @@ def batch_independent(backend: Backend, case: AttnCase, tolerances: Tolerances) 
         return _skip("batch", backend, case, case.outside(backend.capabilities) or "")
     problem, gaps, limit = batch_problem(case, lambda c, q, k, v, m: _run(backend, c, q, k, v, m),
                                          tolerances.bound(backend.name, case.dtype))
-    return _result("batch", backend, case, problem, bound_use=max(gaps.values()) / limit,
+    # a gap says one of its two calls is wrong, not which: the shuffled batch has the full one's shape
+    calls = tuple((case,) if what == "shuffled batch" else (case, case.with_(batch=1))
+                  for what, gap in gaps.items() if not gap <= limit)
+    return _result("batch", backend, case, problem, calls, bound_use=max(gaps.values()) / limit,
                    **{k.replace(" ", "_"): v for k, v in gaps.items()})
 
 
@@ -264,4 +271,6 @@ def run_semantic(name: str, backend: Backend, case: AttnCase, tolerances: Tolera
     try:
         return SEMANTIC_CHECKS[name](backend, case, tolerances)
     except ContractViolation as exc:
-        return _result(name, backend, case, str(exc))
+        result = _result(name, backend, case, str(exc), ((exc.case or case,),))
+        result.failure_classes = ("contract",)
+        return result

@@ -16,6 +16,7 @@ file prints the backend's error, the baseline's and the limit, and exits 1 while
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from dataclasses import dataclass
 from string import Template
 from typing import TYPE_CHECKING, Any
@@ -181,7 +182,7 @@ def _definitions(call: StandaloneCall) -> list[str]:
         constant_source("EPS", tolerance.EPS), constant_source("ETA", tolerance.ETA),
         *(source_of(f) for f in (tolerance.Bound, tolerance.Errors, tolerance.errors, tolerance.Verdict,
                                  tolerance.ratio, tolerance.Judgement, tolerance.judge)),
-        *(source_of(f) for f in (parity.baseline_forward, parity.kept_positions, parity.dead_rows,
+        *(source_of(f) for f in (parity.baseline_forward, parity.kept_positions, parity.dead_rows, parity.finite_convention_rows,
                                  parity.forward_pairs, parity.upstream_grad, parity.grads_of, parity.grad_pairs,
                                  parity._grad_terms, semantics.kwarg_lost, semantics.dead_row_problem,
                                  semantics.repeat_problem, semantics.batch_problem)),
@@ -223,12 +224,31 @@ def library_versions(libraries: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
+def claiming(candidates: "str | Sequence[str] | None", case: AttnCase) -> str | None:
+    """The first of ``candidates`` (backend names) that claims ``case``: a backend swapped in for the
+    buggy one must be called only where attnparity would call it. None when none is asked for."""
+    from attnparity.backends.registry import get_backend
+
+    if not candidates:
+        return None
+    names = [candidates] if isinstance(candidates, str) else list(candidates)
+    why = {name: case.outside(get_backend(name).capabilities) for name in names}
+    chosen = next((name for name, outside in why.items() if outside is None), None)
+    if chosen is None:
+        raise StandaloneError("no backend given to --call-as claims this case (" + "; ".join(
+            f"{name}: {outside}" for name, outside in why.items()) + "); name one that does, e.g. naive")
+    return chosen
+
+
 def repro_of_failure(check: str, backend: Backend, case: AttnCase, tolerances: Tolerances | None = None, *,
-                     about: str | None = None, applies: dict[str, str] | None = None, call_as: str | None = None,
+                     about: str | None = None, applies: dict[str, str] | None = None,
+                     call_as: "str | Sequence[str] | None" = None,
                      command: str | None = None, name_device: bool = True) -> Repro:
     """The Repro of ``check`` on ``case``: ``about`` defaults to what attnparity's own check says
-    of the case here (it is run once). ``name_device``: say which device (its model) the file was
-    generated on, not only its kind (files committed for every machine leave it out)."""
+    of the case here (it is run once). ``call_as``: a correct backend (or several, the first that
+    claims the case is taken) to call instead of the buggy one. ``name_device``: say which device
+    (its model) the file was generated on, not only its kind (files committed for every machine
+    leave it out)."""
     from attnparity.machine import identify
 
     from attnparity.backends.registry import standalone_call
@@ -240,7 +260,7 @@ def repro_of_failure(check: str, backend: Backend, case: AttnCase, tolerances: T
     call = standalone_call(backend.name)
     libraries = call.libraries if call is not None else ("torch",)
     return Repro(check, backend.name, case, about, command or standalone_command(check, backend.name, case),
-                 library_versions(libraries), dict(applies or {}), call_as,
+                 library_versions(libraries), dict(applies or {}), claiming(call_as, case),
                  (identify(case.device).model or identify(case.device).name) if name_device else "")
 
 

@@ -3,12 +3,13 @@ upstream report each entry stands for:
 
     attnparity repro --standalone --ledger -o docs/findings/
 
-writes ``<id>.py`` per entry: its first repro case, on its first backend and its first check that a
-standalone file can reproduce, described by its reason and link and scoped by its versions.
+writes ``<id>.py`` per entry: its first repro case, on its first backend and the first of its repro
+checks that a standalone file can reproduce, described by its reason and link and scoped by its versions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +41,8 @@ def finding_repro(finding: Finding) -> FindingRepro | None:
     from attnparity.backends.registry import standalone_call
     from attnparity.check.parity import STANDALONE_CHECKS
 
-    check = next((c for c in finding.checks if c in STANDALONE_CHECKS), None)
+    # the checks its repro cases are known to fail in (a finding applies to more)
+    check = next((c for c in finding.repro_checks if c in STANDALONE_CHECKS), None)
     backend = next((b for b in finding.backends if not any(ch in b for ch in "*?[") and standalone_call(b)), None)
     if check is None or backend is None or not finding.repro:
         return None
@@ -58,9 +60,9 @@ def about(finding: Finding) -> str:
             f"checks {', '.join(finding.checks)}, backends {', '.join(finding.backends)}.")
 
 
-def write_ledger_repros(out_dir: Path, ledger: Path = BUILTIN, *, call_as: str | None = None) -> list[Path]:
+def write_ledger_repros(out_dir: Path, ledger: Path = BUILTIN, *, call_as: "str | Sequence[str] | None" = None) -> list[Path]:
     """Write ``<id>.py`` into ``out_dir`` for each entry of ``ledger`` that can have one; returns
-    the paths. ``call_as``: a backend whose call replaces the buggy one (a correct backend must make
+    the paths. ``call_as``: a backend (or several: the first that claims the case) whose call replaces the buggy one (a correct backend must make
     every file pass)."""
     from attnparity.backends.registry import get_backend
     from attnparity.check.standalone import render, repro_of_failure

@@ -10,24 +10,51 @@ the versions where each finding was seen (``--attn-known=none`` turns it off)::
     reason = "diffusers' flex backend sets block_mask = None when no mask is given"
     link = "https://github.com/huggingface/diffusers/issues/NNNN"    # or a docs/ path
     backends = ["diffusers:flex"]            # globs
-    checks = ["forward", "kwargs"]           # op and semantic check names, and "pipeline"
     dtypes = ["fp32", "fp16", "bf16"]        # optional: every dtype
     devices = ["cpu", "cuda"]                # optional: every device
     versions = { diffusers = ">=0.42,<0.43" } # optional: PEP 440 specifiers by distribution name
-    when = { causal = ["top-left", "bottom-right"], mask = "none" }   # which cases it explains
+    when = { causal = ["top-left", "bottom-right"], mask = "none", nonfinite = false }
     repro = [{ heads = 2, kv_heads = 1, sq = 17, skv = 65, head_dim = 64, causal = "top-left" }]
 
-``when`` keys are AttnCase fields (a value or a list of values), the derived predicates of the
-case in ``DERIVED``, or what the failure itself says in ``FAILURE`` (``ignored_kwargs``: the kwargs
-the kwargs check found ignored; it builds its own variants of the drawn case, so only the failure
-can say which kwarg was lost; ``error_size``: "rounding" within 4x the limit, else "gross", so a
-finding about rounding cannot explain a NaN or a wrong mask on the same cases). ``repro`` cases (the dtype is the cell's unless a case names one) are run first in
-every cell the finding applies to: a cell whose repro case fails is a strict xfail that shows the
-reason; one whose repro case now passes, and where no drawn case met the finding, fails with "no
-longer reproduces". Drawn cases the finding explains do not stop the search, so a second, unknown
-bug in the same cell is still found.
+Scope. A bug does not care which check found it: without ``checks`` a finding applies to every
+op-level check (``forward``, ``backward`` and each semantic check) that calls its backends on a case
+its ``when`` matches. An entry may narrow ``checks`` (op and semantic check names, and "pipeline"),
+but only on purpose: a ``checks`` that leaves out an op-level check needs ``checks_why``, a sentence
+saying why the bug cannot show there (the bug is in the backward kernel, which only ``backward``
+runs); narrowing without a reason is a LedgerError. "pipeline" is never implied: name it (with the
+op checks) to explain pipeline cells too.
 
-``checks = ["pipeline"]`` makes a finding about the pipeline cells of its backends too (every
+``when`` keys are AttnCase fields (a value, a list of values, or for a numeric field a range table
+``{ min = 1001 }`` / ``{ max = 4 }`` / both, inclusive), the derived predicates of the case in
+``DERIVED``, or what the failure itself says in ``FAILURE``:
+
+- ``error_size``: "rounding" within 4x the limit, else "gross";
+- ``nonfinite``: whether the failure has NaN/Inf where the reference is finite;
+- ``tensors``: which tensors failed ("out", "dq", "dk", "dv", or "contract" for a call that raised or
+  broke the contract); every failed tensor must be listed, so a finding about dQ cannot explain a
+  wrong dV;
+- ``masked_rows_only``: whether the failure comes from the fully masked rows alone (rows whose every
+  key the mask drops, a finite masked value counted as dropped): the forward passes without those
+  rows, the gradients pass once those rows' upstream gradient is zero;
+- ``ignored_kwargs``: the kwargs the kwargs check found ignored.
+
+``when`` is asked of the case the check actually ran: a semantic check builds variants of the drawn
+case (masked-rows: a dead-rows mask; batch: the batch at 3 and a row alone; kwargs: a case with and
+without each kwarg), and the failure carries the cases of the calls it rests on
+(``ParityResult.calls``): it is explained only when each of its failures has such a call the
+finding's ``when`` matches. Each built-in entry bounds the failure it explains with a ``FAILURE``
+key (its size, the tensor, the rows, or the kwarg), so a NaN or a wrong dV of kept keys on the same
+cases is not a finding about dQ.
+
+``repro`` cases (the dtype is the cell's unless a case names one) are run first in every cell of the
+checks in ``repro_checks`` (default: ``checks`` when the entry names them, else ``forward``) the
+finding applies to. A repro case is met only when it fails and the finding explains its failure: the
+cell is then a strict xfail that shows the reason. A repro case that fails another way fails the
+cell (a second bug on the finding's own case); one that now passes, where no drawn case met the
+finding either, fails the cell with "no longer reproduces". Drawn cases the finding explains do not
+stop the search, so a second, unknown bug in the same cell is still found.
+
+``checks = [..., "pipeline"]`` makes a finding about the pipeline cells of its backends too (every
 ``pipeline:<name>``). Its ``when`` is then asked of each attention call the pipeline routes to the
 backend (so only what a call shows may be used: ``PIPELINE_WHEN``). A failing pipeline cell is
 explained only if the image passes once the calls the finding explains are computed by the fp64
@@ -90,7 +117,22 @@ def _error_size(result: "ParityResult") -> tuple[str]:
     import math
 
     use = result.bound_use
-    return ("rounding" if 0 < use <= ROUNDING_SIZED and math.isfinite(use) else "gross",)
+    return ("rounding" if 0 < use <= ROUNDING_SIZED and math.isfinite(use) and not _nonfinite(result)[0]
+            else "gross",)
+
+
+def _nonfinite(result: "ParityResult") -> tuple[bool]:
+    return (any(c.endswith(":nonfinite") for c in result.failure_classes) or result.metrics.get("nonfinite", 0) > 0,)
+
+
+def _tensors(result: "ParityResult") -> tuple[str, ...]:
+    """The tensors that failed: the part of each failure class before its colon ("dq:bound" -> dq),
+    "contract" for a broken contract; a semantic check judges the forward output ("out")."""
+    return tuple(dict.fromkeys(c.split(":")[0] for c in result.failure_classes)) or ("out",)
+
+
+def _masked_rows_only(result: "ParityResult") -> tuple[bool]:
+    return (result.metrics.get("live_rows_bound_use", float("inf")) <= 1.0,)
 
 
 #: Predicates a ``when`` table may use besides AttnCase's fields.
@@ -101,13 +143,33 @@ DERIVED: dict[str, Callable[["AttnCase"], Any]] = {
     "batch_eq_sq": lambda case: case.batch == case.sq,
     "gqa": lambda case: case.kv_heads != case.heads,
 }
-#: Predicates a ``when`` table may use on the failing result; a list value matches when any of its
-#: items is allowed.
+#: Predicates a ``when`` table may use on the failing result; each returns the values the failure
+#: shows, and matches when any of them is allowed (every one, for the keys in FAILURE_ALL).
 FAILURE: dict[str, Callable[["ParityResult"], Any]] = {
     "ignored_kwargs": lambda result: result.ignored_kwargs,
-    # "rounding" for a failure within ROUNDING_SIZED times its limit, else "gross"
+    # "rounding" for a finite failure within ROUNDING_SIZED times its limit, else "gross"
     "error_size": _error_size,
+    "nonfinite": _nonfinite,
+    "tensors": _tensors,
+    "masked_rows_only": _masked_rows_only,
 }
+#: FAILURE keys whose every value must be allowed: a finding about dQ explains no failure of dV.
+FAILURE_ALL = frozenset({"tensors"})
+
+
+@dataclass(frozen=True)
+class Range:
+    """A ``when`` value ``{ min = .., max = .. }``: a numeric field within these bounds (inclusive)."""
+    min: float | None = None
+    max: float | None = None
+
+    def __contains__(self, value: Any) -> bool:
+        return (isinstance(value, (int, float)) and (self.min is None or value >= self.min)
+                and (self.max is None or value <= self.max))
+
+
+def _allowed(value: Any, allowed: tuple[Any, ...]) -> bool:
+    return any(value in a if isinstance(a, Range) else value == a for a in allowed)
 
 
 #: What a routed attention call of a pipeline shows (pipelines/routing.py describes each call as an
@@ -128,6 +190,7 @@ class Finding:
     reason: str
     source: str  # the ledger file it came from
     backends: tuple[str, ...]
+    #: the checks it applies to: every op-level check (op_checks()) unless the entry narrows them
     checks: tuple[str, ...]
     link: str = ""
     dtypes: tuple[str, ...] = ()
@@ -135,6 +198,10 @@ class Finding:
     versions: Mapping[str, str] = field(default_factory=dict)
     when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     repro: tuple[Mapping[str, Any], ...] = ()
+    #: why ``checks`` leaves out op-level checks ("" when it does not)
+    checks_why: str = ""
+    #: the checks whose cells run the repro cases (and fail with "no longer reproduces" once they pass)
+    repro_checks: tuple[str, ...] = ("forward",)
 
     def applies(self, backend: str, check: str, dtype: str, device: str, installed: Mapping[str, str]) -> bool:
         """Whether this finding is about this cell, in this environment."""
@@ -162,19 +229,28 @@ class Finding:
         return True
 
     def explains(self, case: "AttnCase", result: "ParityResult | None" = None) -> bool:
-        """Whether a failure on ``case`` (with ``result``, when there is one) is this finding. Keys
-        about the failure hold when there is no result to ask (a case-only question, such as
-        scoping a backend's claims around the finding)."""
+        """Whether a failure is this finding. With ``result``, the cases asked are those of the calls
+        the failure rests on (``result.calls``: a semantic check's own variants), each of its failures
+        needing one that matches, and the keys about the failure are asked of ``result``; ``case`` is
+        then not used. Without one, ``case`` alone is asked and keys about the failure hold (a
+        case-only question, such as scoping a backend's claims around the finding)."""
+        if result is None:
+            return self._matches_case(case)
         for key, allowed in self.when.items():
             if key in FAILURE:
-                if result is None:
-                    continue
                 values = FAILURE[key](result)
-                if not any(v in allowed for v in values):
+                match = all if key in FAILURE_ALL else any
+                if not values or not match(_allowed(v, allowed) for v in values):
                     return False
+        groups = result.calls or ((result.case,),)
+        return all(any(self._matches_case(c) for c in group) for group in groups)
+
+    def _matches_case(self, case: "AttnCase") -> bool:
+        for key, allowed in self.when.items():
+            if key in FAILURE:
                 continue
             value = DERIVED[key](case) if key in DERIVED else getattr(case, key)
-            if value not in allowed:
+            if not _allowed(value, allowed):
                 return False
         return True
 
@@ -237,8 +313,8 @@ def load_ledger(entries: Iterable[str], *, invocation_dir: Path) -> Ledger:
     return Ledger(tuple(findings), tuple("built-in" if p == BUILTIN else str(p) for p in paths))
 
 
-_REQUIRED = ("id", "reason", "backends", "checks")
-_OPTIONAL = ("link", "dtypes", "devices", "versions", "when", "repro")
+_REQUIRED = ("id", "reason", "backends")
+_OPTIONAL = ("checks", "checks_why", "link", "dtypes", "devices", "versions", "when", "repro", "repro_checks")
 
 
 def read_ledger(path: Path) -> list[Finding]:
@@ -291,12 +367,19 @@ def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
     for key, value in when.items():
         for item in value if isinstance(value, list) else [value]:
             if key in case_fields:
-                _check_value(where, f"when.{key}", key, item)
+                _check_when_value(where, key, item)
+            elif key in FAILURE_VALUES and item not in FAILURE_VALUES[key]:
+                raise LedgerError(f"{where}: when.{key} = {item!r}; expected one of "
+                                  f"{', '.join(map(repr, FAILURE_VALUES[key]))}")
     _check_names(where, "dtypes", strings("dtypes"), DTYPE_NAMES)
     _check_names(where, "devices", strings("devices"), DEVICE_KINDS)
-    _check_names(where, "checks", strings("checks"), check_names())
-    if PIPELINE_CHECK in strings("checks"):
-        beyond = sorted(set(when) - set(PIPELINE_WHEN))
+    checks = strings("checks") if "checks" in table else op_checks()
+    _check_names(where, "checks", checks, check_names())
+    repro_checks = strings("repro_checks") if "repro_checks" in table else (
+        tuple(c for c in checks if c != PIPELINE_CHECK) if "checks" in table else ("forward",))
+    _check_names(where, "repro_checks", repro_checks, [c for c in checks if c != PIPELINE_CHECK])
+    if PIPELINE_CHECK in checks:
+        beyond = sorted(set(when) - set(PIPELINE_WHEN) - set(FAILURE))
         masks = when.get("mask", "none")
         if beyond or any(m != "none" for m in (masks if isinstance(masks, list) else [masks])):
             raise LedgerError(
@@ -322,10 +405,17 @@ def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
             raise LedgerError(f"{where}: repro case has unknown fields {', '.join(bad)}")
         for key, item in case.items():
             _check_value(where, f"repro.{key}", key, item)
+    left_out = [c for c in op_checks() if c not in checks]
+    why = table.get("checks_why", "")
+    if left_out and not (isinstance(why, str) and why.strip()):
+        raise LedgerError(f"{where}: checks leaves out {', '.join(left_out)}, and a bug does not care which check "
+                          "finds it: drop `checks` (every op-level check), or say in `checks_why` why the bug "
+                          "cannot show in the checks left out")
     finding = Finding(id=str(table["id"]), reason=str(table["reason"]), source=str(path), backends=strings("backends"),
-                   checks=strings("checks"), link=str(table.get("link", "")), dtypes=strings("dtypes"),
-                   devices=strings("devices"), versions={str(k): str(v) for k, v in versions.items()},
-                   when={k: tuple(v) if isinstance(v, list) else (v,) for k, v in when.items()}, repro=tuple(repro))
+                      checks=checks, link=str(table.get("link", "")), dtypes=strings("dtypes"),
+                      devices=strings("devices"), versions={str(k): str(v) for k, v in versions.items()},
+                      when={k: tuple(_when_item(i) for i in (v if isinstance(v, list) else [v])) for k, v in when.items()},
+                      repro=tuple(repro), checks_why=str(why), repro_checks=repro_checks)
     for case in repro:
         # A repro case the finding does not explain, or that no backend could claim, would make
         # "still reproduces" / "no longer reproduces" meaningless.
@@ -337,11 +427,43 @@ def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
     return finding
 
 
-def check_names() -> tuple[str, ...]:
-    """The check names a finding may name: op-level, semantic, and "pipeline" (every pipeline cell)."""
+def op_checks() -> tuple[str, ...]:
+    """Every op-level check: the numeric ones and the semantic ones (what a finding applies to by default)."""
     from attnparity.check.semantics import SEMANTIC_CHECKS
 
-    return ("forward", "backward", *SEMANTIC_CHECKS, PIPELINE_CHECK)
+    return ("forward", "backward", *SEMANTIC_CHECKS)
+
+
+def check_names() -> tuple[str, ...]:
+    """The check names a finding may name: op-level, semantic, and "pipeline" (every pipeline cell)."""
+    return (*op_checks(), PIPELINE_CHECK)
+
+
+#: The values a ``when`` key about the failure may take (ignored_kwargs: any kwarg name).
+FAILURE_VALUES: dict[str, tuple[Any, ...]] = {
+    "error_size": ("rounding", "gross"),
+    "nonfinite": (True, False),
+    "tensors": ("out", "dq", "dk", "dv", "contract"),
+    "masked_rows_only": (True, False),
+}
+
+
+def _when_item(item: Any) -> Any:
+    return Range(item.get("min"), item.get("max")) if isinstance(item, dict) else item
+
+
+def _check_when_value(where: str, key: str, item: Any) -> None:
+    """A value of AttnCase field ``key``, or a range table of a numeric one."""
+    if not isinstance(item, dict):
+        _check_value(where, f"when.{key}", key, item)
+        return
+    bad = sorted(set(item) - {"min", "max"})
+    if bad or not item:
+        raise LedgerError(f"{where}: when.{key} = {item!r}: a range table has min, max or both, e.g. {{ min = 1001 }}")
+    for bound, value in item.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LedgerError(f"{where}: when.{key}.{bound} = {value!r} is not a number")
+        _check_value(where, f"when.{key}.{bound}", key, value)
 
 
 def _check_names(where: str, key: str, given: tuple[str, ...], known: Iterable[str]) -> None:

@@ -26,9 +26,13 @@ Schema (version SCHEMA_VERSION), a JSON object:
                 ``attnparity merge`` and the gate split runs by it (``device_key``)
     device_index  the CUDA device index that ran the cell (cuda:N; null on CPU and in older records):
                 under pytest-xdist each worker is pinned to one GPU (machine.worker_device)
+    numerics    torch's fp32 matmul settings the cell ran under (added within schema 2; {} in older
+                records): {"float32_matmul_precision": "highest", "cuda.matmul.allow_tf32": "False",
+                "cudnn.allow_tf32": "False", ...}; a run pins them to full fp32 (machine.pin_fp32_math)
 
 A run's results.json is {"schema": SCHEMA_VERSION, "created": iso time, "device": ..., "versions":
-{...}, "draws": {...}, "records": [record, ...]}. "draws" (optional) holds what makes the run's
+{...}, "numerics": {...}, "draws": {...}, "records": [record, ...]}. "numerics": torch's fp32 matmul
+settings of the run (as on each record). "draws" (optional) holds what makes the run's
 hypothesis draws repeatable: {"derandomize": bool, "seed": int or null, "examples": int, "profile":
 the user's hypothesis profile or null}; a run with --attn-compare reuses them. The schema only grows
 by new optional fields within a version.
@@ -73,6 +77,7 @@ class ResultRecord:
     versions: dict[str, str] = field(default_factory=dict)
     device_label: str = ""
     device_index: int | None = None
+    numerics: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
@@ -116,6 +121,7 @@ def write_results(path: Path, records: list[ResultRecord], device: str, run_vers
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "versions": run_versions,
+        "numerics": next((r.numerics for r in records if r.numerics), {}),
     }
     if draws is not None:
         payload["draws"] = draws

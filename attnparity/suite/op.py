@@ -82,16 +82,7 @@ def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
         note_case(name, backend.name, case)  # an isolated worker that dies here still names the case
         return unnoted(backend, case, tolerances)
 
-    # Each finding's repro cases run first, apart from the search: whether it still reproduces here
-    # must not depend on what hypothesis happens to draw.
-    reproduced: dict[str, ParityResult] = {}
-    repro_passed: dict[str, ParityResult] = {}
-    for finding in known:
-        for case in finding.repro_cases(dtype, ctx.device):
-            result = check_fn(backend, case, ctx.tolerances)
-            if result.skipped:
-                continue
-            (repro_passed if result.passed else reproduced).setdefault(finding.id, result)
+    reproduced, repro_passed, repro_other = _run_repros(check_fn, backend, ctx, dtype, name, known)
 
     def explain(case: AttnCase, result: ParityResult) -> str | None:
         return next((f.id for f in known if f.explains(case, result)), None)
@@ -132,6 +123,12 @@ def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
     known_text = [f"known finding {f.id}, met in {met[f.id][0]} case(s): {f.cite}\n    {met[f.id][1].repro()}"
                   for f in known if f.id in met]
     stale = [f for f in known if f.id in repro_passed and f.id not in met]
+    if outcome.failure is None and repro_other:
+        fid, failure = next(iter(repro_other.items()))
+        message = (f"the repro case of known finding {fid} fails here, but not as the finding says (its `when`, "
+                   f"error size or tensors do not match): a second bug on its own case\n{failure.message}")
+        return ResultRecord(kind, name, backend.name, dtype, "fail", metrics=metrics, examples=outcome.examples,
+                            case=failure.case.as_dict(), repro=failure.repro(), message=message, extra=extra)
     if outcome.failure is not None:
         failure = outcome.failure
         extra["found_at"] = outcome.found_at
@@ -145,6 +142,8 @@ def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
                 f"Python: {r.case.literal()})\n{r.message}" for r in others)
         if known_text:
             message += "\nThe ledger explains other failures of this cell, not this one:\n" + "\n".join(known_text)
+        message += "".join(f"\nThe repro case of known finding {fid} fails here too, but not as the finding says:\n"
+                           f"{r.message}" for fid, r in repro_other.items())
         return ResultRecord(kind, name, backend.name, dtype, "fail", metrics=metrics, examples=outcome.examples,
                             case=failure.case.as_dict(), repro=failure.repro(), message=message, extra=extra)
     if stale:
@@ -166,6 +165,29 @@ def _run_op(ctx: SuiteContext, backend: Backend, dtype: str, name: str,
                             case=worst_case, message=message, extra=extra)
     return ResultRecord(kind, name, backend.name, dtype, "pass", metrics=metrics, examples=outcome.examples,
                         case=worst_case, extra=extra)
+
+
+def _run_repros(check_fn, backend: Backend, ctx: SuiteContext, dtype: str, name: str,
+                known: "tuple[Finding, ...]") -> tuple[dict[str, ParityResult], ...]:
+    """Each finding's repro cases, run apart from the search (whether a finding still reproduces here
+    must not depend on what hypothesis draws), in the cells of its ``repro_checks``: by finding id,
+    the first repro failure it explains, the first repro that passed, and the first that failed in a
+    way it does not explain."""
+    reproduced: dict[str, ParityResult] = {}
+    passed: dict[str, ParityResult] = {}
+    other: dict[str, ParityResult] = {}
+    for finding in known:
+        if name not in finding.repro_checks:
+            continue
+        for case in finding.repro_cases(dtype, ctx.device):
+            result = check_fn(backend, case, ctx.tolerances)
+            if result.skipped:
+                continue
+            if result.passed:
+                passed.setdefault(finding.id, result)
+            else:
+                (reproduced if finding.explains(case, result) else other).setdefault(finding.id, result)
+    return reproduced, passed, other
 
 
 def checks(ctx: SuiteContext) -> list[Check]:

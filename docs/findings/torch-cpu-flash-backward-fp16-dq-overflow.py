@@ -569,18 +569,26 @@ def dead_rows(case: AttnCase) -> 'torch.Tensor | None':
     return dead if bool(dead.any()) else None
 
 
+def finite_convention_rows(case: AttnCase) -> 'torch.Tensor | None':
+    """Bool (B, 1|H, Sq, 1): rows with no key left, and rows whose every key a float mask pushes to
+    finfo.min, or None when there are none."""
+    return dead_rows(case.with_(masked_value='-inf') if case.masked_value == 'min' else case)
+
+
 def forward_pairs(case: AttnCase, q, k, v, mask, out, finite_dead_rows: bool=False) -> dict[str, tuple]:
     """{"out": (output, baseline, reference, magnitude, logit terms)} for ``_judge``: the fp64
     reference and the naive same-dtype baseline of ``out``, a backend's output on ``case``'s inputs.
-    ``finite_dead_rows``: the backend documents its own value for rows with no key; those rows are
-    then not judged here (the masked-rows check still demands them finite)."""
+    ``finite_dead_rows``: the backend documents its own value for the rows of finite_convention_rows;
+    those rows are then judged only elsewhere (the masked-rows check), here only never NaN/Inf, and
+    left out of the reference too (its mean of V on a finfo.min row would swamp the limit)."""
     ref, magnitude, logit_terms = reference_forward_terms(q, k, v, mask, case.causal, case.scale, EPS['fp32'] / EPS[case.dtype])
     base = baseline_forward(case, q, k, v, mask)
-    dead = dead_rows(case) if finite_dead_rows else None
+    dead = finite_convention_rows(case) if finite_dead_rows else None
     if dead is not None:
         dead = dead.expand_as(ref).to(ref.device)
-        out = out.masked_fill(dead, 0.0)
+        out = out.masked_fill(dead & out.isfinite(), 0.0)
         base = base.masked_fill(dead, 0.0)
+        ref = ref.masked_fill(dead, 0.0)
     return {'out': (out, base, ref, magnitude, logit_terms)}
 
 

@@ -38,3 +38,20 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     if SWAP_LAYOUT:
         out = out.transpose(1, 2)
     return out
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, block_table=None):
+    """Packed sequences: q (total_q, nheads, headdim), k, v (total_k, nheads_k, headdim); sequence i is
+    rows cu_seqlens[i]:cu_seqlens[i + 1] of each. Same dtype and head_dim rules as flash_attn_func."""
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise RuntimeError("FlashAttention only support fp16 and bf16 data type")
+    if dropout_p or window_size != (-1, -1) or alibi_slopes is not None or block_table is not None:
+        raise NotImplementedError("the stand-in computes plain attention only")
+    outs = []
+    for i in range(len(cu_seqlens_q) - 1):
+        qs, qe, ks, ke = (int(x) for x in (cu_seqlens_q[i], cu_seqlens_q[i + 1], cu_seqlens_k[i], cu_seqlens_k[i + 1]))
+        outs.append(flash_attn_func(q[None, qs:qe], k[None, ks:ke], v[None, ks:ke], softmax_scale=softmax_scale,
+                                    causal=causal)[0])
+    return torch.cat(outs, dim=0)
