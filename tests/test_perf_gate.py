@@ -198,6 +198,27 @@ def test_on_an_idle_machine_nothing_changes() -> None:
     assert compare_timing(IDLE_SAMPLE, sample(1.5, others=0.6), 0.25, 3.0, busy_slowdown=0.0).worse
 
 
+def quiet(ms: float, reference_ms: float, cv: float = 0.02) -> TimingSample:
+    return TimingSample(ms, LABEL, cv, 10, relative=ms / reference_ms, reference="sdpa-math", reference_cv=0.01,
+                        others_cpu=0.0)
+
+
+def test_on_a_quiet_machine_a_reference_that_moved_alone_is_inconclusive_not_worse() -> None:
+    # A serial and a -n 2 run of one setup, nothing else running: the backend's own time held
+    # (20.4 -> 21.7 ms) while the sdpa-math reference of its item took 68.9 ms in one run, 55.8 ms in
+    # the other. The ratio alone says +31 %.
+    moved = compare_timing(quiet(20.4, 68.9), quiet(21.7, 55.8), 0.25, 3.0)
+    assert moved.inconclusive and not moved.worse and "its reference moved" in moved.text
+    assert "+31%" in moved.text and "its own time moved +6%" in moved.text
+    # a reference that slowed alone is not a faster backend either
+    faster = compare_timing(quiet(20.4, 55.8), quiet(20.4, 72.3), 0.25, 3.0)
+    assert faster.inconclusive and not faster.better
+    # the backend itself 40 % slower (its ratio and its own time): worse, as before
+    assert compare_timing(quiet(20.4, 68.9), quiet(20.4 * 1.4, 68.9), 0.25, 3.0).worse
+    # and a backend 40 % slower whose reference also happened to run 15 % faster: worse too
+    assert compare_timing(quiet(20.4, 68.9), quiet(20.4 * 1.4, 68.9 / 1.15), 0.25, 3.0).worse
+
+
 def test_a_speedup_beside_other_work_is_inconclusive_too() -> None:
     # load that slowed the old run's backend more than its reference makes the new one look faster
     assert compare_timing(sample(others=0.6), sample(0.6), 0.25, 3.0).inconclusive
@@ -241,7 +262,7 @@ def test_inconclusive_cells_are_a_group_of_their_own_and_never_fail() -> None:
     assert (data["worse"], data["inconclusive"], data["better"]) == (1, 1, 1)
     assert [d["inconclusive"] for d in data["differences"]] == [False, True, False]
     lines = [line for _, line in comparison_lines(comparison)]
-    assert lines[0].endswith(": 1 worse, 1 inconclusive (timed beside other work: rerun on an idle machine), "
+    assert lines[0].endswith(": 1 worse, 1 inconclusive timings (rerun on an idle machine to judge), "
                              "1 better or new")
     assert lines[2].startswith("  ?     perf:sd15-self-1024-8x40-b1 busy-cell fp32: relative to sdpa-math: ")
     # the inconclusive cell alone: the gate passes
@@ -294,7 +315,7 @@ def test_a_backend_three_times_slower_is_worse_even_against_the_busy_run(tmp_pat
     assert cli_main(["compare", str(UG3_BUSY), str(slowed)]) == 1
     assert "compared 130 cells with" in capsys.readouterr().out
     assert cli_main(["compare", str(UG3_BUSY), str(UG3_IDLE)]) == 0
-    assert ": 0 worse, 11 inconclusive (timed beside other work" in capsys.readouterr().out
+    assert ": 0 worse, 11 inconclusive timings (rerun on an idle machine to judge)" in capsys.readouterr().out
 
 
 # -- end to end: three runs of the perf items through pytest --------------------------------------

@@ -198,7 +198,7 @@ def test_gate_groups_are_coloured_in_the_terminal_and_listed_apart_in_the_report
 
     write_comparison(comparison, Term())
     lines = out.getvalue().splitlines()
-    assert "1 worse, 1 inconclusive (timed beside other work" in ANSI.sub("", lines[1])
+    assert "1 worse, 1 inconclusive timings (rerun on an idle machine to judge)" in ANSI.sub("", lines[1])
     red, yellow, green = lines[2:5]
     assert red.startswith("\x1b[31m  WORSE perf:sd15-4096x40 slower fp32")
     assert yellow.startswith("\x1b[33m  ?     perf:sd15-4096x40 busy fp32: relative to sdpa-math")

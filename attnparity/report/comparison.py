@@ -12,7 +12,7 @@ from typing import Any
 #: Each group's mark in plain text, in the order groups are listed.
 MARKS = {"worse": "WORSE", "inconclusive": "?    ", "better": "ok   "}
 #: Each group's heading in Markdown.
-HEADINGS = {"worse": "Worse", "inconclusive": "Inconclusive (timed beside other work: rerun on an idle machine)",
+HEADINGS = {"worse": "Worse", "inconclusive": "Inconclusive timings (a run was busy, or the reference moved alone: rerun on an idle machine)",
             "better": "Better or new"}
 FORMATS = ("text", "markdown", "json")
 
@@ -24,7 +24,7 @@ def verdict_line(c: Any) -> str:
 def head_line(c: Any) -> str:
     head = f"compared {c.cells_compared} cells with {c.old_source}: {len(c.worse)} worse, "
     if c.inconclusive:
-        head += f"{len(c.inconclusive)} inconclusive (timed beside other work: rerun on an idle machine), "
+        head += f"{len(c.inconclusive)} inconclusive timings (rerun on an idle machine to judge), "
     return head + f"{len(c.better)} better or new"
 
 
@@ -50,7 +50,7 @@ def as_markdown(c: Any, *, title: str = "attnparity upgrade gate") -> str:
     lines = [f"### {title}: {mark}", "",
              f"{head_line(c)}.", "",
              f"Allowed: error ratio x{t.ratio_factor:g}, SSIM -{t.ssim_margin:g}, time +{t.slowdown:.0%} "
-             f"(and {t.noise:g}x its noise; beside other work up to +{t.busy_slowdown:.0%} is inconclusive)."]
+             f"(and {t.noise:g}x its noise; beside other work up to +{t.busy_slowdown:.0%}, or on a quiet machine where only its reference moved, is inconclusive)."]
     for group in MARKS:
         diffs = [d for d in c.differences if d.outcome == group]
         if not diffs:

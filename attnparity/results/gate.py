@@ -290,8 +290,14 @@ def compare_timing(old: TimingSample, new: TimingSample, slowdown: float, noise:
     When either sample was timed beside other work (``TimingSample.busy``), a change beyond that
     allowance but within ``busy_slowdown`` (either way) is **inconclusive**, neither worse nor
     better: a memory-heavy neighbour slows some kernels by a factor their interleaved reference does
-    not share (29-77 % in docs/reports/upgrade-gate.md, with nothing changed), which no spread measured in
-    the item foretells. Beyond ``busy_slowdown`` it is worse (or better) even so.
+    not share, which no spread measured in the item foretells. Beyond ``busy_slowdown`` it is worse
+    (or better) even so.
+
+    When neither was (both quiet), the backend's own time is a measurement too: a relative time that
+    moved beyond its allowance while the absolute one stayed within the absolute rule's allowance is
+    **inconclusive** as well. The reference timed in that one item moved, not the backend (a CPU
+    reference runs slower in some items than in others with nothing else running), and only a rerun
+    tells which. A real change of the backend moves both.
     """
     if slowdown < 0:
         raise ValueError(f"slowdown={slowdown}: must be >= 0 (0.25 = 25% slower allowed)")
@@ -318,6 +324,12 @@ def compare_timing(old: TimingSample, new: TimingSample, slowdown: float, noise:
     # faster: the same allowance, in the same units (1 / (1 + allowed) is the mirror of a slowdown)
     worse, better = ratio - 1 > allowed, ratio < 1 / (1 + allowed)
     busy = "; ".join(f"{when}: {s.busy_reason}" for when, s in (("before", old), ("now", new)) if s.busy)
+    if not busy and basis != "absolute" and (worse or better):
+        own, own_allowed = new.ms / old.ms, max(slowdown, noise * math.hypot(old.cv, new.cv))
+        if (own - 1 <= own_allowed) if worse else (own >= 1 / (1 + own_allowed)):
+            return TimingChange(True, ratio, False, False,
+                                f"{text}; inconclusive: its own time moved {own - 1:+.0%} (within +{own_allowed:.0%}), "
+                                "its reference moved: rerun to judge", basis, allowed, inconclusive=True)
     if busy and (worse or better):
         busy_allowed = max(allowed, busy_slowdown)
         if ratio - 1 <= busy_allowed and ratio >= 1 / (1 + busy_allowed):
