@@ -217,6 +217,11 @@ def test_on_a_quiet_machine_a_reference_that_moved_alone_is_inconclusive_not_wor
     assert compare_timing(quiet(20.4, 68.9), quiet(20.4 * 1.4, 68.9), 0.25, 3.0).worse
     # and a backend 40 % slower whose reference also happened to run 15 % faster: worse too
     assert compare_timing(quiet(20.4, 68.9), quiet(20.4 * 1.4, 68.9 / 1.15), 0.25, 3.0).worse
+    # a noisy cell (cv 10 %) that really got 40 % slower: its own time is held to the relative
+    # allowance, not to the looser spread of absolute times
+    assert compare_timing(quiet(20.4, 68.9, cv=0.1), quiet(20.4 * 1.4, 68.9, cv=0.1), 0.25, 3.0).worse
+    # a ratio beyond the busy allowance (2x) is worse whatever the own time says
+    assert compare_timing(quiet(20.4, 68.9), quiet(22.0, 68.9 / 2.2), 0.25, 3.0).worse
 
 
 def test_a_speedup_beside_other_work_is_inconclusive_too() -> None:

@@ -294,8 +294,8 @@ def compare_timing(old: TimingSample, new: TimingSample, slowdown: float, noise:
     (or better) even so.
 
     When neither was (both quiet), the backend's own time is a measurement too: a relative time that
-    moved beyond its allowance while the absolute one stayed within the absolute rule's allowance is
-    **inconclusive** as well. The reference timed in that one item moved, not the backend (a CPU
+    moved beyond its allowance, but by no more than ``busy_slowdown``, while the absolute one stayed
+    within the same allowance is **inconclusive** as well. The reference timed in that one item moved, not the backend (a CPU
     reference runs slower in some items than in others with nothing else running), and only a rerun
     tells which. A real change of the backend moves both.
     """
@@ -325,10 +325,13 @@ def compare_timing(old: TimingSample, new: TimingSample, slowdown: float, noise:
     worse, better = ratio - 1 > allowed, ratio < 1 / (1 + allowed)
     busy = "; ".join(f"{when}: {s.busy_reason}" for when, s in (("before", old), ("now", new)) if s.busy)
     if not busy and basis != "absolute" and (worse or better):
-        own, own_allowed = new.ms / old.ms, max(slowdown, noise * math.hypot(old.cv, new.cv))
-        if (own - 1 <= own_allowed) if worse else (own >= 1 / (1 + own_allowed)):
+        # the own time is held to the same allowance as the relative one, and beyond the busy
+        # allowance a change is worse (or better) even so, as beside other work
+        own, cap = new.ms / old.ms, max(allowed, busy_slowdown)
+        within_cap = ratio - 1 <= cap and ratio >= 1 / (1 + cap)
+        if within_cap and ((own - 1 <= allowed) if worse else (own >= 1 / (1 + allowed))):
             return TimingChange(True, ratio, False, False,
-                                f"{text}; inconclusive: its own time moved {own - 1:+.0%} (within +{own_allowed:.0%}), "
+                                f"{text}; inconclusive: its own time moved {own - 1:+.0%} (within +{allowed:.0%}), "
                                 "its reference moved: rerun to judge", basis, allowed, inconclusive=True)
     if busy and (worse or better):
         busy_allowed = max(allowed, busy_slowdown)
