@@ -258,22 +258,34 @@ def start_run(options: Options, rootdir: Path, invocation_dir: Path, given: froz
 
         payload = read_results(options.compare)  # raises ResultsFileError saying why
         baseline, baseline_draws = payload["records"], payload.get("draws")
+    device = pin_worker_device(resolve_device(options.device))
+    # after every check that may refuse the run: the seed it picks is left in the environment for
+    # its xdist workers, and only a run that started (end_run) takes it away again
     draws = resolve_draws(options, given, baseline_draws, str(options.compare))
     options = replace(options, seed=draws.seed, examples=draws.examples)
-    device = pin_worker_device(resolve_device(options.device))
     share_cpu_threads(device)
     numerics = pin_fp32_math()
     suite = SuiteContext(backends=backends, device=device, options=options, tolerances=Tolerances(options.tolerance),
                          hypothesis_settings=hypothesis_settings(draws.examples, draws.derandomize), rootdir=rootdir,
                          user_profile=_user_profile(), ledger=ledger, versions=versions(),
                          timing_beside=timing_beside)
+    try:
+        isolation = _isolation(options, suite, rootdir, invocation_dir)
+    except BaseException:
+        end_run_draws(draws)
+        raise
     return Run(options=options, suite=suite, device=identify(device), guard=Guard(options.timeout), baseline=baseline,
-               isolation=_isolation(options, suite, rootdir, invocation_dir), numerics=numerics, draws=draws)
+               isolation=isolation, numerics=numerics, draws=draws)
 
 
 def end_run(run: Run) -> None:
     """Forget the seed this run picked, so a later run in this process picks its own."""
-    if run.draws is not None and run.draws.shared:
+    if run.draws is not None:
+        end_run_draws(run.draws)
+
+
+def end_run_draws(draws: Draws) -> None:
+    if draws.shared:
         os.environ.pop(RUN_SEED_ENV, None)
 
 

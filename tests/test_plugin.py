@@ -146,3 +146,18 @@ def test_conftest_register_backend_joins_the_matrix(pytester: pytest.Pytester) -
         "register_backend(Backend('mine', naive_attention, Capabilities()))\n")
     result = pytester.runpytest("--attn-backends=mine", "--attn-dtypes=fp32", "-k", "forward", *FAST)
     result.assert_outcomes(passed=1, deselected=6 + PIPELINES + PERF_ITEMS)
+
+
+def test_a_refused_run_leaves_no_picked_seed_behind(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the seed a run picks is left in the environment for its xdist workers; a run refused at the
+    # start must not leave it to every later run of this process
+    import os
+
+    from attnparity.session import RUN_SEED_ENV
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv(RUN_SEED_ENV, raising=False)
+    result = pytester.runpytest_inprocess("--attn-backends=naive", "--attn-device=cuda:7", "--collect-only",
+                                          "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert RUN_SEED_ENV not in os.environ
