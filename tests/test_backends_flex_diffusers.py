@@ -442,12 +442,12 @@ def test_compiled_flex_declares_the_exp2_convention_on_cuda_only(monkeypatch):
 
 def test_declared_finfo_min_rows_are_still_never_nan():
     from attnparity import Backend, Capabilities
-    from attnparity.check.parity import check_parity, own_convention_rows
+    from attnparity.check.parity import check_parity, finite_convention_rows
 
     case = AttnCase(batch=2, heads=2, kv_heads=2, sq=9, skv=8, head_dim=16, mask="dead-rows", mask_type="float",
                     masked_value="min", seed=3)
     caps = Capabilities(devices={"cpu"}, fully_masked="finite")
-    rows = own_convention_rows(case, caps)
+    rows = finite_convention_rows(case)
 
     def nan_rows(q, k, v, **kw):
         out = _exp2_kernel(q, k, v, **kw)

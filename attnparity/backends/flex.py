@@ -22,7 +22,7 @@ measured on torch 2.13) gives it the mean of V. The compiled Triton kernel multi
 torch/_inductor/kernel/flex/templates/common.py.jinja): finfo.min of fp32 or bf16 overflows to -inf,
 the row counts as fully masked and gives 0. On CUDA the compiled row therefore declares
 ``fully_masked="finite"``: such rows (and rows with no key) are its own documented value, checked
-finite, not judged against the mean of V (check/parity.own_convention_rows). ``flex`` compiles through
+finite, not judged against the mean of V (check/parity.finite_convention_rows). ``flex`` compiles through
 compiled.compiled_fn (dynamic shapes, fullgraph), so it runs on CPU too, opt-in there
 (docs/compile.md); it claims the scales a compiled graph bakes in (compiled.CLAIMED_SCALES).
 """

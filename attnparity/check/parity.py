@@ -171,17 +171,12 @@ def dead_rows(case: AttnCase) -> "torch.Tensor | None":
     return dead if bool(dead.any()) else None
 
 
-def own_convention_rows(case: AttnCase, caps: Any) -> "torch.Tensor | None":
-    """Bool (B, 1|H, Sq, 1): the rows whose value a backend declaring ``fully_masked="finite"``
-    documents itself, or None. Rows with no key left, and rows whose every key a float mask pushes to
-    finfo.min: the reference gives those the mean of V (equal logits), while a kernel that multiplies
-    the biased scores by 1/ln2 for exp2 (compiled flex on CUDA) overflows them to -inf and gives 0."""
-    return finite_convention_rows(case) if caps.fully_masked == "finite" else None
-
-
 def finite_convention_rows(case: AttnCase) -> "torch.Tensor | None":
-    """Bool (B, 1|H, Sq, 1): rows with no key left, and rows whose every key a float mask pushes to
-    finfo.min, or None when there are none."""
+    """Bool (B, 1|H, Sq, 1), or None: the rows whose value a backend declaring
+    ``fully_masked="finite"`` documents itself. Rows with no key left, and rows whose every key a
+    float mask pushes to finfo.min: the reference gives those the mean of V (equal logits), while a
+    kernel that multiplies the biased scores by 1/ln2 for exp2 (compiled flex on CUDA) overflows
+    them to -inf and gives 0."""
     return dead_rows(case.with_(masked_value="-inf") if case.masked_value == "min" else case)
 
 
@@ -289,10 +284,7 @@ def check_grads(backend: Backend, case: AttnCase, tolerances: Tolerances | None 
     if outside:
         return ParityResult("backward", backend.name, case, True, skipped=outside)
     q, k, v, mask = case.tensors()
-    grad_out = upstream_grad(case, q)
-    own = own_convention_rows(case, backend.capabilities)
-    if own is not None:  # rows the backend documents itself: no gradient flows from them
-        grad_out = grad_out.masked_fill(own.expand_as(grad_out).to(grad_out.device), 0)
+    grad_out = upstream_grad(case, q, backend.capabilities.fully_masked == "finite")
     result = _judge_grads(backend, case, tolerances, (q, k, v, mask), grad_out)
     dead = None if result.passed or case.mask == "none" else dead_rows(case.with_(masked_value="-inf"))
     if dead is not None and not result.failure_classes == ("contract",):
@@ -316,12 +308,16 @@ def _judge_grads(backend: Backend, case: AttnCase, tolerances: Tolerances, tenso
     return _judge("backward", backend, case, tolerances, grad_pairs(case, q, k, v, mask, grad_out, got), grad=True)
 
 
-def upstream_grad(case: AttnCase, q) -> "torch.Tensor":
-    """The gradient flowing into the output (B, H, Sq, D), drawn from the case's seed + 1."""
+def upstream_grad(case: AttnCase, q, finite_dead_rows: bool = False) -> "torch.Tensor":
+    """The gradient flowing into the output (B, H, Sq, D), drawn from the case's seed + 1.
+    ``finite_dead_rows``: the backend documents its own value for the rows of
+    finite_convention_rows; no gradient flows from them."""
     import torch
 
     gen = torch.Generator().manual_seed(case.seed + 1)
-    return torch.randn(case.batch, case.heads, case.sq, case.head_dim, generator=gen).to(q.dtype).to(q.device)
+    grad_out = torch.randn(case.batch, case.heads, case.sq, case.head_dim, generator=gen).to(q.dtype).to(q.device)
+    dead = finite_convention_rows(case) if finite_dead_rows else None
+    return grad_out if dead is None else grad_out.masked_fill(dead.expand_as(grad_out).to(grad_out.device), 0)
 
 
 def grads_of(fn, q, k, v, grad_out) -> tuple:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 #: The expression that runs each check in the file (check/standalone_run.py).
 _RUN = {
     "forward": "run_forward(case, attend, Bound(**BOUND), CLAIMS['fully_masked'] == 'finite')",
-    "backward": "run_backward(case, attend, Bound(**BOUND))",
+    "backward": "run_backward(case, attend, Bound(**BOUND), CLAIMS['fully_masked'] == 'finite')",
     "kwargs": "run_kwargs(case, attend, Bound(**BOUND), [(kw, AttnCase(**a), AttnCase(**b)) for kw, a, b in VARIANTS])",
     "masked-rows": "run_masked_rows(case, attend, CLAIMS['fully_masked'])",
     "deterministic": "run_deterministic(case, attend, CLAIMS['deterministic'])",

@@ -40,9 +40,9 @@ def run_forward(case: AttnCase, attend: Attend, bound: Bound, finite_dead_rows: 
     return judge_pairs(forward_pairs(case, q, k, v, mask, out, finite_dead_rows), bound, case.dtype)
 
 
-def run_backward(case: AttnCase, attend: Attend, bound: Bound) -> bool:
+def run_backward(case: AttnCase, attend: Attend, bound: Bound, finite_dead_rows: bool = False) -> bool:
     q, k, v, mask = case.tensors()
-    grad_out = upstream_grad(case, q)
+    grad_out = upstream_grad(case, q, finite_dead_rows)
     got = grads_of(lambda a, b, c: attend(case, a, b, c, mask), q, k, v, grad_out)
     return judge_pairs(grad_pairs(case, q, k, v, mask, grad_out, got), bound, case.dtype)
 

@@ -73,7 +73,7 @@ def main():
     print("installed: " + ", ".join(f"{k} {v}" for k, v in installed_versions().items())
           + "; generated with: " + ", ".join(f"{k} {v}" for k, v in GENERATED_WITH.items()))
     try:
-        passed = run_backward(case, attend, Bound(**BOUND))
+        passed = run_backward(case, attend, Bound(**BOUND), CLAIMS['fully_masked'] == 'finite')
     except Exception:
         traceback.print_exc()
         print("the call raised on this input")
@@ -570,8 +570,11 @@ def dead_rows(case: AttnCase) -> 'torch.Tensor | None':
 
 
 def finite_convention_rows(case: AttnCase) -> 'torch.Tensor | None':
-    """Bool (B, 1|H, Sq, 1): rows with no key left, and rows whose every key a float mask pushes to
-    finfo.min, or None when there are none."""
+    """Bool (B, 1|H, Sq, 1), or None: the rows whose value a backend declaring
+    ``fully_masked="finite"`` documents itself. Rows with no key left, and rows whose every key a
+    float mask pushes to finfo.min: the reference gives those the mean of V (equal logits), while a
+    kernel that multiplies the biased scores by 1/ln2 for exp2 (compiled flex on CUDA) overflows
+    them to -inf and gives 0."""
     return dead_rows(case.with_(masked_value='-inf') if case.masked_value == 'min' else case)
 
 
@@ -592,11 +595,15 @@ def forward_pairs(case: AttnCase, q, k, v, mask, out, finite_dead_rows: bool=Fal
     return {'out': (out, base, ref, magnitude, logit_terms)}
 
 
-def upstream_grad(case: AttnCase, q) -> 'torch.Tensor':
-    """The gradient flowing into the output (B, H, Sq, D), drawn from the case's seed + 1."""
+def upstream_grad(case: AttnCase, q, finite_dead_rows: bool=False) -> 'torch.Tensor':
+    """The gradient flowing into the output (B, H, Sq, D), drawn from the case's seed + 1.
+    ``finite_dead_rows``: the backend documents its own value for the rows of
+    finite_convention_rows; no gradient flows from them."""
     import torch
     gen = torch.Generator().manual_seed(case.seed + 1)
-    return torch.randn(case.batch, case.heads, case.sq, case.head_dim, generator=gen).to(q.dtype).to(q.device)
+    grad_out = torch.randn(case.batch, case.heads, case.sq, case.head_dim, generator=gen).to(q.dtype).to(q.device)
+    dead = finite_convention_rows(case) if finite_dead_rows else None
+    return grad_out if dead is None else grad_out.masked_fill(dead.expand_as(grad_out).to(grad_out.device), 0)
 
 
 def grads_of(fn, q, k, v, grad_out) -> tuple:
@@ -737,9 +744,9 @@ def run_forward(case: AttnCase, attend: Attend, bound: Bound, finite_dead_rows: 
     return judge_pairs(forward_pairs(case, q, k, v, mask, out, finite_dead_rows), bound, case.dtype)
 
 
-def run_backward(case: AttnCase, attend: Attend, bound: Bound) -> bool:
+def run_backward(case: AttnCase, attend: Attend, bound: Bound, finite_dead_rows: bool=False) -> bool:
     q, k, v, mask = case.tensors()
-    grad_out = upstream_grad(case, q)
+    grad_out = upstream_grad(case, q, finite_dead_rows)
     got = grads_of(lambda a, b, c: attend(case, a, b, c, mask), q, k, v, grad_out)
     return judge_pairs(grad_pairs(case, q, k, v, mask, grad_out, got), bound, case.dtype)
 
