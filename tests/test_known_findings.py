@@ -398,3 +398,18 @@ def test_every_builtin_entry_bounds_the_failure_it_explains() -> None:
         bounded = (bounding & set(f.when) or f.when.get("nonfinite") == (False,)
                    or f.when.get("error_size") == ("rounding",))
         assert bounded, f"{f.id}: `when` says nothing about the failure it explains"
+
+
+@pytest.mark.parametrize("when, expected", [
+    ("{ tensors = 'dq', v_scale = 100.0 }", ("backward",)),
+    ("{ tensors = ['dq', 'dv'] }", ("backward",)),
+    ("{ ignored_kwargs = 'is_causal' }", ("kwargs",)),
+    ("{ tensors = ['out', 'dq'] }", ("forward",)),
+    ("{ mask = 'none' }", ("forward",)),
+])
+def test_repros_run_by_default_where_the_findings_failure_can_show(tmp_path, when, expected):
+    # a finding about dQ alone would pass its repro in the forward cell and report "no longer reproduces"
+    path = tmp_path / "l.toml"
+    path.write_text(f"[[finding]]\nid='x'\nreason='r'\nbackends=['naive']\nwhen = {when}\n")
+    (finding,) = read_ledger(path)
+    assert finding.repro_checks == expected

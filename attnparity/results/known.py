@@ -47,7 +47,9 @@ key (its size, the tensor, the rows, or the kwarg), so a NaN or a wrong dV of ke
 cases is not a finding about dQ.
 
 ``repro`` cases (the dtype is the cell's unless a case names one) are run first in every cell of the
-checks in ``repro_checks`` (default: ``checks`` when the entry names them, else ``forward``) the
+checks in ``repro_checks`` (default: ``checks`` when the entry names them, else the check its
+``when`` can fail in: ``backward`` for a finding about gradients only, ``kwargs`` for an ignored kwarg,
+else ``forward``) the
 finding applies to. A repro case is met only when it fails and the finding explains its failure: the
 cell is then a strict xfail that shows the reason. A repro case that fails another way fails the
 cell (a second bug on the finding's own case); one that now passes, where no drawn case met the
@@ -376,7 +378,7 @@ def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
     checks = strings("checks") if "checks" in table else op_checks()
     _check_names(where, "checks", checks, check_names())
     repro_checks = strings("repro_checks") if "repro_checks" in table else (
-        tuple(c for c in checks if c != PIPELINE_CHECK) if "checks" in table else ("forward",))
+        tuple(c for c in checks if c != PIPELINE_CHECK) if "checks" in table else _repro_default(when))
     _check_names(where, "repro_checks", repro_checks, [c for c in checks if c != PIPELINE_CHECK])
     if PIPELINE_CHECK in checks:
         beyond = sorted(set(when) - set(PIPELINE_WHEN) - set(FAILURE))
@@ -425,6 +427,19 @@ def _finding(path: Path, index: int, table: dict[str, Any]) -> Finding:
         if not finding.explains(built):
             raise LedgerError(f"{where}: repro case {case} is outside the finding's own `when`")
     return finding
+
+
+def _repro_default(when: Mapping[str, Any]) -> tuple[str, ...]:
+    """Where repro cases run when the entry names neither ``checks`` nor ``repro_checks``: the check
+    whose failure its ``when`` can describe (a forward cell never fails in dQ, nor drops a kwarg),
+    so that a repro never reports "no longer reproduces" from a check it cannot fail in."""
+    tensors = when.get("tensors")
+    tensors = set(tensors if isinstance(tensors, list) else [tensors]) if tensors is not None else set()
+    if tensors and tensors <= {"dq", "dk", "dv"}:
+        return ("backward",)
+    if "ignored_kwargs" in when:
+        return ("kwargs",)
+    return ("forward",)
 
 
 def op_checks() -> tuple[str, ...]:
