@@ -69,7 +69,6 @@ cells' question, asked by its ``repro`` cases.
 from __future__ import annotations
 
 import fnmatch
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -320,10 +319,7 @@ _OPTIONAL = ("checks", "checks_why", "link", "dtypes", "devices", "versions", "w
 
 
 def read_ledger(path: Path) -> list[Finding]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
+    import tomllib
 
     try:
         data = tomllib.loads(Path(path).read_text())
